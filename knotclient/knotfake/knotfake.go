@@ -1,0 +1,576 @@
+// Package knotfake is a stand-in for Knot's POST /user/delete, as httptest is
+// to net/http: an http.Handler that answers exactly as Knot's OpenAPI
+// contract says, remembers whom it deleted, injects faults on demand (5xx,
+// 429, hangs, proxy errors, unreadable 200s, outages, rejected credentials)
+// and counts what clients did, so tests, demos and load tests can check that
+// the worker behaves (no early retries, no duplicate storms, rate respected).
+//
+// Besides /user/delete it serves admin endpoints under /_fake/ (stats,
+// faults, reset). They have no authentication: the fake is meant for
+// loopback and test networks only.
+package knotfake
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"math"
+	"math/rand/v2"
+	"mime"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Options configures a Server.
+type Options struct {
+	// ClientID and Secret are the credentials the fake accepts.
+	ClientID, Secret string
+	// Exists says which users exist; nil means every user exists.
+	Exists func(externalUserID string) bool
+	// Faults are the faults injected from the start.
+	Faults Faults
+	// Now is the clock for timestamps, outages and Retry-After bookkeeping;
+	// nil means time.Now. Injected latency always uses real time.
+	Now func() time.Time
+}
+
+// Server is the fake. It implements http.Handler and is safe for concurrent
+// use.
+type Server struct {
+	clientID, secret []byte
+	exists           func(string) bool
+	now              func() time.Time
+
+	mu      sync.Mutex
+	faults  Faults
+	deleted map[string]struct{}
+	// notBefore holds, per id answered 429, when the client may come back.
+	notBefore map[string]time.Time
+	st        counters
+}
+
+// counters is the mutable part of Stats; timestamps are kept whole so that
+// BusiestSecond and PerSecond can be computed exactly at read time.
+type counters struct {
+	calls            int64
+	byStatus         map[string]int64
+	deleted          int64
+	notFound         int64
+	duplicateDeletes int64
+	badCredentials   int64
+	invalidRequests  int64
+	faulted          map[string]int64
+	earlyRetries     int64
+	arrivals         []time.Time
+}
+
+func newCounters() counters {
+	return counters{byStatus: map[string]int64{}, faulted: map[string]int64{}}
+}
+
+// New returns a fake Knot.
+func New(opts Options) *Server {
+	s := &Server{
+		clientID:  []byte(opts.ClientID),
+		secret:    []byte(opts.Secret),
+		exists:    opts.Exists,
+		now:       opts.Now,
+		faults:    opts.Faults,
+		deleted:   map[string]struct{}{},
+		notBefore: map[string]time.Time{},
+		st:        newCounters(),
+	}
+	if s.exists == nil {
+		s.exists = func(string) bool { return true }
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	return s
+}
+
+// MissingShare returns an Exists function under which a share p of all ids
+// never existed. The choice hashes the id (FNV-1a), so it is the same on
+// every run and every replica of a test.
+func MissingShare(p float64) func(string) bool {
+	return func(id string) bool {
+		if p <= 0 {
+			return true
+		}
+		h := fnv.New64a()
+		io.WriteString(h, id)
+		// Top 53 bits give a uniform float in [0,1).
+		u := float64(h.Sum64()>>11) / (1 << 53)
+		return u >= p
+	}
+}
+
+// SetFaults replaces all faults.
+func (s *Server) SetFaults(f Faults) {
+	s.mu.Lock()
+	s.faults = f
+	s.mu.Unlock()
+}
+
+// Faults returns the faults in force.
+func (s *Server) Faults() Faults {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.faults
+}
+
+// Deleted reports whether the fake deleted this user.
+func (s *Server) Deleted(externalUserID string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.deleted[externalUserID]
+	return ok
+}
+
+// Reset forgets deleted users and clears the stats; faults stay.
+func (s *Server) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.deleted = map[string]struct{}{}
+	s.notBefore = map[string]time.Time{}
+	s.st = newCounters()
+}
+
+const (
+	deletePath = "/user/delete"
+	adminPath  = "/_fake/"
+)
+
+// ServeHTTP answers /user/delete like Knot and /_fake/* admin requests.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case r.URL.Path == deletePath:
+		s.serveDelete(w, r)
+	case strings.HasPrefix(r.URL.Path, adminPath):
+		s.serveAdmin(w, r)
+	default:
+		writeJSON(w, http.StatusNotFound, map[string]string{"message": "Not Found"})
+	}
+}
+
+// Knot's answers, from user-delete.openapi.yaml.
+var (
+	bodySuccess      = knotError{Message: "Success"}
+	bodyServerError  = knotError{Message: "Server Error"}
+	bodyTooMany      = knotError{Message: "Too Many Attempts."}
+	bodyInvalidKeys  = knotError{ErrorType: "INVALID_INPUT", ErrorCode: "INVALID_API_KEYS", ErrorMessage: "Invalid client_id or secret provided."}
+	bodyInvalidField = knotError{ErrorType: "INVALID_REQUEST", ErrorCode: "INVALID_FIELD", ErrorMessage: "The external user id field is required."}
+	bodyUserNotFound = knotError{ErrorType: "USER_ERROR", ErrorCode: "USER_NOT_FOUND", ErrorMessage: "The user was not found. Please check the external_user_id provided."}
+)
+
+type knotError struct {
+	ErrorType    string `json:"error_type,omitempty"`
+	ErrorCode    string `json:"error_code,omitempty"`
+	ErrorMessage string `json:"error_message,omitempty"`
+	Message      string `json:"message,omitempty"`
+}
+
+const badGatewayHTML = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+
+// maxRequestBody bounds what the fake reads; Knot's ids are short.
+const maxRequestBody = 1 << 20
+
+func (s *Server) serveDelete(w http.ResponseWriter, r *http.Request) {
+	arrived := s.now()
+	// Read the body first: the id is needed for early-retry bookkeeping even
+	// when the call is then answered by a fault.
+	id, idErr := readExternalUserID(r)
+
+	s.mu.Lock()
+	s.st.calls++
+	s.st.arrivals = append(s.st.arrivals, arrived)
+	f := s.faults
+	early := false
+	if idErr == nil {
+		if nb, ok := s.notBefore[id]; ok {
+			if arrived.Before(nb) {
+				s.st.earlyRetries++
+				early = true
+			} else {
+				delete(s.notBefore, id)
+			}
+		}
+	}
+	s.mu.Unlock()
+	_ = early
+
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		s.respond(w, http.StatusMethodNotAllowed, knotError{Message: "Method Not Allowed"})
+		return
+	}
+
+	if !sleep(r, f.latency()) {
+		return // client went away; nobody to answer
+	}
+
+	now := s.now()
+	switch {
+	case now.Before(f.OutageUntil):
+		s.fault(w, "outage", http.StatusInternalServerError, bodyServerError)
+		return
+	case f.RejectCredentials:
+		s.fault(w, "reject_credentials", http.StatusUnauthorized, bodyInvalidKeys)
+		return
+	case !s.authorized(r):
+		s.count(func(c *counters) { c.badCredentials++ })
+		s.respond(w, http.StatusUnauthorized, bodyInvalidKeys)
+		return
+	}
+
+	// One draw decides among the random faults, so each rate is the share
+	// of authorized calls that get that fault (as long as they sum to <= 1).
+	switch kind := f.roll(rand.Float64()); kind {
+	case "hang":
+		s.count(func(c *counters) { c.faulted[kind]++ })
+		<-r.Context().Done()
+		return
+	case "bad_gateway":
+		s.count(func(c *counters) { c.faulted[kind]++; c.byStatus["502"]++ })
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusBadGateway)
+		io.WriteString(w, badGatewayHTML)
+		return
+	case "rate_limit":
+		wait := f.retryAfterSeconds()
+		if idErr == nil {
+			s.mu.Lock()
+			s.notBefore[id] = now.Add(time.Duration(wait) * time.Second)
+			s.mu.Unlock()
+		}
+		w.Header().Set("Retry-After", strconv.FormatInt(wait, 10))
+		s.fault(w, kind, http.StatusTooManyRequests, bodyTooMany)
+		return
+	case "error":
+		s.fault(w, kind, http.StatusInternalServerError, bodyServerError)
+		return
+	case "truncated":
+		s.count(func(c *counters) { c.faulted[kind]++; c.byStatus["200"]++ })
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		io.WriteString(w, `{"message":"Succ`)
+		return
+	case "empty_ok":
+		s.count(func(c *counters) { c.faulted[kind]++; c.byStatus["200"]++ })
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+
+	if idErr != nil {
+		s.count(func(c *counters) { c.invalidRequests++ })
+		s.respond(w, http.StatusBadRequest, bodyInvalidField)
+		return
+	}
+
+	s.mu.Lock()
+	_, already := s.deleted[id]
+	switch {
+	case already:
+		s.st.duplicateDeletes++
+	case !s.exists(id):
+		s.st.notFound++
+	default:
+		s.deleted[id] = struct{}{}
+		s.st.deleted++
+	}
+	s.mu.Unlock()
+	if already || !s.exists(id) {
+		s.respond(w, http.StatusBadRequest, bodyUserNotFound)
+		return
+	}
+	s.respond(w, http.StatusOK, bodySuccess)
+}
+
+var errMissingID = errors.New("external_user_id missing")
+
+// readExternalUserID applies the spec's request checks: a JSON object body
+// with a non-empty string external_user_id. Like Knot's validator, a
+// whitespace-only string counts as missing, and a body that is not declared
+// as JSON is not read as JSON.
+func readExternalUserID(r *http.Request) (string, error) {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/json" {
+		return "", errMissingID
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxRequestBody))
+	if err != nil {
+		return "", errMissingID
+	}
+	var req map[string]json.RawMessage
+	if err := json.Unmarshal(body, &req); err != nil {
+		return "", errMissingID
+	}
+	var id string
+	if raw, ok := req["external_user_id"]; !ok || json.Unmarshal(raw, &id) != nil || strings.TrimSpace(id) == "" {
+		return "", errMissingID
+	}
+	return id, nil
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	user, pass, ok := r.BasicAuth()
+	// Compare both halves in constant time, and always both, so the fake
+	// does not teach clients timing habits Knot would punish.
+	u := subtle.ConstantTimeCompare([]byte(user), s.clientID)
+	p := subtle.ConstantTimeCompare([]byte(pass), s.secret)
+	return ok && u&p == 1
+}
+
+func (s *Server) count(f func(*counters)) {
+	s.mu.Lock()
+	f(&s.st)
+	s.mu.Unlock()
+}
+
+func (s *Server) fault(w http.ResponseWriter, kind string, status int, body knotError) {
+	s.count(func(c *counters) { c.faulted[kind]++ })
+	s.respond(w, status, body)
+}
+
+// respond writes a JSON answer and counts its status.
+func (s *Server) respond(w http.ResponseWriter, status int, body any) {
+	s.count(func(c *counters) { c.byStatus[strconv.Itoa(status)]++ })
+	writeJSON(w, status, body)
+}
+
+func writeJSON(w http.ResponseWriter, status int, body any) {
+	b, err := json.Marshal(body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// sleep waits d, or until the client goes away (then it returns false).
+func sleep(r *http.Request, d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
+}
+
+// Faults are injected into /user/delete calls. Rates are shares in [0, 1].
+type Faults struct {
+	// ErrorRate is the share of calls answered 500 {"message":"Server Error"}.
+	// The fault is decided before the delete: a faulted call deletes nothing.
+	ErrorRate float64 `json:"error_rate"`
+	// RateLimitRate is the share answered 429 with Retry-After.
+	RateLimitRate float64 `json:"rate_limit_rate"`
+	// RetryAfter is sent on 429s, in whole seconds rounded up (at least 1).
+	RetryAfter Duration `json:"retry_after"`
+	// Latency is added to every call; LatencyJitter adds a uniform 0..jitter.
+	Latency       Duration `json:"latency"`
+	LatencyJitter Duration `json:"latency_jitter"`
+	// OutageUntil: every call answers 500 until this time.
+	OutageUntil time.Time `json:"outage_until"`
+	// RejectCredentials: every call answers 401 INVALID_API_KEYS.
+	RejectCredentials bool `json:"reject_credentials"`
+	// HangRate is the share of calls that never answer; they block until the
+	// client goes away.
+	HangRate float64 `json:"hang_rate"`
+	// BadGatewayRate is the share answered 502 with an HTML body, as a proxy
+	// in front of Knot would.
+	BadGatewayRate float64 `json:"bad_gateway_rate"`
+	// TruncatedRate is the share answered 200 with cut-off JSON; nothing is
+	// deleted.
+	TruncatedRate float64 `json:"truncated_rate"`
+	// EmptyOKRate is the share answered 200 with an empty body; nothing is
+	// deleted.
+	EmptyOKRate float64 `json:"empty_ok_rate"`
+}
+
+// Validate reports a rate outside [0, 1], rates that sum above 1, or a
+// negative duration, naming the field.
+func (f Faults) Validate() error {
+	sum := 0.0
+	for _, r := range []struct {
+		name string
+		v    float64
+	}{
+		{"error_rate", f.ErrorRate}, {"rate_limit_rate", f.RateLimitRate}, {"hang_rate", f.HangRate},
+		{"bad_gateway_rate", f.BadGatewayRate}, {"truncated_rate", f.TruncatedRate}, {"empty_ok_rate", f.EmptyOKRate},
+	} {
+		if math.IsNaN(r.v) || r.v < 0 || r.v > 1 {
+			return fmt.Errorf("%s must be between 0 and 1, got %v", r.name, r.v)
+		}
+		sum += r.v
+	}
+	if sum > 1+1e-9 {
+		return fmt.Errorf("fault rates add up to %v; they are shares of the same calls and must not exceed 1", sum)
+	}
+	for _, d := range []struct {
+		name string
+		v    Duration
+	}{{"retry_after", f.RetryAfter}, {"latency", f.Latency}, {"latency_jitter", f.LatencyJitter}} {
+		if d.v < 0 {
+			return fmt.Errorf("%s must not be negative, got %v", d.name, time.Duration(d.v))
+		}
+	}
+	return nil
+}
+
+// roll maps a uniform draw u in [0,1) to a fault kind, or "" for none.
+func (f Faults) roll(u float64) string {
+	for _, k := range []struct {
+		kind string
+		rate float64
+	}{
+		{"hang", f.HangRate}, {"bad_gateway", f.BadGatewayRate}, {"rate_limit", f.RateLimitRate},
+		{"error", f.ErrorRate}, {"truncated", f.TruncatedRate}, {"empty_ok", f.EmptyOKRate},
+	} {
+		if k.rate > 0 && u < k.rate {
+			return k.kind
+		}
+		u -= max(k.rate, 0)
+	}
+	return ""
+}
+
+func (f Faults) latency() time.Duration {
+	d := time.Duration(f.Latency)
+	if j := time.Duration(f.LatencyJitter); j > 0 {
+		d += rand.N(j + 1)
+	}
+	return d
+}
+
+func (f Faults) retryAfterSeconds() int64 {
+	secs := int64(math.Ceil(time.Duration(f.RetryAfter).Seconds()))
+	return max(secs, 1)
+}
+
+// Duration is a time.Duration that reads and writes JSON as a Go duration
+// string ("250ms", "1m30s").
+type Duration time.Duration
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON reads a Go duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"250ms\", got %s", b)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Stats is what the fake saw. All counts are since New or the last Reset.
+type Stats struct {
+	// Calls counts every request to /user/delete.
+	Calls int64 `json:"calls"`
+	// ByStatus counts answers by HTTP status ("200", "400", "401", "429",
+	// "500", "502"); hung calls have none.
+	ByStatus map[string]int64 `json:"by_status"`
+	// Deleted counts 200s that deleted a user.
+	Deleted int64 `json:"deleted"`
+	// NotFound counts USER_NOT_FOUND answers for users that never existed.
+	NotFound int64 `json:"not_found"`
+	// DuplicateDeletes counts calls for a user this fake already deleted.
+	DuplicateDeletes int64 `json:"duplicate_deletes"`
+	// BadCredentials counts 401s for wrong or missing credentials (not the
+	// RejectCredentials fault).
+	BadCredentials int64 `json:"bad_credentials"`
+	// InvalidRequests counts 400 INVALID_FIELD answers.
+	InvalidRequests int64 `json:"invalid_requests"`
+	// Faulted counts injected faults by kind: "error", "rate_limit",
+	// "outage", "reject_credentials", "hang", "bad_gateway", "truncated",
+	// "empty_ok".
+	Faulted map[string]int64 `json:"faulted"`
+	// EarlyRetries counts calls for an id that was told Retry-After and came
+	// back before that time.
+	EarlyRetries int64 `json:"early_retries"`
+	// BusiestSecond is the most calls that arrived within any sliding
+	// one-second window.
+	BusiestSecond int64 `json:"busiest_second"`
+	// PerSecond counts calls per whole second since the first call.
+	PerSecond []int64   `json:"per_second"`
+	FirstCall time.Time `json:"first_call,omitzero"`
+	LastCall  time.Time `json:"last_call,omitzero"`
+}
+
+// Stats returns a snapshot.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	c := s.st
+	st := Stats{
+		Calls:            c.calls,
+		ByStatus:         maps(c.byStatus),
+		Deleted:          c.deleted,
+		NotFound:         c.notFound,
+		DuplicateDeletes: c.duplicateDeletes,
+		BadCredentials:   c.badCredentials,
+		InvalidRequests:  c.invalidRequests,
+		Faulted:          maps(c.faulted),
+		EarlyRetries:     c.earlyRetries,
+	}
+	arrivals := slices.Clone(c.arrivals)
+	s.mu.Unlock()
+
+	st.PerSecond = []int64{}
+	if len(arrivals) == 0 {
+		return st
+	}
+	// Concurrent calls append slightly out of order.
+	slices.SortFunc(arrivals, func(a, b time.Time) int { return a.Compare(b) })
+	st.FirstCall, st.LastCall = arrivals[0], arrivals[len(arrivals)-1]
+	st.BusiestSecond = busiestSecond(arrivals)
+	st.PerSecond = make([]int64, int(st.LastCall.Sub(st.FirstCall)/time.Second)+1)
+	for _, t := range arrivals {
+		st.PerSecond[int(t.Sub(st.FirstCall)/time.Second)]++
+	}
+	return st
+}
+
+// busiestSecond returns the largest number of sorted timestamps that fall in
+// any half-open window [t, t+1s).
+func busiestSecond(sorted []time.Time) int64 {
+	best, lo := 0, 0
+	for hi, t := range sorted {
+		for t.Sub(sorted[lo]) >= time.Second {
+			lo++
+		}
+		best = max(best, hi-lo+1)
+	}
+	return int64(best)
+}
+
+func maps(m map[string]int64) map[string]int64 {
+	out := make(map[string]int64, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
