@@ -247,6 +247,32 @@ func TestFinishIsFencedByLease(t *testing.T) {
 	}
 }
 
+// After a requeue the attempt numbers start again, so only the owner tells a stale worker
+// from the current one.
+func TestFinishIsFencedByOwnerAfterRequeue(t *testing.T) {
+	q, b := setup(t)
+	b.insert(t, 1)
+	old, err := q.Claim(b.ctx, "old", 1, time.Minute)
+	if err != nil || len(old) != 1 {
+		t.Fatalf("claim: %v %v", err, old)
+	}
+	b.expireLeases(t)
+	if rec, err := q.RecoverExpired(b.ctx, 1); err != nil || rec.Exhausted != 1 {
+		t.Fatalf("recover: %+v %v", rec, err)
+	}
+	if n, err := q.Requeue(b.ctx, queue.RequeueFilter{All: true}); err != nil || n != 1 {
+		t.Fatalf("requeue: %d %v", n, err)
+	}
+	cur, err := q.Claim(b.ctx, "new", 1, time.Minute)
+	if err != nil || len(cur) != 1 || cur[0].Attempt != old[0].Attempt {
+		t.Fatalf("re-claim: %v %+v", err, cur)
+	}
+	applied, err := q.Finish(b.ctx, "old", []queue.Result{{ID: old[0].ID, Attempt: old[0].Attempt, Transition: queue.Succeed, Outcome: queue.OutcomeDeleted}})
+	if err != nil || len(applied) != 0 {
+		t.Fatalf("stale owner's finish applied: %v %v", applied, err)
+	}
+}
+
 func TestRecoverExpiredRequeuesOrExhausts(t *testing.T) {
 	q, b := setup(t)
 	b.insert(t, 4)

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"mime"
@@ -192,19 +193,16 @@ func (s *Server) serveDelete(w http.ResponseWriter, r *http.Request) {
 	s.st.calls++
 	s.st.arrivals = append(s.st.arrivals, arrived)
 	f := s.faults
-	early := false
 	if idErr == nil {
 		if nb, ok := s.notBefore[id]; ok {
 			if arrived.Before(nb) {
 				s.st.earlyRetries++
-				early = true
 			} else {
 				delete(s.notBefore, id)
 			}
 		}
 	}
 	s.mu.Unlock()
-	_ = early
 
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
@@ -275,19 +273,21 @@ func (s *Server) serveDelete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	// Exists is the caller's function: call it outside the lock.
+	exists := s.exists(id)
 	s.mu.Lock()
 	_, already := s.deleted[id]
 	switch {
 	case already:
 		s.st.duplicateDeletes++
-	case !s.exists(id):
+	case !exists:
 		s.st.notFound++
 	default:
 		s.deleted[id] = struct{}{}
 		s.st.deleted++
 	}
 	s.mu.Unlock()
-	if already || !s.exists(id) {
+	if already || !exists {
 		s.respond(w, http.StatusBadRequest, bodyUserNotFound)
 		return
 	}
@@ -527,13 +527,13 @@ func (s *Server) Stats() Stats {
 	c := s.st
 	st := Stats{
 		Calls:            c.calls,
-		ByStatus:         maps(c.byStatus),
+		ByStatus:         maps.Clone(c.byStatus),
 		Deleted:          c.deleted,
 		NotFound:         c.notFound,
 		DuplicateDeletes: c.duplicateDeletes,
 		BadCredentials:   c.badCredentials,
 		InvalidRequests:  c.invalidRequests,
-		Faulted:          maps(c.faulted),
+		Faulted:          maps.Clone(c.faulted),
 		EarlyRetries:     c.earlyRetries,
 	}
 	arrivals := slices.Clone(c.arrivals)
@@ -565,12 +565,4 @@ func busiestSecond(sorted []time.Time) int64 {
 		best = max(best, hi-lo+1)
 	}
 	return int64(best)
-}
-
-func maps(m map[string]int64) map[string]int64 {
-	out := make(map[string]int64, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
