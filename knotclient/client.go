@@ -214,10 +214,19 @@ func (c *Client) DeleteUser(ctx context.Context, externalUserID string) (Result,
 		req.Header.Set("Knot-Version", c.version)
 	}
 
+	// Knot does not echo the id or credentials today, but whatever the
+	// server or a proxy says ends up in Message, and Message goes to logs
+	// and last_error; scrub them, including the encoded Authorization value.
+	scrub := []string{externalUserID, secret, id, strings.TrimPrefix(req.Header.Get("Authorization"), "Basic "),
+		// the id as it appears JSON-escaped, if an echo quotes our body
+		string(body[len(`{"external_user_id":"`) : len(body)-len(`"}`)])}
+
 	start := time.Now()
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return Result{}, c.transportError(ctx, err, time.Since(start))
+		e := c.transportError(ctx, err, time.Since(start))
+		e.Message = cleanMessage(e.Message, scrub)
+		return Result{}, e
 	}
 	respBody, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
 	resp.Body.Close()
@@ -227,12 +236,11 @@ func (c *Client) DeleteUser(ctx context.Context, externalUserID string) (Result,
 		// tell whether Knot deleted the user, and a retry is harmless.
 		e := c.transportError(ctx, err, elapsed)
 		e.StatusCode = resp.StatusCode
+		e.Message = cleanMessage(e.Message, scrub)
 		return Result{}, e
 	}
 
-	// Knot does not echo the id or credentials in its messages today; scrub
-	// them anyway, because Message ends up in logs and last_error.
-	res, err := classifyAt(resp.StatusCode, resp.Header, respBody, time.Now(), []string{externalUserID, id, secret})
+	res, err := classifyAt(resp.StatusCode, resp.Header, respBody, time.Now(), scrub)
 	if err != nil {
 		e := err.(*Error)
 		e.Duration = elapsed

@@ -2,6 +2,7 @@ package knotclient
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
@@ -484,6 +485,15 @@ func TestErrorsNeverLeakSecretsOrID(t *testing.T) {
 		}
 		_, errs[name] = c.DeleteUser(context.Background(), testUserID)
 	}
+	// An id that JSON escapes must not leak in its escaped form either.
+	quoted := `<user> "7f3a9c"`
+	c, err := New(Config{BaseURL: echo.URL, ClientID: testClientID, Secret: testSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DeleteUser(context.Background(), quoted); err == nil || strings.Contains(err.Error(), "7f3a9c") {
+		t.Errorf("escaped id leaked: %v", err)
+	}
 	errs["invalid id"] = ValidateExternalUserID(testSecret + "\x00")
 	_, errs["new: missing client id"] = New(Config{BaseURL: "https://x", Secret: testSecret})
 	_, errs["new: bad url"] = New(Config{BaseURL: "https://" + testClientID + ":" + testSecret + "@host", ClientID: testClientID, Secret: testSecret})
@@ -494,7 +504,8 @@ func TestErrorsNeverLeakSecretsOrID(t *testing.T) {
 			t.Errorf("%s: no error", name)
 			continue
 		}
-		for _, s := range []string{testSecret, testUserID, testClientID} {
+		encoded := base64.StdEncoding.EncodeToString([]byte(testClientID + ":" + testSecret))
+		for _, s := range []string{testSecret, testUserID, testClientID, encoded} {
 			if strings.Contains(err.Error(), s) {
 				t.Errorf("%s: error %q contains %q", name, err, s)
 			}

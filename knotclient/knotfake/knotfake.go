@@ -107,8 +107,17 @@ func MissingShare(p float64) func(string) bool {
 		}
 		h := fnv.New64a()
 		io.WriteString(h, id)
+		// FNV's high bits barely move between ids that differ in their last
+		// character ("user-1", "user-2"); a murmur3 finalizer spreads them
+		// so the share holds for sequential ids too.
+		x := h.Sum64()
+		x ^= x >> 33
+		x *= 0xff51afd7ed558ccd
+		x ^= x >> 33
+		x *= 0xc4ceb9fe1a85ec53
+		x ^= x >> 33
 		// Top 53 bits give a uniform float in [0,1).
-		u := float64(h.Sum64()>>11) / (1 << 53)
+		u := float64(x>>11) / (1 << 53)
 		return u >= p
 	}
 }
@@ -149,7 +158,8 @@ const (
 	adminPath  = "/_fake/"
 )
 
-// ServeHTTP answers /user/delete like Knot and /_fake/* admin requests.
+// ServeHTTP answers /user/delete like Knot, and the unauthenticated /_fake/
+// admin endpoints (GET stats, GET/PUT faults, POST reset).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.URL.Path == deletePath:
@@ -385,7 +395,7 @@ type Faults struct {
 	Latency       Duration `json:"latency"`
 	LatencyJitter Duration `json:"latency_jitter"`
 	// OutageUntil: every call answers 500 until this time.
-	OutageUntil time.Time `json:"outage_until"`
+	OutageUntil time.Time `json:"outage_until,omitzero"`
 	// RejectCredentials: every call answers 401 INVALID_API_KEYS.
 	RejectCredentials bool `json:"reject_credentials"`
 	// HangRate is the share of calls that never answer; they block until the

@@ -1,0 +1,203 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+
+	"github.com/erasure-worker/erasure-worker/knotclient"
+	"github.com/erasure-worker/erasure-worker/queue"
+)
+
+// carryOut makes the calls for one claimed request and hands the result to the recorder.
+// probe marks the one request a paused worker sends to test the credentials.
+func (w *Worker) carryOut(sendCtx, callCtx context.Context, job queue.Job, probe bool) {
+	w.results <- w.attempt(sendCtx, callCtx, job, probe)
+	w.slotFreed()
+}
+
+// attempt turns one claim into a queue transition, following the request's life in DESIGN.md.
+func (w *Worker) attempt(sendCtx, callCtx context.Context, job queue.Job, probe bool) queue.Result {
+	res := queue.Result{ID: job.ID, Attempt: job.Attempt}
+	log := w.log.With("request_id", job.ID, "request_ref", job.RequestRef, "attempt", job.Attempt)
+
+	// A row that can never be sent fails alone, before it costs a call.
+	if err := knotclient.ValidateExternalUserID(job.ExternalUserID); err != nil {
+		code := asKnotError(err).ErrorCode
+		log.Warn("request cannot be sent to Knot: failed", "reason", err.Error())
+		res.Transition, res.Outcome = queue.Fail, queue.OutcomeInvalid
+		res.ErrorCode, res.Error = code, err.Error()
+		res.Calls = []queue.Call{{StartedAt: time.Now(), ErrorCode: code, Result: "invalid"}}
+		return res
+	}
+
+	quick := backoff.NewExponentialBackOff()
+	quick.InitialInterval = w.cfg.QuickBackoff
+	quick.MaxInterval = w.cfg.QuickBackoff * 8
+	quick.MaxElapsedTime = 0
+	quick.Reset()
+
+	for try := 1; ; try++ {
+		if reason := w.holdBack(sendCtx, job, probe); reason != "" {
+			return w.giveBack(res, reason, log)
+		}
+		if err := w.limiter.wait(sendCtx); err != nil {
+			return w.giveBack(res, "shutting down", log)
+		}
+		if reason := w.holdBack(sendCtx, job, probe); reason != "" {
+			return w.giveBack(res, reason, log)
+		}
+
+		start := time.Now()
+		out, err := w.knot.DeleteUser(callCtx, job.ExternalUserID)
+		elapsed := time.Since(start)
+		w.metrics.KnotDuration.Observe(elapsed.Seconds())
+		call := queue.Call{StartedAt: start, Duration: elapsed}
+
+		if err == nil {
+			call.HTTPStatus, call.Result = out.StatusCode, out.Outcome.String()
+			w.metrics.KnotRequests.WithLabelValues(strconv.Itoa(out.StatusCode)).Inc()
+			res.Calls = append(res.Calls, call)
+			res.Transition, res.Outcome = queue.Succeed, out.Outcome.String()
+			log.Debug("erasure done", "outcome", res.Outcome)
+			w.resume()
+			return res
+		}
+
+		kerr := asKnotError(err)
+		call.HTTPStatus, call.ErrorCode, call.Result = kerr.StatusCode, kerr.ErrorCode, kerr.Class.String()
+		res.Calls = append(res.Calls, call)
+		res.ErrorCode, res.Error = kerr.ErrorCode, kerr.Error()
+		w.metrics.KnotRequests.WithLabelValues(codeLabel(kerr)).Inc()
+
+		switch kerr.Class {
+		case knotclient.Permanent:
+			log.Warn("Knot refused the request for good: failed", "status", kerr.StatusCode, "error_code", kerr.ErrorCode)
+			res.Transition, res.Outcome = queue.Fail, queue.OutcomeRejected
+			w.resume() // the credentials were accepted
+			return res
+
+		case knotclient.Unauthorized:
+			w.pause(kerr)
+			res.Transition = queue.Release
+			return res
+
+		case knotclient.RateLimited:
+			wait := min(max(kerr.RetryAfter, time.Second), w.cfg.MaxRetryAfter)
+			w.limiter.slowDown(wait)
+			log.Info("Knot answered 429: slowing down and retrying later", "retry_after", wait)
+			res.Transition, res.RunAfter = queue.Release, time.Now().Add(wait)
+			return res
+		}
+
+		// Retryable: a few quick tries in process, then back to the table with a longer wait.
+		if try < w.cfg.QuickRetries && sendCtx.Err() == nil {
+			log.Debug("retryable Knot error: trying again shortly", "status", kerr.StatusCode, "error_code", kerr.ErrorCode)
+			sleep(sendCtx, quick.NextBackOff())
+			continue
+		}
+		if sendCtx.Err() != nil {
+			res.Transition, res.RunAfter = queue.Retry, time.Now()
+			return res
+		}
+		if job.Attempt >= w.cfg.MaxAttempts {
+			log.Error("retryable Knot errors on every attempt: failed as exhausted",
+				"attempts", job.Attempt, "status", kerr.StatusCode, "error_code", kerr.ErrorCode)
+			res.Transition, res.Outcome = queue.Fail, queue.OutcomeExhausted
+			return res
+		}
+		res.Transition, res.RunAfter = queue.Retry, time.Now().Add(w.retryBackoff(job.Attempt))
+		log.Info("retryable Knot error: retrying later", "status", kerr.StatusCode, "error_code", kerr.ErrorCode,
+			"retry_at", res.RunAfter.UTC().Format(time.RFC3339))
+		return res
+	}
+}
+
+// holdBack says why a claimed request must not be sent now, or "" when it may be.
+func (w *Worker) holdBack(sendCtx context.Context, job queue.Job, probe bool) string {
+	switch {
+	case sendCtx.Err() != nil:
+		return "shutting down"
+	case w.paused.Load() && !probe:
+		return "paused: credentials rejected"
+	case time.Until(job.LeaseExpiresAt) < w.cfg.CallTimeout+time.Second:
+		// Sending now could outlive the lease and race the replica that recovers it.
+		return "lease about to expire"
+	}
+	return ""
+}
+
+// giveBack returns a claim that was not (or not again) sent: released with its attempt
+// refunded when no call went out, else retried at once because the calls made count.
+func (w *Worker) giveBack(res queue.Result, reason string, log *slog.Logger) queue.Result {
+	log.Debug("returning claim unsent", "reason", reason, "calls_made", len(res.Calls))
+	if len(res.Calls) == 0 {
+		res.Transition = queue.Release
+	} else {
+		res.Transition = queue.Retry
+	}
+	res.RunAfter = time.Now()
+	return res
+}
+
+// retryBackoff is the wait before claim attempt+1 after attempt failed on retryable errors:
+// RetryMinBackoff doubling per attempt up to RetryMaxBackoff, jittered so that requests that
+// failed together in an outage do not all come back together.
+func (w *Worker) retryBackoff(attempt int) time.Duration {
+	d := w.cfg.RetryMinBackoff
+	for i := 1; i < attempt && d < w.cfg.RetryMaxBackoff; i++ {
+		d *= 2
+	}
+	return jitter(min(d, w.cfg.RetryMaxBackoff))
+}
+
+func (w *Worker) pause(kerr *knotclient.Error) {
+	w.pauseOnce.Lock()
+	defer w.pauseOnce.Unlock()
+	if w.paused.Swap(true) {
+		return
+	}
+	w.metrics.Paused.Set(1)
+	w.log.Error("Knot rejected the credentials (401): all claiming is paused and no request spends an attempt. "+
+		"Check KNOT_CLIENT_ID and KNOT_SECRET; the worker tries one request every probe interval and resumes by itself once they work",
+		"error_code", kerr.ErrorCode, "probe_interval", w.cfg.PauseProbeInterval)
+}
+
+func (w *Worker) resume() {
+	if !w.paused.Load() {
+		return
+	}
+	w.pauseOnce.Lock()
+	defer w.pauseOnce.Unlock()
+	if !w.paused.Swap(false) {
+		return
+	}
+	w.metrics.Paused.Set(0)
+	w.log.Info("Knot accepted the credentials again: resuming")
+	w.nudge()
+}
+
+// asKnotError returns err as a *knotclient.Error; anything else is treated as retryable.
+func asKnotError(err error) *knotclient.Error {
+	var kerr *knotclient.Error
+	if errors.As(err, &kerr) {
+		return kerr
+	}
+	return &knotclient.Error{Class: knotclient.Retryable, ErrorCode: "connection", Err: err}
+}
+
+// codeLabel is the code label of erasure_knot_requests_total: the HTTP status, or why there was
+// none (timeout, connection).
+func codeLabel(kerr *knotclient.Error) string {
+	if kerr.StatusCode != 0 {
+		return strconv.Itoa(kerr.StatusCode)
+	}
+	if kerr.ErrorCode != "" {
+		return kerr.ErrorCode
+	}
+	return "error"
+}
