@@ -132,7 +132,9 @@ func (c *Config) setDefaults() {
 }
 
 // Validate reports the first setting that cannot work, naming it as the environment does.
+// Zero fields are checked as the defaults New would give them.
 func (c Config) Validate() error {
+	c.setDefaults()
 	switch {
 	case c.ID == "":
 		return errors.New("worker ID is empty")
@@ -185,10 +187,10 @@ type Worker struct {
 // New returns a worker that claims from q and calls knot. Zero fields of cfg take defaults;
 // New fails if the result does not validate.
 func New(q *queue.Queue, knot Knot, cfg Config) (*Worker, error) {
-	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg.setDefaults()
 	w := &Worker{
 		cfg:     cfg,
 		q:       q,

@@ -1,0 +1,34 @@
+# erasure-worker. `make test` runs every test against a real PostgreSQL: TEST_DATABASE_URL,
+# else a server on 127.0.0.1:5432, else a throwaway cluster from the installed binaries.
+
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+PG      := deploy/local/with-postgres
+
+.PHONY: build test vet fmt-check fuzz demo clean
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
+
+test: fmt-check vet
+	$(PG) $(GO) test -race -count=1 -timeout 8m ./...
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+# A short run of each fuzz target; the seed corpora under testdata/fuzz run in `make test`.
+FUZZTIME ?= 15s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzClassify$$' -fuzztime $(FUZZTIME) ./knotclient
+	$(GO) test -run '^$$' -fuzz '^FuzzParseLine$$' -fuzztime $(FUZZTIME) ./cmd/erasure-worker
+
+demo: build
+	$(PG) deploy/local/demo
+
+clean:
+	rm -rf bin

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/erasure-worker/erasure-worker/queue"
+)
+
+const databaseURLHelp = "PostgreSQL connection string (postgres://user:pass@host:5432/db)"
+
+func runMigrate(ctx context.Context, env *environment, args []string) int {
+	s := newSettingSet("migrate", env)
+	dbURL := s.require("DATABASE_URL", databaseURLHelp)
+	if code, ok := parseOnly(s, env, args); !ok {
+		return code
+	}
+	url := s.databaseURL(dbURL)
+	if s.err != nil {
+		env.errorf("%v", s.err)
+		return exitUsage
+	}
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		env.errorf("DATABASE_URL: cannot be parsed as a PostgreSQL connection string")
+		return exitUsage
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		env.errorf("DATABASE_URL: cannot reach the database at %s: %v", cfg.Host, err)
+		return exitFailure
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	from, to, err := queue.Migrate(ctx, conn)
+	if err != nil {
+		env.errorf("%v", err)
+		return exitFailure
+	}
+	if from == to {
+		fmt.Fprintf(env.stdout, "schema is up to date at version %d\n", to)
+	} else {
+		fmt.Fprintf(env.stdout, "schema migrated from version %d to %d\n", from, to)
+	}
+	return exitOK
+}
+
+// parseOnly parses a command that takes no positional arguments. ok is false when the command
+// must stop with code (after --help, or on a usage error).
+func parseOnly(s *settingSet, env *environment, args []string) (code int, ok bool) {
+	rest, err := s.parse(args)
+	if errors.Is(err, errHelp) {
+		return exitOK, false
+	}
+	if err != nil {
+		env.errorf("%v", err)
+		return exitUsage, false
+	}
+	if len(rest) > 0 {
+		env.errorf("%s: unexpected argument %q", s.command, rest[0])
+		return exitUsage, false
+	}
+	return 0, true
+}
+
+// connectQueue opens a pool for the short commands; errors never repeat the URL.
+func connectQueue(ctx context.Context, env *environment, s *settingSet, dbURL *setting) (*queue.Queue, func(), int) {
+	url := s.databaseURL(dbURL)
+	if s.err != nil {
+		env.errorf("%v", s.err)
+		return nil, nil, exitUsage
+	}
+	pool, err := openPool(ctx, url)
+	if err != nil {
+		env.errorf("%v", err)
+		return nil, nil, exitFailure
+	}
+	return queue.New(pool), pool.Close, exitOK
+}

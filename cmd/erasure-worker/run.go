@@ -1,0 +1,266 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/erasure-worker/erasure-worker/knotclient"
+	"github.com/erasure-worker/erasure-worker/queue"
+	"github.com/erasure-worker/erasure-worker/worker"
+)
+
+// runConfig is everything `run` needs, read and checked before anything starts.
+type runConfig struct {
+	databaseURL string
+	knot        knotclient.Config
+	secretFile  string
+	listenAddr  string
+	logLevel    string
+	logFormat   string
+	worker      worker.Config
+}
+
+func dur(d time.Duration) string { return d.String() }
+
+func parseRunConfig(env *environment, args []string) (runConfig, error) {
+	s := newSettingSet("run", env)
+	var (
+		dbURL       = s.require("DATABASE_URL", "PostgreSQL connection string (postgres://user:pass@host:5432/db)")
+		baseURL     = s.add("KNOT_BASE_URL", "https://development.knotapi.com", "Knot API base URL; https://production.knotapi.com for production (separate credentials)")
+		clientID    = s.require("KNOT_CLIENT_ID", "Knot client_id, sent as the Basic auth user name")
+		secret      = s.add("KNOT_SECRET", "", "Knot secret, sent as the Basic auth password (or use KNOT_SECRET_FILE)")
+		secretFile  = s.add("KNOT_SECRET_FILE", "", "file holding the Knot secret; re-read while paused on rejected credentials, so a rotated secret is picked up without a restart")
+		knotVersion = s.add("KNOT_VERSION", "", "value of the Knot-Version header; not sent when empty (Knot then uses 2.0)")
+		knotTimeout = s.add("KNOT_TIMEOUT", dur(worker.DefaultCallTimeout), "timeout of one call to Knot")
+		rps         = s.add("RATE_LIMIT_RPS", fmt.Sprint(worker.DefaultRateLimit), "most calls to Knot per second")
+		burst       = s.add("RATE_LIMIT_BURST", "", "calls that may go at once after a lull (default: a tenth of RATE_LIMIT_RPS, at least 1)")
+		concurrency = s.add("CONCURRENCY", fmt.Sprint(worker.DefaultConcurrency), "calls to Knot in flight at once; raise it when Knot's latency times RATE_LIMIT_RPS exceeds it")
+		listenAddr  = s.add("LISTEN_ADDR", ":9090", "address serving /metrics, /healthz and /readyz")
+		lease       = s.add("LEASE_DURATION", dur(worker.DefaultLeaseDuration), "how long a claimed request is held before another replica may take it over")
+		maxAttempts = s.add("MAX_ATTEMPTS", fmt.Sprint(worker.DefaultMaxAttempts), "claims a request gets for retryable errors (5xx, timeouts) before it fails as exhausted")
+		shutdown    = s.add("SHUTDOWN_TIMEOUT", dur(worker.DefaultShutdownTimeout), "how long SIGTERM waits for calls in flight; keep terminationGracePeriodSeconds above it")
+		logLevel    = s.add("LOG_LEVEL", "info", "debug, info, warn or error")
+		logFormat   = s.add("LOG_FORMAT", "auto", "json, text, or auto (text on a terminal, else JSON)")
+		poll        = s.add("POLL_INTERVAL", dur(worker.DefaultPollInterval), "how often an idle worker looks for work when no notification arrives")
+		minBackoff  = s.add("RETRY_MIN_BACKOFF", dur(worker.DefaultRetryMinBackoff), "wait before the second claim of a request that met retryable errors; doubles per attempt")
+		maxBackoff  = s.add("RETRY_MAX_BACKOFF", dur(worker.DefaultRetryMaxBackoff), "longest wait between claims of a request that meets retryable errors")
+		quick       = s.add("QUICK_RETRIES", fmt.Sprint(worker.DefaultQuickRetries), "calls one claim may make for retryable errors before the request waits in the table")
+		probe       = s.add("PAUSE_PROBE_INTERVAL", dur(worker.DefaultPauseProbeInterval), "how often a worker paused on rejected credentials tries one request")
+		stats       = s.add("STATS_INTERVAL", dur(worker.DefaultStatsInterval), "how often the queue gauges are read from the database")
+		noListen    = s.add("DISABLE_LISTEN", "false", "true to poll only, without LISTEN/NOTIFY (e.g. behind PgBouncer in transaction mode)")
+	)
+	if _, err := s.parse(args); err != nil {
+		return runConfig{}, err
+	}
+	c := runConfig{
+		databaseURL: s.databaseURL(dbURL),
+		secretFile:  s.str(secretFile),
+		listenAddr:  s.str(listenAddr),
+		logLevel:    s.oneOf(logLevel, "debug", "info", "warn", "error"),
+		logFormat:   s.oneOf(logFormat, "json", "text", "auto"),
+	}
+	c.knot = knotclient.Config{
+		BaseURL:   s.str(baseURL),
+		ClientID:  s.str(clientID),
+		Secret:    secret.raw, // a secret is taken as given, spaces and all
+		Version:   s.str(knotVersion),
+		UserAgent: "erasure-worker/" + buildVersion(),
+		Timeout:   s.duration(knotTimeout),
+	}
+	switch {
+	case c.knot.Secret != "" && c.secretFile != "":
+		s.fail(secretFile, "set either KNOT_SECRET or KNOT_SECRET_FILE, not both")
+	case c.secretFile != "":
+		sec, err := readSecret(c.secretFile)
+		if err != nil {
+			s.fail(secretFile, "%v", err)
+		}
+		c.knot.Secret = sec
+	case c.knot.Secret == "":
+		s.fail(secret, "is required (or KNOT_SECRET_FILE): the Knot secret for KNOT_CLIENT_ID")
+	}
+	c.worker = worker.Config{
+		Concurrency:        s.integer(concurrency, 1),
+		RateLimit:          s.number(rps),
+		LeaseDuration:      s.duration(lease),
+		MaxAttempts:        s.integer(maxAttempts, 1),
+		CallTimeout:        c.knot.Timeout,
+		QuickRetries:       s.integer(quick, 1),
+		RetryMinBackoff:    s.duration(minBackoff),
+		RetryMaxBackoff:    s.duration(maxBackoff),
+		PollInterval:       s.duration(poll),
+		StatsInterval:      s.duration(stats),
+		PauseProbeInterval: s.duration(probe),
+		ShutdownTimeout:    s.duration(shutdown),
+		DisableListen:      s.boolean(noListen),
+	}
+	if burst.raw != "" {
+		c.worker.Burst = s.integer(burst, 1)
+	}
+	if s.err != nil {
+		return runConfig{}, s.err
+	}
+	if _, err := knotclient.New(c.knot); err != nil {
+		return runConfig{}, fmt.Errorf("Knot settings (KNOT_BASE_URL, KNOT_CLIENT_ID, KNOT_SECRET): %w", err)
+	}
+	c.worker.ID = workerID()
+	if err := c.worker.Validate(); err != nil {
+		return runConfig{}, err
+	}
+	return c, nil
+}
+
+// readSecret reads a secret file as Kubernetes mounts it; one trailing newline is not part of
+// the secret.
+func readSecret(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("cannot read the secret file: %w", err)
+	}
+	s := strings.TrimRight(string(b), "\r\n")
+	if s == "" {
+		return "", errors.New("the secret file is empty")
+	}
+	return s, nil
+}
+
+// workerID names this process as lease owner: the host (the pod name in Kubernetes), the pid
+// and a random suffix, so that a restarted pod never inherits its predecessor's leases.
+func workerID() string {
+	host, _ := os.Hostname()
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+}
+
+func runWorker(ctx context.Context, env *environment, args []string) int {
+	cfg, err := parseRunConfig(env, args)
+	if errors.Is(err, errHelp) {
+		return exitOK
+	}
+	if err != nil {
+		env.errorf("%v", err)
+		return exitUsage
+	}
+	log := logger(cfg.logLevel, cfg.logFormat, env.stderr)
+	if err := serve(ctx, cfg, log); err != nil {
+		log.Error("worker stopped on an error", "err", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
+	pool, err := openPool(ctx, cfg.databaseURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	knot, err := knotclient.New(cfg.knot)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg.worker.Metrics = worker.NewMetrics(reg)
+	cfg.worker.Logger = log
+	if cfg.secretFile != "" {
+		cfg.worker.BeforeProbe = func(context.Context) {
+			sec, err := readSecret(cfg.secretFile)
+			if err != nil {
+				log.Warn("could not re-read KNOT_SECRET_FILE", "err", err)
+				return
+			}
+			knot.SetCredentials(cfg.knot.ClientID, sec)
+		}
+	}
+	w, err := worker.New(queue.New(pool), knot, cfg.worker)
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.listenAddr)
+	if err != nil {
+		return fmt.Errorf("LISTEN_ADDR: %w", err)
+	}
+	srv := &http.Server{Handler: probes(w, pool, reg), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String(), "version", buildVersion())
+
+	runErr := w.Run(ctx)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutdownCtx)
+	return runErr
+}
+
+// probes serves /metrics; /healthz, which fails when the claim loop is stuck (restart me); and
+// /readyz, which fails while the database does not answer (do not count me).
+func probes(w *worker.Worker, pool *pgxpool.Pool, reg *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, r *http.Request) {
+		if err := w.Alive(); err != nil {
+			http.Error(rw, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(rw, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := pool.Ping(ctx); err != nil {
+			http.Error(rw, "database not answering", http.StatusServiceUnavailable)
+			return
+		}
+		if w.Paused() {
+			// Still ready: the pod is healthy and probing; erasure_worker_paused says why
+			// nothing moves.
+			fmt.Fprintln(rw, "ok (paused: Knot rejected the credentials)")
+			return
+		}
+		fmt.Fprintln(rw, "ok")
+	})
+	return mux
+}
+
+// openPool connects to PostgreSQL. Its errors never repeat the URL, which may hold a password.
+func openPool(ctx context.Context, databaseURL string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(databaseURL)
+	if err != nil {
+		return nil, errors.New("DATABASE_URL: cannot be parsed as a PostgreSQL connection string")
+	}
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "erasure-worker"
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := pool.Ping(pingCtx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("DATABASE_URL: cannot reach the database at %s: %w", cfg.ConnConfig.Host, err)
+	}
+	return pool, nil
+}

@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/erasure-worker/erasure-worker/queue"
+)
+
+func runStatus(ctx context.Context, env *environment, args []string) int {
+	s := newSettingSet("status", env)
+	dbURL := s.require("DATABASE_URL", databaseURLHelp)
+	var asJSON, watch bool
+	var recent int
+	s.fs.BoolVar(&asJSON, "json", false, "")
+	s.fs.BoolVar(&watch, "watch", false, "")
+	s.fs.IntVar(&recent, "recent", 10, "")
+	s.flagExtra("json", "print the status as JSON")
+	s.flagExtra("recent N", "how many recent failures to list (default 10)")
+	s.flagExtra("watch", "print a progress line every second until nothing is pending or running, then the status")
+	if code, ok := parseOnly(s, env, args); !ok {
+		return code
+	}
+	q, closeDB, code := connectQueue(ctx, env, s, dbURL)
+	if q == nil {
+		return code
+	}
+	defer closeDB()
+
+	if watch {
+		if err := watchProgress(ctx, q, env.stdout); err != nil {
+			env.errorf("status: %v", err)
+			return exitFailure
+		}
+	}
+	sum, err := q.Summarize(ctx, recent)
+	if err != nil {
+		env.errorf("status: %v", err)
+		return exitFailure
+	}
+	if asJSON {
+		enc := json.NewEncoder(env.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(statusJSON(sum)); err != nil {
+			env.errorf("status: %v", err)
+			return exitFailure
+		}
+		return exitOK
+	}
+	printStatus(env.stdout, sum)
+	return exitOK
+}
+
+// watchProgress prints one line a second, from the cheap gauges query, until the queue holds
+// nothing pending or running.
+func watchProgress(ctx context.Context, q *queue.Queue, w io.Writer) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var lastOpen int64 = -1
+	for {
+		st, err := q.Stats(ctx)
+		if err != nil {
+			return err
+		}
+		open := st.Pending + st.Running
+		rate := ""
+		if lastOpen >= 0 {
+			rate = fmt.Sprintf("  %d/s", max(lastOpen-open, 0))
+		}
+		lastOpen = open
+		fmt.Fprintf(w, "pending %d  running %d  failed %d  oldest pending %s%s\n",
+			st.Pending, st.Running, st.Failed, st.OldestPendingAge().Round(time.Second), rate)
+		if open == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+type statusDoc struct {
+	Counts           map[string]map[string]int64 `json:"counts"`
+	OldestPendingAge float64                     `json:"oldest_pending_age_seconds"`
+	Overdue          int64                       `json:"overdue"`
+	DueSoon          int64                       `json:"due_within_7_days"`
+	KnotCalls        int64                       `json:"knot_calls"`
+	Retries          int64                       `json:"retries"`
+	RecentPerSecond  float64                     `json:"recent_requests_per_second"`
+	RecentFailures   []failureDoc                `json:"recent_failures"`
+}
+
+type failureDoc struct {
+	ID          int64     `json:"id"`
+	RequestRef  string    `json:"request_ref"`
+	Outcome     string    `json:"outcome"`
+	ErrorCode   string    `json:"error_code"`
+	Error       string    `json:"error"`
+	Attempts    int       `json:"attempts"`
+	CompletedAt time.Time `json:"completed_at"`
+}
+
+func statusJSON(s queue.Summary) statusDoc {
+	d := statusDoc{
+		Counts:           map[string]map[string]int64{},
+		OldestPendingAge: s.OldestPendingAge().Seconds(),
+		Overdue:          s.Overdue,
+		DueSoon:          s.DueSoon,
+		KnotCalls:        s.Calls,
+		Retries:          s.Retries,
+		RecentPerSecond:  recentRate(s),
+		RecentFailures:   []failureDoc{},
+	}
+	for _, st := range []string{queue.StatusPending, queue.StatusRunning, queue.StatusSucceeded, queue.StatusFailed} {
+		d.Counts[st] = map[string]int64{"total": 0}
+	}
+	for _, c := range s.ByOutcome {
+		d.Counts[c.Status]["total"] += c.Count
+		if c.Outcome != "" {
+			d.Counts[c.Status][c.Outcome] = c.Count
+		}
+	}
+	for _, f := range s.RecentFailures {
+		d.RecentFailures = append(d.RecentFailures, failureDoc(f))
+	}
+	return d
+}
+
+func recentRate(s queue.Summary) float64 {
+	if s.ActiveSeconds < 1 {
+		return float64(s.CompletedRecently)
+	}
+	return float64(s.CompletedRecently) / s.ActiveSeconds
+}
+
+func printStatus(w io.Writer, s queue.Summary) {
+	d := statusJSON(s)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "STATUS\tCOUNT\tOUTCOMES")
+	for _, st := range []string{queue.StatusPending, queue.StatusRunning, queue.StatusSucceeded, queue.StatusFailed} {
+		var parts []string
+		for _, c := range s.ByOutcome {
+			if c.Status == st && c.Outcome != "" {
+				parts = append(parts, fmt.Sprintf("%s %d", c.Outcome, c.Count))
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\n", st, d.Counts[st]["total"], strings.Join(parts, ", "))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\noldest pending      %s\n", s.OldestPendingAge().Round(time.Second))
+	fmt.Fprintf(w, "overdue             %d\n", s.Overdue)
+	fmt.Fprintf(w, "due within 7 days   %d\n", s.DueSoon)
+	fmt.Fprintf(w, "knot calls          %d (retries %d)\n", s.Calls, s.Retries)
+	fmt.Fprintf(w, "recent rate         %.1f requests/s over the last %s of activity\n", recentRate(s), (time.Duration(s.ActiveSeconds * float64(time.Second))).Round(time.Second))
+	if len(s.RecentFailures) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nRECENT FAILURES (erasure-worker requeue --ref REF to retry one)")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tREQUEST_REF\tOUTCOME\tCODE\tATTEMPTS\tCOMPLETED\tERROR")
+	for _, f := range s.RecentFailures {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", f.ID, f.RequestRef, f.Outcome, f.ErrorCode, f.Attempts,
+			f.CompletedAt.UTC().Format(time.RFC3339), oneLine(f.Error, 100))
+	}
+	tw.Flush()
+}
+
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > n {
+		return truncateForMessage(s[:n])
+	}
+	return s
+}
