@@ -78,7 +78,7 @@ const (
 	DefaultConcurrency        = 8
 	DefaultRateLimit          = 10
 	DefaultLeaseDuration      = 2 * time.Minute
-	DefaultMaxAttempts        = 20
+	DefaultMaxAttempts        = 30
 	DefaultCallTimeout        = 10 * time.Second
 	DefaultQuickRetries       = 3
 	DefaultQuickBackoff       = 200 * time.Millisecond
@@ -306,7 +306,7 @@ func (w *Worker) claimLoop(sendCtx, callCtx context.Context, calls *sync.WaitGro
 			}
 		}
 		if free > 0 {
-			jobs, err := w.q.Claim(sendCtx, w.cfg.ID, free, w.cfg.LeaseDuration)
+			jobs, err := w.claim(sendCtx, free)
 			if err != nil {
 				if sendCtx.Err() != nil {
 					return
@@ -348,6 +348,15 @@ func (w *Worker) claimLoop(sendCtx, callCtx context.Context, calls *sync.WaitGro
 		case <-poll.C:
 		}
 	}
+}
+
+// claim is never cancelled by shutdown: a claim abandoned mid-flight may have committed on the
+// server, leaving rows running under a lease this worker does not know it holds. It is bounded
+// by its own timeout instead; if that expires, the lease does what it is for.
+func (w *Worker) claim(sendCtx context.Context, n int) ([]queue.Job, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(sendCtx), min(w.cfg.ShutdownTimeout/2, 10*time.Second))
+	defer cancel()
+	return w.q.Claim(ctx, w.cfg.ID, n, w.cfg.LeaseDuration)
 }
 
 // slotFreed returns a call's slot and nudges the claim loop, which may be waiting for room.

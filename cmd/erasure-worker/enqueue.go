@@ -29,6 +29,7 @@ const (
 
 func runEnqueue(ctx context.Context, env *environment, args []string) int {
 	s := newSettingSet("enqueue", env)
+	s.operand = " [FILE]"
 	dbURL := s.require("DATABASE_URL", databaseURLHelp)
 	var format string
 	s.fs.StringVar(&format, "format", "jsonl", "")

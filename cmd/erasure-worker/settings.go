@@ -21,6 +21,7 @@ type settingSet struct {
 	env     *environment
 	list    []*setting
 	extra   []string // flags that are not settings, for --help
+	operand string   // what follows the flags in the usage line, e.g. "[FILE]"
 	err     error    // the first conversion error
 }
 
@@ -85,7 +86,7 @@ func lookup(getenv func(string) string, name string) (string, bool) {
 }
 
 func (s *settingSet) usage(w io.Writer) {
-	fmt.Fprintf(w, "Usage: erasure-worker %s [flags]\n\nSettings (flag, or environment variable; a flag wins):\n", s.command)
+	fmt.Fprintf(w, "Usage: erasure-worker %s [flags]%s\n\nSettings (flag, or environment variable; a flag wins):\n", s.command, s.operand)
 	for _, st := range s.list {
 		def := st.def
 		switch {
@@ -97,6 +98,9 @@ func (s *settingSet) usage(w io.Writer) {
 			def = "default " + def
 		}
 		fmt.Fprintf(w, "  --%s, %s (%s)\n      %s\n", st.flag, st.env, def, st.help)
+	}
+	if len(s.extra) > 0 {
+		fmt.Fprintln(w, "\nFlags:")
 	}
 	for _, e := range s.extra {
 		fmt.Fprintln(w, e)
