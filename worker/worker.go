@@ -353,10 +353,19 @@ func (w *Worker) claimLoop(sendCtx, callCtx context.Context, calls *sync.WaitGro
 // claim is never cancelled by shutdown: a claim abandoned mid-flight may have committed on the
 // server, leaving rows running under a lease this worker does not know it holds. It is bounded
 // by its own timeout instead; if that expires, the lease does what it is for.
+//
+// The lease is judged by this process's clock, from just before the claim was sent: the
+// database's lease_expires_at is on the database's clock, and a worker whose clock ran ahead
+// would otherwise think every fresh lease already spent.
 func (w *Worker) claim(sendCtx context.Context, n int) ([]queue.Job, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(sendCtx), min(w.cfg.ShutdownTimeout/2, 10*time.Second))
 	defer cancel()
-	return w.q.Claim(ctx, w.cfg.ID, n, w.cfg.LeaseDuration)
+	sent := time.Now()
+	jobs, err := w.q.Claim(ctx, w.cfg.ID, n, w.cfg.LeaseDuration)
+	for i := range jobs {
+		jobs[i].LeaseExpiresAt = sent.Add(w.cfg.LeaseDuration)
+	}
+	return jobs, err
 }
 
 // slotFreed returns a call's slot and nudges the claim loop, which may be waiting for room.
