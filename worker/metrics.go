@@ -19,6 +19,9 @@ type Metrics struct {
 	Paused           prometheus.Gauge
 	RateLimitWait    prometheus.Histogram
 	Inflight         prometheus.Gauge
+	RateLimitRPS     prometheus.Gauge
+	GlobalRPS        prometheus.Gauge
+	Replicas         prometheus.Gauge
 }
 
 // NewMetrics creates the metrics and registers them with reg, unless reg is nil.
@@ -66,13 +69,25 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "erasure_inflight_requests",
 			Help: "Claimed erasure requests this worker is carrying out now.",
 		}),
+		RateLimitRPS: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "erasure_rate_limit_rps",
+			Help: "The rate limit in force for this replica: its share of the deployment's rate, in calls per second.",
+		}),
+		GlobalRPS: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "erasure_rate_limit_global_rps",
+			Help: "The deployment's current rate limit in calls per second: RATE_LIMIT_RPS, or less while Knot answers 429.",
+		}),
+		Replicas: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "erasure_replicas",
+			Help: "Live replicas sharing the rate limit, as this replica last saw them.",
+		}),
 	}
 	for _, o := range []string{queue.OutcomeDeleted, queue.OutcomeNotFound, queue.OutcomeRejected, queue.OutcomeInvalid, queue.OutcomeExhausted} {
 		m.Completed.WithLabelValues(o)
 	}
 	if reg != nil {
 		reg.MustRegister(m.Completed, m.KnotRequests, m.KnotDuration, m.QueueDepth, m.OldestPendingAge,
-			m.Overdue, m.DueSoon, m.Paused, m.RateLimitWait, m.Inflight)
+			m.Overdue, m.DueSoon, m.Paused, m.RateLimitWait, m.Inflight, m.RateLimitRPS, m.GlobalRPS, m.Replicas)
 	}
 	return m
 }

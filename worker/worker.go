@@ -14,8 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/erasure-worker/erasure-worker/knotclient"
 	"github.com/erasure-worker/erasure-worker/queue"
 )
@@ -31,9 +29,13 @@ type Config struct {
 	ID string
 	// Concurrency is how many Knot calls may be in flight at once.
 	Concurrency int
-	// RateLimit is the most calls per second; Burst how many may go at once after a lull.
+	// RateLimit is the most calls per second for the whole deployment, shared by the replicas
+	// through the database; Burst how many may go at once after a lull, likewise shared.
 	RateLimit float64
 	Burst     int
+	// RateSyncInterval is how often the replica renews its share of the rate limit. A replica
+	// that misses two renewals sends nothing until it renews again.
+	RateSyncInterval time.Duration
 	// LeaseDuration is how long a claim is held before any replica may recover it. It must
 	// cover the calls made for one claim: QuickRetries calls of up to CallTimeout each.
 	LeaseDuration time.Duration
@@ -87,6 +89,7 @@ const (
 	DefaultMaxRetryAfter      = 10 * time.Minute
 	DefaultPollInterval       = 2 * time.Second
 	DefaultStatsInterval      = 15 * time.Second
+	DefaultRateSyncInterval   = time.Second
 	DefaultPauseProbeInterval = 30 * time.Second
 	DefaultShutdownTimeout    = 30 * time.Second
 )
@@ -121,6 +124,7 @@ func (c *Config) setDefaults() {
 	def(&c.PollInterval, DefaultPollInterval)
 	def(&c.RecoverInterval, max(c.LeaseDuration/4, time.Second))
 	def(&c.StatsInterval, DefaultStatsInterval)
+	def(&c.RateSyncInterval, DefaultRateSyncInterval)
 	def(&c.PauseProbeInterval, DefaultPauseProbeInterval)
 	def(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	if c.Logger == nil {
@@ -182,6 +186,7 @@ type Worker struct {
 	paused    atomic.Bool
 	pauseOnce sync.Mutex // serialises the pause/resume log lines
 	lastLoop  atomic.Int64
+	lastWork  atomic.Int64 // when a claim last returned work
 }
 
 // New returns a worker that claims from q and calls knot. Zero fields of cfg take defaults;
@@ -201,7 +206,7 @@ func New(q *queue.Queue, knot Knot, cfg Config) (*Worker, error) {
 		wake:    make(chan struct{}, 1),
 		results: make(chan queue.Result, cfg.Concurrency),
 	}
-	w.limiter = newLimiter(cfg.RateLimit, cfg.Burst, cfg.Metrics)
+	w.limiter = newLimiter(q, cfg, w.busy)
 	w.lastLoop.Store(time.Now().UnixNano())
 	return w, nil
 }
@@ -213,6 +218,12 @@ func (w *Worker) Alive() error {
 		return fmt.Errorf("claim loop has not run for %v", since.Round(time.Second))
 	}
 	return nil
+}
+
+// busy says whether this replica has work: calls in flight, or a claim that found some lately.
+// Its share of the deployment's rate follows: an idle replica holds almost none.
+func (w *Worker) busy() bool {
+	return len(w.slots) > 0 || time.Since(time.Unix(0, w.lastWork.Load())) < 2*w.cfg.RateSyncInterval
 }
 
 // Paused reports whether Knot rejected the credentials and claiming is paused.
@@ -243,7 +254,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	background.Go(func() { w.every(bgCtx, w.cfg.RecoverInterval, w.recoverExpired) })
 	background.Go(func() { w.every(bgCtx, w.cfg.StatsInterval, w.readStats) })
-	background.Go(func() { w.limiter.recover(bgCtx) })
+	background.Go(func() { w.limiter.run(bgCtx) })
 
 	recorderDone := make(chan struct{})
 	go func() {
@@ -276,6 +287,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		<-recorderDone
 	}
 	background.Wait()
+	w.limiter.leave()
 	w.log.Info("worker stopped", "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
@@ -320,6 +332,9 @@ func (w *Worker) claimLoop(sendCtx, callCtx context.Context, calls *sync.WaitGro
 			if dbFailures > 0 {
 				w.log.Info("database answering again", "after_failures", dbFailures)
 				dbFailures = 0
+			}
+			if len(jobs) > 0 {
+				w.lastWork.Store(time.Now().UnixNano())
 			}
 			for _, job := range jobs {
 				w.slots <- struct{}{}
@@ -521,75 +536,5 @@ func sleep(ctx context.Context, d time.Duration) {
 	select {
 	case <-ctx.Done():
 	case <-t.C:
-	}
-}
-
-// limiter is the rate limit every call waits on, slowed by 429s: a 429 halves the rate and
-// blocks every call until its Retry-After has passed; the rate then creeps back up.
-type limiter struct {
-	lim     *rate.Limiter
-	ceiling rate.Limit
-	metrics *Metrics
-
-	mu       sync.Mutex
-	notUntil time.Time
-}
-
-func newLimiter(rps float64, burst int, m *Metrics) *limiter {
-	return &limiter{lim: rate.NewLimiter(rate.Limit(rps), burst), ceiling: rate.Limit(rps), metrics: m}
-}
-
-// wait blocks until a call may go out.
-func (l *limiter) wait(ctx context.Context) error {
-	start := time.Now()
-	defer func() { l.metrics.RateLimitWait.Observe(time.Since(start).Seconds()) }()
-	for {
-		l.mu.Lock()
-		until := l.notUntil
-		l.mu.Unlock()
-		d := time.Until(until)
-		if d <= 0 {
-			break
-		}
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
-	return l.lim.Wait(ctx)
-}
-
-// slowDown is told that Knot answered 429 with retryAfter.
-func (l *limiter) slowDown(retryAfter time.Duration) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if until := time.Now().Add(retryAfter); until.After(l.notUntil) {
-		l.notUntil = until
-	}
-	floor := l.ceiling / 100
-	l.lim.SetLimit(max(l.lim.Limit()/2, floor))
-}
-
-// recover raises the rate by a twentieth of the ceiling a second until it is back at the
-// ceiling: after a halving it takes about ten seconds to return.
-func (l *limiter) recover(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		l.mu.Lock()
-		if time.Now().After(l.notUntil) {
-			if cur := l.lim.Limit(); cur < l.ceiling {
-				l.lim.SetLimit(min(cur+l.ceiling/20, l.ceiling))
-			}
-		}
-		l.mu.Unlock()
 	}
 }

@@ -87,6 +87,7 @@ func setup(t *testing.T, opts knotfake.Options) *testBundle {
 		RetryMinBackoff:    10 * time.Millisecond,
 		RetryMaxBackoff:    50 * time.Millisecond,
 		PollInterval:       20 * time.Millisecond,
+		RateSyncInterval:   50 * time.Millisecond,
 		StatsInterval:      50 * time.Millisecond,
 		PauseProbeInterval: 50 * time.Millisecond,
 		ShutdownTimeout:    5 * time.Second,

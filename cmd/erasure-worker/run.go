@@ -46,8 +46,9 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 		secretFile  = s.add("KNOT_SECRET_FILE", "", "file holding the Knot secret; re-read while paused on rejected credentials, so a rotated secret is picked up without a restart")
 		knotVersion = s.add("KNOT_VERSION", "", "value of the Knot-Version header; not sent when empty (Knot then uses 2.0)")
 		knotTimeout = s.add("KNOT_TIMEOUT", dur(worker.DefaultCallTimeout), "timeout of one call to Knot")
-		rps         = s.add("RATE_LIMIT_RPS", fmt.Sprint(worker.DefaultRateLimit), "most calls to Knot per second")
-		burst       = s.add("RATE_LIMIT_BURST", "", "calls that may go at once after a lull (default: a tenth of RATE_LIMIT_RPS, at least 1)")
+		rps         = s.add("RATE_LIMIT_RPS", fmt.Sprint(worker.DefaultRateLimit), "most calls to Knot per second for the whole deployment, shared by the replicas through the database")
+		burst       = s.add("RATE_LIMIT_BURST", "", "calls the deployment may send at once after a lull (default: a tenth of RATE_LIMIT_RPS, at least 1)")
+		rateSync    = s.add("RATE_LIMIT_SYNC_INTERVAL", dur(worker.DefaultRateSyncInterval), "how often a replica renews its share of the rate limit; a dead replica's share passes to the others within three of these")
 		concurrency = s.add("CONCURRENCY", fmt.Sprint(worker.DefaultConcurrency), "calls to Knot in flight at once; raise it when Knot's latency times RATE_LIMIT_RPS exceeds it")
 		listenAddr  = s.add("LISTEN_ADDR", ":9090", "address serving /metrics, /healthz and /readyz")
 		lease       = s.add("LEASE_DURATION", dur(worker.DefaultLeaseDuration), "how long a claimed request is held before another replica may take it over")
@@ -103,6 +104,7 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 		RetryMinBackoff:    s.duration(minBackoff),
 		RetryMaxBackoff:    s.duration(maxBackoff),
 		PollInterval:       s.duration(poll),
+		RateSyncInterval:   s.duration(rateSync),
 		StatsInterval:      s.duration(stats),
 		PauseProbeInterval: s.duration(probe),
 		ShutdownTimeout:    s.duration(shutdown),

@@ -34,8 +34,14 @@ func runStatus(ctx context.Context, env *environment, args []string) int {
 
 	if watch {
 		if err := watchProgress(ctx, q, env.stdout); err != nil {
+			if ctx.Err() != nil {
+				return exitOK // interrupted: the person watching has seen enough
+			}
 			env.errorf("status: %v", err)
 			return exitFailure
+		}
+		if ctx.Err() != nil {
+			return exitOK
 		}
 	}
 	sum, err := q.Summarize(ctx, recent)
@@ -43,16 +49,21 @@ func runStatus(ctx context.Context, env *environment, args []string) int {
 		env.errorf("status: %v", err)
 		return exitFailure
 	}
+	rl, err := q.ReadRateLimit(ctx)
+	if err != nil {
+		env.errorf("status: %v", err)
+		return exitFailure
+	}
 	if asJSON {
 		enc := json.NewEncoder(env.stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(statusJSON(sum)); err != nil {
+		if err := enc.Encode(statusJSON(sum, rl)); err != nil {
 			env.errorf("status: %v", err)
 			return exitFailure
 		}
 		return exitOK
 	}
-	printStatus(env.stdout, sum)
+	printStatus(env.stdout, sum, rl)
 	return exitOK
 }
 
@@ -95,6 +106,21 @@ type statusDoc struct {
 	Retries          int64                       `json:"retries"`
 	RecentPerSecond  float64                     `json:"recent_requests_per_second"`
 	RecentFailures   []failureDoc                `json:"recent_failures"`
+	RateLimit        rateLimitDoc                `json:"rate_limit"`
+}
+
+type rateLimitDoc struct {
+	CeilingRPS float64      `json:"ceiling_rps"`
+	CurrentRPS float64      `json:"current_rps"`
+	Replicas   []replicaDoc `json:"replicas"`
+}
+
+type replicaDoc struct {
+	ID               string    `json:"id"`
+	StartedAt        time.Time `json:"started_at"`
+	HeartbeatSeconds float64   `json:"heartbeat_age_seconds"`
+	Busy             bool      `json:"busy"`
+	ShareRPS         float64   `json:"share_rps"`
 }
 
 type failureDoc struct {
@@ -107,7 +133,7 @@ type failureDoc struct {
 	CompletedAt time.Time `json:"completed_at"`
 }
 
-func statusJSON(s queue.Summary) statusDoc {
+func statusJSON(s queue.Summary, rl queue.RateLimit) statusDoc {
 	d := statusDoc{
 		Counts:           map[string]map[string]int64{},
 		OldestPendingAge: s.OldestPendingAge().Seconds(),
@@ -117,6 +143,12 @@ func statusJSON(s queue.Summary) statusDoc {
 		Retries:          s.Retries,
 		RecentPerSecond:  recentRate(s),
 		RecentFailures:   []failureDoc{},
+		RateLimit:        rateLimitDoc{CeilingRPS: rl.CeilingRPS, CurrentRPS: rl.CurrentRPS, Replicas: []replicaDoc{}},
+	}
+	for _, r := range rl.Replicas {
+		if r.Alive {
+			d.RateLimit.Replicas = append(d.RateLimit.Replicas, replicaDoc{r.ID, r.StartedAt, r.HeartbeatAge.Seconds(), r.Busy, r.ShareRPS})
+		}
 	}
 	for _, st := range []string{queue.StatusPending, queue.StatusRunning, queue.StatusSucceeded, queue.StatusFailed} {
 		d.Counts[st] = map[string]int64{"total": 0}
@@ -140,8 +172,8 @@ func recentRate(s queue.Summary) float64 {
 	return float64(s.CompletedRecently) / s.ActiveSeconds
 }
 
-func printStatus(w io.Writer, s queue.Summary) {
-	d := statusJSON(s)
+func printStatus(w io.Writer, s queue.Summary, rl queue.RateLimit) {
+	d := statusJSON(s, rl)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "STATUS\tCOUNT\tOUTCOMES")
 	for _, st := range []string{queue.StatusPending, queue.StatusRunning, queue.StatusSucceeded, queue.StatusFailed} {
@@ -159,6 +191,18 @@ func printStatus(w io.Writer, s queue.Summary) {
 	fmt.Fprintf(w, "due within 7 days   %d\n", s.DueSoon)
 	fmt.Fprintf(w, "knot calls          %d (retries %d)\n", s.Calls, s.Retries)
 	fmt.Fprintf(w, "recent rate         %.1f requests/s over the last %s of activity\n", recentRate(s), (time.Duration(s.ActiveSeconds * float64(time.Second))).Round(time.Second))
+	if rl.CeilingRPS > 0 {
+		fmt.Fprintf(w, "rate limit          %.4g of %.4g calls/s, shared by %d live replica(s)\n", rl.CurrentRPS, rl.CeilingRPS, len(d.RateLimit.Replicas))
+	}
+	if len(d.RateLimit.Replicas) > 0 {
+		fmt.Fprintln(w, "\nREPLICAS")
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tSTARTED\tHEARTBEAT\tBUSY\tSHARE")
+		for _, r := range d.RateLimit.Replicas {
+			fmt.Fprintf(tw, "%s\t%s\t%.1fs ago\t%t\t%.4g calls/s\n", r.ID, r.StartedAt.UTC().Format(time.RFC3339), r.HeartbeatSeconds, r.Busy, r.ShareRPS)
+		}
+		tw.Flush()
+	}
 	if len(s.RecentFailures) == 0 {
 		return
 	}

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/erasure-worker/erasure-worker/knotclient/knotfake"
+)
+
+// The rate limit is the deployment's: replicas share RATE_LIMIT_RPS through the database.
+
+const (
+	sharedRPS   = 100
+	sharedBurst = 10
+)
+
+// replicaEnv is the environment of a replica in these tests: a backlog far larger than the
+// budget, and a short sync interval so that shares move within a second.
+var replicaEnv = []string{
+	"RATE_LIMIT_RPS=" + strconv.Itoa(sharedRPS), "RATE_LIMIT_BURST=" + strconv.Itoa(sharedBurst),
+	"CONCURRENCY=8", "RATE_LIMIT_SYNC_INTERVAL=250ms", "SHUTDOWN_TIMEOUT=5s",
+}
+
+// rateRun is what the fake saw of a run, second by second.
+type rateRun struct {
+	st        knotfake.Stats
+	perSecond []int64 // whole seconds only: the first and the last (partial) are dropped
+}
+
+func observe(t *testing.T, fakeURL string) rateRun {
+	t.Helper()
+	st := fakeStats(t, fakeURL)
+	r := rateRun{st: st}
+	if len(st.PerSecond) > 2 {
+		r.perSecond = st.PerSecond[1 : len(st.PerSecond)-1]
+	}
+	return r
+}
+
+// achieved is the mean rate over the whole seconds from..to (indexes into perSecond).
+func (r rateRun) achieved(from, to int) float64 {
+	to = min(to, len(r.perSecond))
+	if from >= to {
+		return 0
+	}
+	var sum int64
+	for _, n := range r.perSecond[from:to] {
+		sum += n
+	}
+	return float64(sum) / float64(to-from)
+}
+
+// second is the index into perSecond of the whole second holding t.
+func (r rateRun) second(t time.Time) int {
+	return int(t.Sub(r.st.FirstCall)/time.Second) - 1
+}
+
+func (r rateRun) check(t *testing.T) {
+	t.Helper()
+	if r.st.BusiestSecond > sharedRPS+sharedBurst {
+		t.Errorf("busiest one-second window at Knot held %d calls; the deployment's limit is %d plus a burst of %d (per second: %v)",
+			r.st.BusiestSecond, sharedRPS, sharedBurst, r.st.PerSecond)
+	}
+	if got := r.achieved(0, len(r.perSecond)); got < 0.95*sharedRPS {
+		t.Errorf("achieved %.1f calls/s over the run, under 95%% of the %d limit (per second: %v)", got, sharedRPS, r.st.PerSecond)
+	}
+}
+
+func TestSharedRateLimitAcrossThreeReplicas(t *testing.T) {
+	e := setupE2E(t, 8000, "-latency", "5ms", "-missing", "0")
+	var replicas []*process
+	for range 3 {
+		p, _ := e.startWorker(t, replicaEnv...)
+		replicas = append(replicas, p)
+	}
+	time.Sleep(12 * time.Second)
+	run := observe(t, e.fakeURL)
+	for _, p := range replicas {
+		p.stop(t, 10*time.Second)
+	}
+	run.check(t)
+	t.Logf("3 replicas: achieved %.1f/s, busiest second %d, per second %v", run.achieved(0, len(run.perSecond)), run.st.BusiestSecond, run.st.PerSecond)
+}
+
+func TestSharedRateLimitWhenReplicasJoinAndDie(t *testing.T) {
+	e := setupE2E(t, 8000, "-latency", "5ms", "-missing", "0")
+	first, _ := e.startWorker(t, replicaEnv...)
+	second, _ := e.startWorker(t, replicaEnv...)
+	time.Sleep(5 * time.Second)
+	third, _ := e.startWorker(t, replicaEnv...) // a replica joins
+	time.Sleep(5 * time.Second)
+	killedAt := time.Now()
+	if err := first.cmd.Process.Signal(syscall.SIGKILL); err != nil { // one dies without a word
+		t.Fatal(err)
+	}
+	time.Sleep(7 * time.Second)
+	run := observe(t, e.fakeURL)
+	second.stop(t, 10*time.Second)
+	third.stop(t, 10*time.Second)
+
+	run.check(t)
+	// The survivors take over the dead replica's share within a few seconds.
+	after := run.second(killedAt) + 3
+	if got := run.achieved(after, len(run.perSecond)); got < 0.95*sharedRPS {
+		t.Errorf("%.1f calls/s from 3s after the kill on, under 95%% of %d: the survivors did not take over (per second: %v)",
+			got, sharedRPS, run.st.PerSecond)
+	}
+	t.Logf("join and kill: achieved %.1f/s, busiest second %d, per second %v", run.achieved(0, len(run.perSecond)), run.st.BusiestSecond, run.st.PerSecond)
+}
+
+func TestSharedRateLimitBacksOffOn429AndRecovers(t *testing.T) {
+	e := setupE2E(t, 8000, "-latency", "5ms", "-missing", "0", "-retry-after", "1s")
+	var addrs []string
+	for range 3 {
+		_, addr := e.startWorker(t, replicaEnv...)
+		addrs = append(addrs, addr)
+	}
+	globalRPS := func() float64 { return scrapeGauge(t, "http://"+addrs[0]+"/metrics", "erasure_rate_limit_global_rps") }
+	waitUntil(t, "the deployment to run at its limit", 15*time.Second, func() bool {
+		v, err := tryScrapeGauge("http://"+addrs[0]+"/metrics", "erasure_rate_limit_global_rps")
+		return err == nil && v >= sharedRPS
+	})
+
+	setFaults(t, e.fakeURL, `{"rate_limit_rate":0.2,"retry_after":"1s"}`)
+	lowest := float64(sharedRPS)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		lowest = min(lowest, globalRPS())
+		time.Sleep(100 * time.Millisecond)
+	}
+	setFaults(t, e.fakeURL, `{}`)
+	if lowest > sharedRPS/2 {
+		t.Errorf("the deployment's rate only fell to %.1f while Knot answered 429, want at most %d", lowest, sharedRPS/2)
+	}
+	// Additive increase: back to the limit, never above it, once the 429s stop.
+	waitUntil(t, "the deployment's rate to recover", 30*time.Second, func() bool { return globalRPS() >= sharedRPS })
+	for _, addr := range addrs {
+		if got := scrapeGauge(t, "http://"+addr+"/metrics", "erasure_rate_limit_global_rps"); got > sharedRPS {
+			t.Errorf("replica %s runs at %.1f, above the %d limit", addr, got, sharedRPS)
+		}
+	}
+	st := fakeStats(t, e.fakeURL)
+	if st.ByStatus["429"] == 0 {
+		t.Fatal("the fake answered no 429: the test proves nothing")
+	}
+	if st.EarlyRetries != 0 {
+		t.Errorf("%d calls came back before their Retry-After", st.EarlyRetries)
+	}
+	if st.BusiestSecond > sharedRPS+sharedBurst {
+		t.Errorf("busiest second %d, above %d plus the burst", st.BusiestSecond, sharedRPS)
+	}
+	t.Logf("429s: global rate fell to %.1f; per second %v", lowest, st.PerSecond)
+}
+
+func setFaults(t *testing.T, fakeURL, faults string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPut, fakeURL+"/_fake/faults", strings.NewReader(faults))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var b bytes.Buffer
+		b.ReadFrom(resp.Body)
+		t.Fatalf("PUT /_fake/faults %s: %s %s", faults, resp.Status, b.String())
+	}
+}
+
+// scrapeGauge reads one unlabelled gauge from a /metrics page.
+func scrapeGauge(t *testing.T, url, name string) float64 {
+	t.Helper()
+	v, err := tryScrapeGauge(url, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func tryScrapeGauge(url, name string) (float64, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	b.ReadFrom(resp.Body)
+	for _, line := range strings.Split(b.String(), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("%s not found at %s", name, url)
+}
+
+func waitUntil(t *testing.T, what string, within time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

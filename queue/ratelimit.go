@@ -1,0 +1,142 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Heartbeat is what a replica says of itself each time it renews its place in the shared rate
+// limit.
+type Heartbeat struct {
+	ID         string
+	Busy       bool
+	ShareRPS   float64       // the rate it allowed itself since the last heartbeat
+	CeilingRPS float64       // RATE_LIMIT_RPS: the deployment's limit
+	StepRPS    float64       // how much the deployment's rate may rise per second after 429s stop
+	Quiet      time.Duration // how long after the last 429 the rate stays down before rising
+	TTL        time.Duration // how long this heartbeat keeps the replica counted as alive
+	IdleWeight float64       // an idle replica's weight beside a busy one's 1
+}
+
+// Deployment is the shared rate limit as one heartbeat saw it.
+type Deployment struct {
+	CurrentRPS   float64       // the deployment's rate now (at most the ceiling)
+	Hold         time.Duration // nobody may call Knot for this long (a Retry-After)
+	Others       int           // other live replicas
+	OthersWeight float64       // the sum of their weights
+}
+
+// Beat renews the replica's row, raises the deployment's rate by the time elapsed since the
+// last raise when no 429 came for a while, drops rows long dead, and returns what the replica
+// needs to compute its share. It is one statement.
+func (q *Queue) Beat(ctx context.Context, h Heartbeat) (Deployment, error) {
+	const beatSQL = `
+WITH me AS (
+    INSERT INTO erasure_workers (id, busy, share_rps, expires_at)
+    VALUES ($1, $2, $3, now() + $7 * interval '1 millisecond')
+    ON CONFLICT (id) DO UPDATE
+    SET heartbeat_at = now(), busy = excluded.busy, share_rps = excluded.share_rps, expires_at = excluded.expires_at
+),
+gone AS (
+    DELETE FROM erasure_workers WHERE expires_at < now() - interval '1 hour'
+),
+lim AS (
+    INSERT INTO erasure_rate_limit AS l (ceiling_rps, current_rps) VALUES ($4, $4)
+    ON CONFLICT (singleton) DO UPDATE
+    SET ceiling_rps = excluded.ceiling_rps,
+        current_rps = CASE
+            WHEN l.decreased_at > now() - $6 * interval '1 millisecond' THEN least(l.current_rps, excluded.ceiling_rps)
+            ELSE least(excluded.ceiling_rps, l.current_rps + $5 * extract(epoch FROM now() - l.increased_at))
+        END,
+        increased_at = now()
+    RETURNING current_rps, greatest(extract(epoch FROM l.hold_until - now()), 0) AS hold
+)
+SELECT lim.current_rps, lim.hold::float8,
+       count(w.id),
+       coalesce(sum(CASE WHEN w.busy THEN 1.0 ELSE $8 END), 0)::float8
+FROM lim
+LEFT JOIN erasure_workers w ON w.id <> $1 AND w.expires_at > now()
+GROUP BY lim.current_rps, lim.hold`
+	var d Deployment
+	var holdSeconds float64
+	err := q.pool.QueryRow(ctx, beatSQL, h.ID, h.Busy, h.ShareRPS, h.CeilingRPS, h.StepRPS,
+		h.Quiet.Milliseconds(), h.TTL.Milliseconds(), h.IdleWeight).
+		Scan(&d.CurrentRPS, &holdSeconds, &d.Others, &d.OthersWeight)
+	if err != nil {
+		return Deployment{}, fmt.Errorf("rate limit heartbeat: %w", err)
+	}
+	d.Hold = time.Duration(holdSeconds * float64(time.Second))
+	return d, nil
+}
+
+// SlowDown records that Knot answered 429: the deployment's rate is multiplied by factor (at
+// most once a second, however many replicas were told at once, and never below floor) and no
+// replica calls Knot for hold. It returns the deployment's rate after.
+func (q *Queue) SlowDown(ctx context.Context, factor, floorRPS float64, hold time.Duration) (float64, error) {
+	const slowSQL = `
+UPDATE erasure_rate_limit
+SET current_rps = CASE WHEN decreased_at < now() - interval '1 second'
+                       THEN greatest($2, current_rps * $1) ELSE current_rps END,
+    decreased_at = CASE WHEN decreased_at < now() - interval '1 second' THEN now() ELSE decreased_at END,
+    hold_until = greatest(hold_until, now() + $3 * interval '1 millisecond')
+RETURNING current_rps`
+	var rps float64
+	err := q.pool.QueryRow(ctx, slowSQL, factor, floorRPS, hold.Milliseconds()).Scan(&rps)
+	if err != nil {
+		return 0, fmt.Errorf("rate limit slow down: %w", err)
+	}
+	return rps, nil
+}
+
+// Leave removes the replica's row at a clean shutdown, so that the others take over its share
+// at their next heartbeat instead of after its TTL.
+func (q *Queue) Leave(ctx context.Context, id string) error {
+	_, err := q.pool.Exec(ctx, `DELETE FROM erasure_workers WHERE id = $1`, id)
+	return err
+}
+
+// Replica is one row of erasure_workers, for `status`.
+type Replica struct {
+	ID           string
+	StartedAt    time.Time
+	HeartbeatAge time.Duration
+	Busy         bool
+	ShareRPS     float64
+	Alive        bool
+}
+
+// RateLimit is the shared rate limit and the replicas behind it, for `status`.
+type RateLimit struct {
+	CeilingRPS, CurrentRPS float64 // zero when no replica has run yet
+	Replicas               []Replica
+}
+
+// ReadRateLimit returns the shared rate limit and every replica seen in the last hour.
+func (q *Queue) ReadRateLimit(ctx context.Context) (RateLimit, error) {
+	var rl RateLimit
+	err := q.pool.QueryRow(ctx, `
+SELECT coalesce((SELECT ceiling_rps FROM erasure_rate_limit), 0),
+       coalesce((SELECT current_rps FROM erasure_rate_limit), 0)`).Scan(&rl.CeilingRPS, &rl.CurrentRPS)
+	if err != nil {
+		return RateLimit{}, fmt.Errorf("read rate limit: %w", err)
+	}
+	rows, err := q.pool.Query(ctx, `
+SELECT id, started_at, extract(epoch FROM now() - heartbeat_at)::float8, busy, share_rps, expires_at > now()
+FROM erasure_workers
+ORDER BY started_at, id`)
+	if err != nil {
+		return RateLimit{}, fmt.Errorf("read replicas: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r Replica
+		var age float64
+		if err := rows.Scan(&r.ID, &r.StartedAt, &age, &r.Busy, &r.ShareRPS, &r.Alive); err != nil {
+			return RateLimit{}, fmt.Errorf("read replicas: %w", err)
+		}
+		r.HeartbeatAge = time.Duration(age * float64(time.Second))
+		rl.Replicas = append(rl.Replicas, r)
+	}
+	return rl, rows.Err()
+}
