@@ -27,8 +27,14 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzClassify$$' -fuzztime $(FUZZTIME) ./knotclient
 	$(GO) test -run '^$$' -fuzz '^FuzzParseLine$$' -fuzztime $(FUZZTIME) ./cmd/erasure-worker
 
+# 3000 requests against a local fake Knot (deploy/local/demo). With DATABASE_URL set the demo
+# uses that database as is (its rows, demo-<timestamp>-<i>, stay); else a throwaway cluster.
 demo: build
-	$(PG) deploy/local/demo
+	@if [ -n "$$DATABASE_URL" ]; then \
+		deploy/local/demo; \
+	else \
+		env -u TEST_DATABASE_URL WITH_POSTGRES_THROWAWAY=1 $(PG) deploy/local/demo; \
+	fi
 
 clean:
 	rm -rf bin
