@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 PG      := deploy/local/with-postgres
 
-.PHONY: build test vet fmt-check fuzz demo clean
+.PHONY: build test vet fmt-check fuzz demo bench-ratelimit clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
@@ -35,6 +35,11 @@ demo: build
 	else \
 		env -u TEST_DATABASE_URL WITH_POSTGRES_THROWAWAY=1 $(PG) deploy/local/demo; \
 	fi
+
+# The shared rate limit with 1, 3 and 5 replicas: achieved rate and worst one-second window
+# against RATE_LIMIT_RPS (figures, not a pass/fail test; about a minute).
+bench-ratelimit:
+	$(PG) $(GO) test -tags bench -run '^TestBenchRateLimit$$' -count=1 -v -timeout 10m ./cmd/erasure-worker
 
 clean:
 	rm -rf bin

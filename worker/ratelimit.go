@@ -28,9 +28,10 @@ import (
 //     clock only measures its own intervals.
 //   - A replica that cannot reach the database sends nothing once it has missed two heartbeats,
 //     before the others (after ttl) count it gone and take its share.
-//   - A joining replica, or one whose share grows, uses the larger share only from its next
-//     heartbeat on, by which time the others have seen it and shrunk theirs: the sum of the
-//     shares in force never exceeds the deployment's rate.
+//   - A joining replica, or one that turns busy, uses its larger share only two heartbeats
+//     later, by which time the others have seen it and shrunk theirs: the sum of the shares in
+//     force stays within the deployment's rate. Room given up by others (a replica died, left
+//     or went idle) is taken at once.
 //   - 429: the replica told halves its own rate at once, and the deployment's (at most once a
 //     second, however many replicas are told together) with a hold until Retry-After that every
 //     replica honours from its next heartbeat. Heartbeats raise the rate again by a twentieth
@@ -56,15 +57,18 @@ type limiter struct {
 	lim  *rate.Limiter
 	slow chan time.Duration // 429s to report to the deployment
 
-	mu          sync.Mutex
-	validUntil  time.Time     // the share in force lapses then unless renewed
-	renewed     chan struct{} // closed at each successful heartbeat
-	notUntil    time.Time     // no call before then (Retry-After)
-	prevTarget  float64       // the share computed at the previous heartbeat
-	lastBeat    time.Time
-	lastLocal   time.Time // when this replica last halved its own rate
-	share       float64
-	unreachable bool // logged that the database cannot be reached
+	mu             sync.Mutex
+	validUntil     time.Time     // the share in force lapses then unless renewed
+	renewed        chan struct{} // closed at each successful heartbeat
+	notUntil       time.Time     // no call before then (Retry-After)
+	prevTarget     float64       // the share computed at the previous heartbeat
+	prevPrevTarget float64       // and at the one before
+	weight         float64       // this replica\'s weight at the last heartbeat
+	claimingBeats  int           // heartbeats since this replica joined or its weight grew
+	lastBeat       time.Time
+	lastLocal      time.Time // when this replica last halved its own rate
+	share          float64
+	unreachable    bool // logged that the database cannot be reached
 }
 
 func newLimiter(q *queue.Queue, cfg Config, busy func() bool) *limiter {
@@ -143,6 +147,7 @@ func (l *limiter) slowDown(retryAfter time.Duration) {
 		l.lastLocal = now
 		l.share = max(l.share*decreaseBy, l.ceiling*floorFrac)
 		l.prevTarget = min(l.prevTarget, l.share)
+		l.prevPrevTarget = min(l.prevPrevTarget, l.share)
 		l.lim.SetLimit(rate.Limit(l.share))
 		l.metrics.RateLimitRPS.Set(l.share)
 	}
@@ -216,10 +221,22 @@ func (l *limiter) beat(ctx context.Context) {
 	}
 	frac := weight / (weight + d.OthersWeight)
 	target := global * frac
-	// Grow only to what the previous heartbeat already computed: the others have seen this
-	// replica's row since then and shrunk their shares to make room.
-	l.share = min(target, l.prevTarget)
-	l.prevTarget = target
+	// When this replica claims more than before (it has just joined, or turned busy), it grows
+	// only to what its two previous heartbeats computed: by then every other replica has seen
+	// its row and shrunk to make room, even one whose heartbeat read the table just before the
+	// row was written, or ran late. Growth for any other reason (a replica died, left or went
+	// idle, or the deployment's rate rose) is taken at once: whoever gave that room up has
+	// already stopped using it.
+	if weight > l.weight {
+		l.claimingBeats = 0
+	}
+	l.weight = weight
+	l.share = target
+	if l.claimingBeats < 2 {
+		l.share = min(target, l.prevTarget, l.prevPrevTarget)
+		l.claimingBeats++
+	}
+	l.prevPrevTarget, l.prevTarget = l.prevTarget, target
 	l.lastBeat = now
 	l.validUntil = time.Time{} // a first heartbeat has no share yet: nothing goes out
 	if l.share > 0 {

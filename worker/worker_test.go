@@ -292,7 +292,8 @@ func TestRejectedCredentialsPauseThenResumeWithoutLosingAttempts(t *testing.T) {
 	waitFor(t, "the worker to pause", 10*time.Second, func() bool { return testutil.ToFloat64(b.metrics.Paused) == 1 })
 	// While paused only the occasional probe goes out, and nothing fails or spends an attempt.
 	time.Sleep(300 * time.Millisecond)
-	if n := b.count(t, `status = 'failed' OR attempts > 0 OR status = 'succeeded'`); n != 0 {
+	// (A probe in flight holds one row running, its attempt counted until it is released.)
+	if n := b.count(t, `status IN ('failed', 'succeeded') OR (status = 'pending' AND attempts > 0)`); n != 0 {
 		t.Fatalf("%d requests failed, succeeded or spent an attempt while the credentials were rejected", n)
 	}
 	probes := b.fake.Stats().Calls

@@ -27,6 +27,10 @@ import (
 // migrate, enqueue and run, the way an operator would.
 
 var (
+	// raceBinaries builds the binaries under test with the race detector; benchmarks turn it
+	// off to measure the real thing.
+	raceBinaries = true
+
 	buildOnce sync.Once
 	binDir    string
 	buildErr  error
@@ -40,7 +44,11 @@ func binaries(t *testing.T) (worker, fake string) {
 		if buildErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-race", "-o", binDir+string(os.PathSeparator), "github.com/erasure-worker/erasure-worker/cmd/...")
+		args := []string{"build", "-o", binDir + string(os.PathSeparator)}
+		if raceBinaries {
+			args = append(args, "-race")
+		}
+		cmd := exec.Command("go", append(args, "github.com/erasure-worker/erasure-worker/cmd/...")...)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
