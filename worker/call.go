@@ -56,6 +56,7 @@ func (w *Worker) attempt(sendCtx, callCtx context.Context, job queue.Job, probe 
 		out, err := w.knot.DeleteUser(callCtx, job.ExternalUserID)
 		elapsed := time.Since(start)
 		w.metrics.KnotDuration.Observe(elapsed.Seconds())
+		w.latency.observe(elapsed)
 		call := queue.Call{StartedAt: start, Duration: elapsed}
 
 		if err == nil {

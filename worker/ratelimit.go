@@ -89,6 +89,13 @@ func newLimiter(q *queue.Queue, cfg Config, busy func() bool) *limiter {
 
 func (l *limiter) ttl() time.Duration { return 3 * l.interval }
 
+// currentShare is the rate this replica may use now, in calls per second.
+func (l *limiter) currentShare() float64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.share
+}
+
 // wait blocks until a call may go out: a share is in force, no Retry-After holds, and the
 // in-process limiter has a token.
 func (l *limiter) wait(ctx context.Context) error {

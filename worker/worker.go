@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -27,7 +28,8 @@ type Knot interface {
 type Config struct {
 	// ID names this worker as lease owner and in erasure_attempts. Unique per process.
 	ID string
-	// Concurrency is how many Knot calls may be in flight at once.
+	// Concurrency is how many Knot calls may be in flight at once; 0 sizes it automatically
+	// from this replica's share of the rate and Knot's observed latency.
 	Concurrency int
 	// RateLimit is the most calls per second for the whole deployment, shared by the replicas
 	// through the database; Burst how many may go at once after a lull, likewise shared.
@@ -77,7 +79,6 @@ type Config struct {
 
 // Defaults for Config's zero fields.
 const (
-	DefaultConcurrency        = 8
 	DefaultRateLimit          = 10
 	DefaultLeaseDuration      = 2 * time.Minute
 	DefaultMaxAttempts        = 30
@@ -99,9 +100,6 @@ func (c *Config) setDefaults() {
 		if *p == 0 {
 			*p = d
 		}
-	}
-	if c.Concurrency == 0 {
-		c.Concurrency = DefaultConcurrency
 	}
 	if c.RateLimit == 0 {
 		c.RateLimit = DefaultRateLimit
@@ -142,8 +140,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.ID == "":
 		return errors.New("worker ID is empty")
-	case c.Concurrency < 1:
-		return fmt.Errorf("CONCURRENCY must be at least 1, got %d", c.Concurrency)
+	case c.Concurrency < 0:
+		return fmt.Errorf("CONCURRENCY must be auto or at least 1, got %d", c.Concurrency)
 	case c.RateLimit <= 0:
 		return fmt.Errorf("RATE_LIMIT_RPS must be above 0, got %g", c.RateLimit)
 	case c.Burst < 1:
@@ -187,6 +185,7 @@ type Worker struct {
 	pauseOnce sync.Mutex // serialises the pause/resume log lines
 	lastLoop  atomic.Int64
 	lastWork  atomic.Int64 // when a claim last returned work
+	latency   latencyEWMA
 }
 
 // New returns a worker that claims from q and calls knot. Zero fields of cfg take defaults;
@@ -202,9 +201,9 @@ func New(q *queue.Queue, knot Knot, cfg Config) (*Worker, error) {
 		knot:    knot,
 		log:     cfg.Logger.With("worker", cfg.ID),
 		metrics: cfg.Metrics,
-		slots:   make(chan struct{}, cfg.Concurrency),
+		slots:   make(chan struct{}, max(cfg.Concurrency, maxAutoConcurrency)),
 		wake:    make(chan struct{}, 1),
-		results: make(chan queue.Result, cfg.Concurrency),
+		results: make(chan queue.Result, maxPrefetch+maxAutoConcurrency),
 	}
 	w.limiter = newLimiter(q, cfg, w.busy)
 	w.lastLoop.Store(time.Now().UnixNano())
@@ -292,57 +291,77 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// claimLoop claims up to the free capacity and starts a call for each claim, until sendCtx ends.
+// claimLoop keeps a small buffer of claimed requests, refilled in batches so that one claim
+// serves many calls, and starts a call for each as a slot frees, until sendCtx ends. Claims it
+// holds unsent at the end, or when the worker pauses, go back at once without spending an
+// attempt.
 func (w *Worker) claimLoop(sendCtx, callCtx context.Context, calls *sync.WaitGroup) {
 	poll := time.NewTimer(0)
 	defer poll.Stop()
-	var dbFailures int
-	var lastProbe time.Time
+	var (
+		ready      []queue.Job // claimed, waiting for a slot
+		dbFailures int
+		lastProbe  time.Time
+	)
+	defer func() { w.giveBackUnsent(ready) }()
+	// claim fetches up to n requests; false means the database failed and the loop backs off.
+	claim := func(n int) ([]queue.Job, bool) {
+		jobs, err := w.claim(sendCtx, n)
+		if err != nil {
+			if sendCtx.Err() == nil {
+				dbFailures++
+				wait := dbBackoff(dbFailures)
+				w.log.Error("claim failed; retrying", "err", err, "retry_in", wait)
+				sleep(sendCtx, wait)
+			}
+			return nil, false
+		}
+		if dbFailures > 0 {
+			w.log.Info("database answering again", "after_failures", dbFailures)
+			dbFailures = 0
+		}
+		if len(jobs) > 0 {
+			w.lastWork.Store(time.Now().UnixNano())
+		}
+		return jobs, true
+	}
 	for {
 		w.lastLoop.Store(time.Now().UnixNano())
 		if sendCtx.Err() != nil {
 			return
 		}
-		free := cap(w.slots) - len(w.slots)
-		probe := false
 		if w.paused.Load() {
 			// Only a probe goes out while paused: one request, every PauseProbeInterval, and
 			// only when nothing else is in flight.
-			free = 0
+			w.giveBackUnsent(ready)
+			ready = nil
 			if len(w.slots) == 0 && time.Since(lastProbe) >= w.cfg.PauseProbeInterval {
 				lastProbe = time.Now()
 				if w.cfg.BeforeProbe != nil {
 					w.cfg.BeforeProbe(sendCtx)
 				}
-				free, probe = 1, true
-			}
-		}
-		if free > 0 {
-			jobs, err := w.claim(sendCtx, free)
-			if err != nil {
-				if sendCtx.Err() != nil {
-					return
+				jobs, ok := claim(1)
+				if !ok {
+					continue
 				}
-				dbFailures++
-				wait := dbBackoff(dbFailures)
-				w.log.Error("claim failed; retrying", "err", err, "retry_in", wait)
-				sleep(sendCtx, wait)
-				continue
+				for _, job := range jobs {
+					w.dispatch(sendCtx, callCtx, calls, job, true)
+				}
 			}
-			if dbFailures > 0 {
-				w.log.Info("database answering again", "after_failures", dbFailures)
-				dbFailures = 0
+		} else {
+			for len(ready) > 0 && len(w.slots) < w.inflightCap() {
+				w.dispatch(sendCtx, callCtx, calls, ready[0], false)
+				ready = ready[1:]
 			}
-			if len(jobs) > 0 {
-				w.lastWork.Store(time.Now().UnixNano())
-			}
-			for _, job := range jobs {
-				w.slots <- struct{}{}
-				w.metrics.Inflight.Set(float64(len(w.slots)))
-				calls.Go(func() { w.carryOut(sendCtx, callCtx, job, probe) })
-			}
-			if len(jobs) == free && !w.paused.Load() {
-				continue // there may be more: claim again as soon as there is room
+			if target := w.prefetch(); len(ready) <= target/2 {
+				jobs, ok := claim(target - len(ready))
+				if !ok {
+					continue
+				}
+				if len(jobs) > 0 {
+					ready = append(ready, jobs...)
+					continue // start them, and claim again if the batch left the buffer low
+				}
 			}
 		}
 		if !poll.Stop() {
@@ -363,6 +382,71 @@ func (w *Worker) claimLoop(sendCtx, callCtx context.Context, calls *sync.WaitGro
 		case <-poll.C:
 		}
 	}
+}
+
+func (w *Worker) dispatch(sendCtx, callCtx context.Context, calls *sync.WaitGroup, job queue.Job, probe bool) {
+	w.slots <- struct{}{}
+	w.metrics.Inflight.Set(float64(len(w.slots)))
+	calls.Go(func() { w.carryOut(sendCtx, callCtx, job, probe) })
+}
+
+// giveBackUnsent releases claims that were never sent, through the recorder, which writes
+// them in one statement with whatever else it holds.
+func (w *Worker) giveBackUnsent(jobs []queue.Job) {
+	for _, j := range jobs {
+		w.results <- queue.Result{ID: j.ID, Attempt: j.Attempt, Transition: queue.Release}
+	}
+}
+
+// Bounds of CONCURRENCY=auto, and of the claim buffer.
+const (
+	minAutoConcurrency = 4
+	maxAutoConcurrency = 256
+	maxPrefetch        = 512
+)
+
+// inflightCap is how many calls may be in flight now: CONCURRENCY, or with CONCURRENCY=auto
+// what this replica's share of the rate needs at Knot's observed latency (Little's law), with
+// half as much again for the latency's swings.
+func (w *Worker) inflightCap() int {
+	if w.cfg.Concurrency > 0 {
+		return w.cfg.Concurrency
+	}
+	n := int(math.Ceil(w.limiter.currentShare()*w.latency.seconds()*1.5)) + 2
+	return min(max(n, minAutoConcurrency), maxAutoConcurrency)
+}
+
+// prefetch is how many claims to hold: enough for the slots and about a second of calls at
+// this replica's share, so that a claim is one statement for many requests and none waits in
+// the buffer long enough to matter to its lease.
+func (w *Worker) prefetch() int {
+	perSecond := int(math.Ceil(w.limiter.currentShare()))
+	return min(max(w.inflightCap()+perSecond, 2), maxPrefetch)
+}
+
+// latencyEWMA follows how long Knot takes to answer, for CONCURRENCY=auto.
+type latencyEWMA struct {
+	mu  sync.Mutex
+	avg float64 // seconds
+}
+
+func (l *latencyEWMA) observe(d time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.avg == 0 {
+		l.avg = d.Seconds()
+		return
+	}
+	l.avg = 0.9*l.avg + 0.1*d.Seconds()
+}
+
+func (l *latencyEWMA) seconds() float64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.avg == 0 {
+		return 0.1 // until the first answer, a guess
+	}
+	return l.avg
 }
 
 // claim is never cancelled by shutdown: a claim abandoned mid-flight may have committed on the
@@ -397,13 +481,18 @@ func (w *Worker) nudge() {
 	}
 }
 
-// record writes results to the queue in batches: it takes what has arrived while the last
-// batch was being written, so under load one statement finishes many requests.
+// record writes results to the queue in batches.
 func (w *Worker) record(ctx context.Context) {
-	const maxBatch = 256
+	const (
+		maxBatch = 512
+		// linger is how long the first result of a batch waits for company: under load one
+		// statement then finishes many requests; idle, a result is written 20ms later.
+		linger = 20 * time.Millisecond
+	)
 	batch := make([]queue.Result, 0, maxBatch)
 	for first := range w.results {
 		batch = append(batch[:0], first)
+		timer := time.NewTimer(linger)
 	more:
 		for len(batch) < maxBatch {
 			select {
@@ -412,10 +501,11 @@ func (w *Worker) record(ctx context.Context) {
 					break more
 				}
 				batch = append(batch, r)
-			default:
+			case <-timer.C:
 				break more
 			}
 		}
+		timer.Stop()
 		w.finish(ctx, batch)
 	}
 }

@@ -82,7 +82,7 @@ func TestRunConfigErrorsNameTheSetting(t *testing.T) {
 		{"no secret", with("KNOT_SECRET", ""), nil, "KNOT_SECRET (--knot-secret): is required"},
 		{"missing secret file", with("KNOT_SECRET_FILE", secretFile), []string{"--knot-secret="}, "KNOT_SECRET_FILE (--knot-secret-file): cannot read"},
 		{"bad rate", with("RATE_LIMIT_RPS", "fast"), nil, `RATE_LIMIT_RPS (--rate-limit-rps): "fast" is not a number`},
-		{"zero concurrency", with("CONCURRENCY", "0"), nil, "CONCURRENCY (--concurrency): must be at least 1"},
+		{"zero concurrency", with("CONCURRENCY", "0"), nil, `CONCURRENCY (--concurrency): "0" is not auto or a whole number of at least 1`},
 		{"bad duration", with("SHUTDOWN_TIMEOUT", "30"), nil, `SHUTDOWN_TIMEOUT (--shutdown-timeout): "30" is not a duration`},
 		{"bad log level", with("LOG_LEVEL", "loud"), nil, "LOG_LEVEL (--log-level)"},
 		{"short lease", with("LEASE_DURATION", "2s"), nil, "LEASE_DURATION (2s) is too short"},

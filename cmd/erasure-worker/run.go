@@ -49,7 +49,7 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 		rps         = s.add("RATE_LIMIT_RPS", fmt.Sprint(worker.DefaultRateLimit), "most calls to Knot per second for the whole deployment, shared by the replicas through the database")
 		burst       = s.add("RATE_LIMIT_BURST", "", "calls the deployment may send at once after a lull (default: a tenth of RATE_LIMIT_RPS, at least 1)")
 		rateSync    = s.add("RATE_LIMIT_SYNC_INTERVAL", dur(worker.DefaultRateSyncInterval), "how often a replica renews its share of the rate limit; a dead replica's share passes to the others within three of these")
-		concurrency = s.add("CONCURRENCY", fmt.Sprint(worker.DefaultConcurrency), "calls to Knot in flight at once; raise it when Knot's latency times RATE_LIMIT_RPS exceeds it")
+		concurrency = s.add("CONCURRENCY", "auto", "most calls to Knot in flight at once; auto sizes it from this replica's share of the rate times Knot's observed latency (4 to 256)")
 		listenAddr  = s.add("LISTEN_ADDR", ":9090", "address serving /metrics, /healthz and /readyz")
 		lease       = s.add("LEASE_DURATION", dur(worker.DefaultLeaseDuration), "how long a claimed request is held before another replica may take it over")
 		maxAttempts = s.add("MAX_ATTEMPTS", fmt.Sprint(worker.DefaultMaxAttempts), "claims a request gets for retryable errors (5xx, timeouts) before it fails as exhausted")
@@ -95,7 +95,7 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 		s.fail(secret, "is required (or KNOT_SECRET_FILE): the Knot secret for KNOT_CLIENT_ID")
 	}
 	c.worker = worker.Config{
-		Concurrency:        s.integer(concurrency, 1),
+		Concurrency:        s.concurrency(concurrency),
 		RateLimit:          s.number(rps),
 		LeaseDuration:      s.duration(lease),
 		MaxAttempts:        s.integer(maxAttempts, 1),

@@ -152,6 +152,20 @@ func (s *settingSet) integer(st *setting, min int) int {
 	return n
 }
 
+// concurrency reads CONCURRENCY: auto (0 to the worker) or a whole number of at least 1.
+func (s *settingSet) concurrency(st *setting) int {
+	if strings.EqualFold(strings.TrimSpace(st.raw), "auto") {
+		return 0
+	}
+	v := s.str(st)
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		s.fail(st, "%q is not auto or a whole number of at least 1", v)
+		return 0
+	}
+	return n
+}
+
 func (s *settingSet) number(st *setting) float64 {
 	v := s.str(st)
 	f, err := strconv.ParseFloat(v, 64)
