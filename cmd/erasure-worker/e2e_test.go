@@ -70,7 +70,7 @@ func cleanupBinaries() {
 type process struct {
 	cmd         *exec.Cmd
 	out         *syncBuffer
-	done        chan error
+	done        chan struct{} // closed once the process has exited and been waited for
 	stdoutLines <-chan string
 }
 
@@ -93,7 +93,7 @@ func (s *syncBuffer) String() string {
 
 func start(t *testing.T, name string, env []string, bin string, args ...string) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(bin, args...), out: &syncBuffer{}, done: make(chan error, 1)}
+	p := &process{cmd: exec.Command(bin, args...), out: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Env = env
 	p.cmd.Stderr = p.out
 	stdout, err := p.cmd.StdoutPipe()
@@ -114,11 +114,14 @@ func start(t *testing.T, name string, env []string, bin string, args ...string) 
 			}
 		}
 		close(lines)
-		p.done <- p.cmd.Wait()
+		_ = p.cmd.Wait() // the exit status is in ProcessState, safe to read once done is closed
+		close(p.done)
 	}()
 	p.stdoutLines = lines
 	t.Cleanup(func() {
-		if p.cmd.ProcessState == nil {
+		select {
+		case <-p.done:
+		default:
 			_ = p.cmd.Process.Kill()
 			<-p.done
 		}
