@@ -150,11 +150,11 @@ func defaultHTTPClient(timeout time.Duration) *http.Client {
 	// The per-call context deadline is the real bound; this is a backstop in
 	// case a caller's context has no deadline at all.
 	t.ResponseHeaderTimeout = timeout
-	// The worker runs up to ~64 calls at once against one host; the default
-	// of 2 idle connections per host would make most calls open a new TLS
-	// connection.
-	t.MaxIdleConns = 128
-	t.MaxIdleConnsPerHost = 64
+	// The worker runs up to 256 calls at once against one host (CONCURRENCY=auto's ceiling).
+	// Keep a connection for each: with fewer idle slots than calls in flight, every call past
+	// them opens a new TLS connection and closes it after one request.
+	t.MaxIdleConns = 256
+	t.MaxIdleConnsPerHost = 256
 	t.IdleConnTimeout = 90 * time.Second
 	return &http.Client{
 		Transport: t,
