@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -250,14 +251,35 @@ finished AS (
       AND r.attempts = i.attempt
     RETURNING r.id
 ),
+calls AS (
+    SELECT * FROM unnest($10::bigint[], $11::int[], $12::timestamptz[], $13::int[], $14::int[], $15::text[], $16::text[])
+        AS c(request_id, attempt, started_at, duration_ms, http_status, error_code, result)
+),
+-- A retry of a batch whose first try committed but whose answer was lost (the database
+-- crashed, the connection broke) finds its calls already written: it writes them only once,
+-- and counts a result as applied when its row already holds what the result set.
+recorded AS (
+    SELECT i.id FROM input i JOIN erasure_requests r ON r.id = i.id
+    WHERE r.status = i.status
+      AND r.outcome IS NOT DISTINCT FROM i.outcome
+      AND EXISTS (SELECT 1 FROM calls c JOIN erasure_attempts e
+                      ON e.request_id = c.request_id AND e.attempt = c.attempt AND e.started_at = c.started_at
+                  WHERE c.request_id = i.id AND e.worker = $1)
+),
 evidence AS (
     INSERT INTO erasure_attempts (request_id, attempt, worker, started_at, duration_ms, http_status, error_code, result)
     SELECT c.request_id, c.attempt, $1, c.started_at, c.duration_ms, c.http_status, c.error_code, c.result
-    FROM unnest($10::bigint[], $11::int[], $12::timestamptz[], $13::int[], $14::int[], $15::text[], $16::text[])
-        AS c(request_id, attempt, started_at, duration_ms, http_status, error_code, result)
+    FROM calls c
+    WHERE NOT EXISTS (SELECT 1 FROM erasure_attempts e
+                      WHERE e.request_id = c.request_id AND e.attempt = c.attempt
+                        AND e.worker = $1 AND e.started_at = c.started_at)
 )
-SELECT id FROM finished`
-	rows, err := q.pool.Query(ctx, finishSQL, owner,
+SELECT id FROM finished UNION ALL SELECT id FROM recorded`
+	// Sent as an unnamed statement, so that each batch gets a plan for its own size: prepared,
+	// Postgres switches to a generic plan after five runs, guesses ten rows from unnest, and
+	// joins by a nested loop that rescans the batch once per running row (167ms instead of
+	// 18ms for 480 results).
+	rows, err := q.pool.Query(ctx, finishSQL, pgx.QueryExecModeExec, owner,
 		ids, attempts, statuses, outcomes, codes, errs, runAfters, refunds,
 		callReq, callAttempt, callStarted, callMillis, callStatus, callCode, callResult)
 	if err != nil {
