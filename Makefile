@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 PG      := deploy/local/with-postgres
 
-.PHONY: build test vet fmt-check fuzz demo bench-ratelimit chaos clean image check-deploy
+.PHONY: build test vet fmt-check fuzz demo bench bench-ratelimit chaos clean image check-deploy
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
@@ -26,7 +26,7 @@ fmt-check:
 
 # The fault suite (cmd/erasure-worker/chaos_*_test.go, build tag chaos): kill -9, PostgreSQL
 # restarts, Knot outages, 429s, 401s, hangs and garbage, bad input, SIGTERM drain; real
-# processes against a real PostgreSQL and knotfake. About two minutes.
+# processes against a real PostgreSQL and knotfake. About a minute and a half on two cores.
 chaos:
 	$(GO) vet -tags chaos ./cmd/erasure-worker
 	$(PG) $(GO) test -tags chaos -run '^TestChaos' -count=1 -timeout 8m ./cmd/erasure-worker
@@ -50,6 +50,13 @@ demo: build
 # against RATE_LIMIT_RPS (figures, not a pass/fail test; about a minute).
 bench-ratelimit:
 	$(PG) $(GO) test -tags bench -run '^TestBenchRateLimit$$' -count=1 -v -timeout 10m ./cmd/erasure-worker
+
+# The worker against its own limits (issue #6): pipeline throughput, database round trips per
+# request, claim cost up to 10 million finished rows (about 2 GB of disk while it runs), pickup
+# latency, memory, and the rate at 200ms per call. Prints each figure beside its goal and writes
+# BENCHMARKS.md (figures, not a pass/fail test; about five minutes). BENCH_ONLY=1,3 runs sections.
+bench:
+	$(PG) $(GO) test -tags bench -run '^TestBench$$' -count=1 -v -timeout 15m ./cmd/erasure-worker
 
 # The container image, built offline with podman from a binary built here (deploy/Dockerfile's
 # FROM scratch target), then run: it must print `erasure-worker $(VERSION)` as non-root with a
