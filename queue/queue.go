@@ -167,6 +167,78 @@ const maxErrorBytes = 2048
 // IDs it applied. A result whose lease was lost (expired and recovered, or claimed anew) is not
 // applied and its ID is not returned; its calls are still recorded, because they happened.
 func (q *Queue) Finish(ctx context.Context, owner string, results []Result) (applied []int64, err error) {
+	return q.finish(ctx, owner, results, finishSQL)
+}
+
+// FinishAgain is Finish for a batch whose earlier Finish failed. That one may have committed
+// with only its answer lost (the database crashed, the connection broke): FinishAgain writes
+// each call into erasure_attempts once, and returns as applied the results whose rows already
+// hold what they set. Finish skips these checks, which cost a lookup per call.
+func (q *Queue) FinishAgain(ctx context.Context, owner string, results []Result) (applied []int64, err error) {
+	return q.finish(ctx, owner, results, finishAgainSQL)
+}
+
+// One round trip for the whole batch: the fenced UPDATE and the evidence INSERT are both
+// data-modifying CTEs, which Postgres always runs to completion.
+const (
+	finishInputSQL = `
+WITH input AS (
+    SELECT * FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::timestamptz[], $9::bool[])
+        AS t(id, attempt, status, outcome, error_code, error, run_after, refund)
+),
+finished AS (
+    UPDATE erasure_requests r
+    SET status = i.status,
+        outcome = i.outcome,
+        attempts = CASE WHEN i.refund THEN r.attempts - 1 ELSE r.attempts END,
+        run_after = CASE WHEN i.status = 'pending' THEN coalesce(i.run_after, now()) ELSE r.run_after END,
+        completed_at = CASE WHEN i.status IN ('succeeded', 'failed') THEN now() END,
+        last_error = coalesce(i.error, r.last_error),
+        last_error_code = coalesce(i.error_code, r.last_error_code),
+        lease_owner = NULL,
+        lease_expires_at = NULL
+    FROM input i
+    WHERE r.id = i.id
+      AND r.status = 'running'
+      AND r.lease_owner = $1
+      AND r.attempts = i.attempt
+    RETURNING r.id
+),
+calls AS (
+    SELECT * FROM unnest($10::bigint[], $11::int[], $12::timestamptz[], $13::int[], $14::int[], $15::text[], $16::text[])
+        AS c(request_id, attempt, started_at, duration_ms, http_status, error_code, result)
+),`
+	finishSQL = finishInputSQL + `
+evidence AS (
+    INSERT INTO erasure_attempts (request_id, attempt, worker, started_at, duration_ms, http_status, error_code, result)
+    SELECT c.request_id, c.attempt, $1, c.started_at, c.duration_ms, c.http_status, c.error_code, c.result
+    FROM calls c
+)
+SELECT id FROM finished`
+	// A call of this batch already in erasure_attempts was written by the earlier try, which
+	// therefore committed: its results are applied if their rows hold what they set.
+	finishAgainSQL = finishInputSQL + `
+recorded AS (
+    SELECT i.id FROM input i JOIN erasure_requests r ON r.id = i.id
+    WHERE r.status = i.status
+      AND r.outcome IS NOT DISTINCT FROM i.outcome
+      AND EXISTS (SELECT 1 FROM calls c JOIN erasure_attempts e
+                      ON e.request_id = c.request_id AND e.attempt = c.attempt AND e.started_at = c.started_at
+                  WHERE c.request_id = i.id AND e.worker = $1)
+),
+evidence AS (
+    INSERT INTO erasure_attempts (request_id, attempt, worker, started_at, duration_ms, http_status, error_code, result)
+    SELECT c.request_id, c.attempt, $1, c.started_at, c.duration_ms, c.http_status, c.error_code, c.result
+    FROM calls c
+    WHERE NOT EXISTS (SELECT 1 FROM erasure_attempts e
+                      WHERE e.request_id = c.request_id AND e.attempt = c.attempt
+                        AND e.worker = $1 AND e.started_at = c.started_at)
+)
+SELECT id FROM finished UNION ALL SELECT id FROM recorded`
+)
+
+func (q *Queue) finish(ctx context.Context, owner string, results []Result, stmt string) (applied []int64, err error) {
 	if len(results) == 0 {
 		return nil, nil
 	}
@@ -225,61 +297,11 @@ func (q *Queue) Finish(ctx context.Context, owner string, results []Result) (app
 		}
 	}
 
-	// One round trip for the whole batch: the fenced UPDATE and the evidence INSERT are both
-	// data-modifying CTEs, which Postgres always runs to completion.
-	const finishSQL = `
-WITH input AS (
-    SELECT * FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::timestamptz[], $9::bool[])
-        AS t(id, attempt, status, outcome, error_code, error, run_after, refund)
-),
-finished AS (
-    UPDATE erasure_requests r
-    SET status = i.status,
-        outcome = i.outcome,
-        attempts = CASE WHEN i.refund THEN r.attempts - 1 ELSE r.attempts END,
-        run_after = CASE WHEN i.status = 'pending' THEN coalesce(i.run_after, now()) ELSE r.run_after END,
-        completed_at = CASE WHEN i.status IN ('succeeded', 'failed') THEN now() END,
-        last_error = coalesce(i.error, r.last_error),
-        last_error_code = coalesce(i.error_code, r.last_error_code),
-        lease_owner = NULL,
-        lease_expires_at = NULL
-    FROM input i
-    WHERE r.id = i.id
-      AND r.status = 'running'
-      AND r.lease_owner = $1
-      AND r.attempts = i.attempt
-    RETURNING r.id
-),
-calls AS (
-    SELECT * FROM unnest($10::bigint[], $11::int[], $12::timestamptz[], $13::int[], $14::int[], $15::text[], $16::text[])
-        AS c(request_id, attempt, started_at, duration_ms, http_status, error_code, result)
-),
--- A retry of a batch whose first try committed but whose answer was lost (the database
--- crashed, the connection broke) finds its calls already written: it writes them only once,
--- and counts a result as applied when its row already holds what the result set.
-recorded AS (
-    SELECT i.id FROM input i JOIN erasure_requests r ON r.id = i.id
-    WHERE r.status = i.status
-      AND r.outcome IS NOT DISTINCT FROM i.outcome
-      AND EXISTS (SELECT 1 FROM calls c JOIN erasure_attempts e
-                      ON e.request_id = c.request_id AND e.attempt = c.attempt AND e.started_at = c.started_at
-                  WHERE c.request_id = i.id AND e.worker = $1)
-),
-evidence AS (
-    INSERT INTO erasure_attempts (request_id, attempt, worker, started_at, duration_ms, http_status, error_code, result)
-    SELECT c.request_id, c.attempt, $1, c.started_at, c.duration_ms, c.http_status, c.error_code, c.result
-    FROM calls c
-    WHERE NOT EXISTS (SELECT 1 FROM erasure_attempts e
-                      WHERE e.request_id = c.request_id AND e.attempt = c.attempt
-                        AND e.worker = $1 AND e.started_at = c.started_at)
-)
-SELECT id FROM finished UNION ALL SELECT id FROM recorded`
 	// Sent as an unnamed statement, so that each batch gets a plan for its own size: prepared,
 	// Postgres switches to a generic plan after five runs, guesses ten rows from unnest, and
 	// joins by a nested loop that rescans the batch once per running row (167ms instead of
 	// 18ms for 480 results).
-	rows, err := q.pool.Query(ctx, finishSQL, pgx.QueryExecModeExec, owner,
+	rows, err := q.pool.Query(ctx, stmt, pgx.QueryExecModeExec, owner,
 		ids, attempts, statuses, outcomes, codes, errs, runAfters, refunds,
 		callReq, callAttempt, callStarted, callMillis, callStatus, callCode, callResult)
 	if err != nil {
@@ -296,17 +318,18 @@ SELECT id FROM finished UNION ALL SELECT id FROM recorded`
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("finish: %w", err)
 	}
-	if refunded(results) {
-		// Released rows are claimable at once: tell idle replicas rather than wait for a poll.
-		// Best effort: polling picks them up anyway.
+	if claimableNow(results) {
+		// Rows put back for now are claimable at once: tell idle replicas rather than wait for
+		// a poll. Best effort: polling picks them up anyway.
 		_ = q.notify(ctx)
 	}
 	return applied, nil
 }
 
-func refunded(results []Result) bool {
+func claimableNow(results []Result) bool {
 	for _, r := range results {
-		if r.Transition == Release && (r.RunAfter.IsZero() || !r.RunAfter.After(time.Now())) {
+		back := r.Transition == Release || r.Transition == Retry
+		if back && (r.RunAfter.IsZero() || !r.RunAfter.After(time.Now())) {
 			return true
 		}
 	}

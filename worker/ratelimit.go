@@ -277,9 +277,10 @@ func (l *limiter) reportSlowDown(ctx context.Context, hold time.Duration) {
 	l.metrics.GlobalRPS.Set(min(rps, l.ceiling))
 }
 
-// leave gives this replica's share back at once at a clean shutdown.
-func (l *limiter) leave() {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+// leave gives this replica's share back at once at a clean shutdown, if the database answers
+// by then.
+func (l *limiter) leave(by time.Time) {
+	ctx, cancel := context.WithDeadline(context.Background(), by)
 	defer cancel()
 	if err := l.q.Leave(ctx, l.id); err != nil {
 		l.log.Warn("could not remove this replica from the rate limit; it expires by itself", "err", err)

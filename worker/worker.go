@@ -266,14 +266,18 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	// Shutdown.
 	stopBackground()
+	// Everything fits in ShutdownTimeout: calls in flight get all but its last fifth (at most
+	// 5s), which is kept for writing their results and leaving the rate limit; the caller keeps
+	// a last quarter second for its metrics server.
 	start := time.Now()
-	drainFor := w.cfg.ShutdownTimeout - min(w.cfg.ShutdownTimeout/5, 5*time.Second)
+	deadline := start.Add(w.cfg.ShutdownTimeout - 250*time.Millisecond)
+	drainUntil := deadline.Add(-min(w.cfg.ShutdownTimeout/5, 5*time.Second))
 	w.log.Info("shutting down: no new claims; waiting for calls in flight", "inflight", len(w.slots), "timeout", w.cfg.ShutdownTimeout)
 	drained := make(chan struct{})
 	go func() { calls.Wait(); close(drained) }()
 	select {
 	case <-drained:
-	case <-time.After(drainFor):
+	case <-time.After(time.Until(drainUntil)):
 		w.log.Warn("calls still in flight at the shutdown deadline: cancelling them; they will be retried", "inflight", len(w.slots))
 		cancelCalls()
 		<-drained
@@ -281,12 +285,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	close(w.results)
 	select {
 	case <-recorderDone:
-	case <-time.After(max(w.cfg.ShutdownTimeout-time.Since(start), time.Second)):
+	case <-time.After(time.Until(deadline.Add(-200 * time.Millisecond))):
 		cancelRecord()
 		<-recorderDone
 	}
 	background.Wait()
-	w.limiter.leave()
+	w.limiter.leave(deadline)
 	w.log.Info("worker stopped", "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
@@ -515,7 +519,12 @@ func (w *Worker) record(ctx context.Context) {
 // the leases then expire and the requests run again, which is harmless.
 func (w *Worker) finish(ctx context.Context, batch []queue.Result) {
 	for failures := 1; ; failures++ {
-		applied, err := w.q.Finish(ctx, w.cfg.ID, batch)
+		finish := w.q.Finish
+		if failures > 1 {
+			// The failed try may have committed with only its answer lost.
+			finish = w.q.FinishAgain
+		}
+		applied, err := finish(ctx, w.cfg.ID, batch)
 		if err == nil {
 			w.countApplied(batch, applied)
 			return

@@ -100,7 +100,7 @@ func runEnqueue(ctx context.Context, env *environment, args []string) int {
 	}
 
 	p := lineParser{format: format, now: time.Now()}
-	err = eachLine(in, func(n int, line []byte, tooLong bool) error {
+	err = eachLine(skipBOM(in), func(n int, line []byte, tooLong bool) error {
 		if tooLong {
 			reject(n, fmt.Errorf("line is longer than %d bytes", maxLineBytes))
 			return nil
@@ -135,6 +135,17 @@ func runEnqueue(ctx context.Context, env *environment, args []string) int {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// skipBOM drops a UTF-8 byte order mark at the start of r: Excel's "CSV UTF-8" begins with
+// one, and it is not part of the first line (left in, a CSV header line would not be recognised
+// and would be enqueued as a request to erase the user "external_user_id").
+func skipBOM(r io.Reader) io.Reader {
+	br := bufio.NewReader(r)
+	if b, err := br.Peek(3); err == nil && bytes.Equal(b, []byte("\xef\xbb\xbf")) {
+		_, _ = br.Discard(3)
+	}
+	return br
 }
 
 // eachLine calls f for every line of r with its 1-based number, without the line ending. A

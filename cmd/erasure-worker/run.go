@@ -209,7 +209,8 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String(), "version", buildVersion())
 
 	runErr := w.Run(ctx)
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	// Run kept a quarter second of SHUTDOWN_TIMEOUT for this: scrapes and probes are quick.
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
 	defer cancel()
 	_ = srv.Shutdown(shutdownCtx)
 	return runErr
