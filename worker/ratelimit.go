@@ -115,7 +115,7 @@ func (l *limiter) wait(ctx context.Context) error {
 			continue
 		}
 		if d := until.Sub(now); d > 0 {
-			if err := sleepCtx(ctx, d); err != nil {
+			if err := sleep(ctx, d); err != nil {
 				return err
 			}
 			continue
@@ -129,12 +129,12 @@ func (l *limiter) wait(ctx context.Context) error {
 		delay := r.Delay()
 		if !r.OK() || delay > l.interval/4 {
 			r.Cancel()
-			if err := sleepCtx(ctx, l.interval/4); err != nil {
+			if err := sleep(ctx, l.interval/4); err != nil {
 				return err
 			}
 			continue
 		}
-		if err := sleepCtx(ctx, delay); err != nil {
+		if err := sleep(ctx, delay); err != nil {
 			r.Cancel()
 			return err
 		}
@@ -284,16 +284,5 @@ func (l *limiter) leave(by time.Time) {
 	defer cancel()
 	if err := l.q.Leave(ctx, l.id); err != nil {
 		l.log.Warn("could not remove this replica from the rate limit; it expires by itself", "err", err)
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
 	}
 }
