@@ -3,14 +3,16 @@
 // Knot; the worker decides what a result means and tells the queue which transition to make.
 //
 // Every transition of a claimed row is fenced: it applies only while the row is still running
-// under the same lease owner and attempt number, so a worker that lost its lease can never
-// overwrite a newer result.
+// under the very claim that the result is for (a token that the claim statement draws from a
+// sequence, so no other claim of the row ever carries it), so a worker that lost its lease can
+// never overwrite a newer result.
 package queue
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -51,24 +53,27 @@ func New(pool *pgxpool.Pool) *Queue {
 	return &Queue{pool: pool}
 }
 
-// Pool returns the pool the queue runs on.
-func (q *Queue) Pool() *pgxpool.Pool { return q.pool }
-
 // Job is a claimed request: the worker holds its lease until LeaseExpiresAt.
 type Job struct {
 	ID             int64
 	RequestRef     string
 	ExternalUserID string
-	// Attempt is this claim's attempt number (1 for the first). With the owner it fences every
-	// transition of the row.
-	Attempt        int
+	// Attempt is this claim's attempt number (1 for the first), kept with the evidence.
+	Attempt int
+	// Token identifies this claim and no other: it fences every transition of the row.
+	Token          int64
 	DueAt          time.Time
 	LeaseExpiresAt time.Time
 }
 
+// Result starts the result of this claim: its transition and calls are the caller's to fill.
+func (j Job) Result() Result { return Result{ID: j.ID, Attempt: j.Attempt, Token: j.Token} }
+
 // Claim leases up to limit runnable pending requests to owner for leaseFor and returns them.
 // It is one statement, committed at once: no transaction stays open while the worker calls Knot.
-// Rows locked by a concurrent claim are skipped, so two workers never hold one row.
+// Rows locked by a concurrent claim are skipped, so two workers never hold one row. Nothing is
+// claimed while a 429's Retry-After holds the deployment (erasure_rate_limit.hold_until): a
+// claim taken then could only wait, and its lease would run out first.
 func (q *Queue) Claim(ctx context.Context, owner string, limit int, leaseFor time.Duration) ([]Job, error) {
 	if limit <= 0 {
 		return nil, nil
@@ -78,6 +83,7 @@ func (q *Queue) Claim(ctx context.Context, owner string, limit int, leaseFor tim
 WITH picked AS (
     SELECT id FROM erasure_requests
     WHERE status = 'pending' AND run_after <= now()
+      AND NOT EXISTS (SELECT 1 FROM erasure_rate_limit WHERE hold_until > now())
     ORDER BY run_after, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -86,10 +92,11 @@ UPDATE erasure_requests r
 SET status = 'running',
     attempts = r.attempts + 1,
     lease_owner = $1,
-    lease_expires_at = now() + $3 * interval '1 millisecond'
+    lease_expires_at = now() + $3 * interval '1 millisecond',
+    claim_token = nextval('erasure_claim_token_seq')
 FROM picked
 WHERE r.id = picked.id
-RETURNING r.id, r.request_ref, r.external_user_id, r.attempts, r.due_at, r.lease_expires_at`
+RETURNING r.id, r.request_ref, r.external_user_id, r.attempts, r.claim_token, r.due_at, r.lease_expires_at`
 	rows, err := q.pool.Query(ctx, claimSQL, owner, limit, leaseFor.Milliseconds())
 	if err != nil {
 		return nil, fmt.Errorf("claim: %w", err)
@@ -98,7 +105,7 @@ RETURNING r.id, r.request_ref, r.external_user_id, r.attempts, r.due_at, r.lease
 	var jobs []Job
 	for rows.Next() {
 		var j Job
-		if err := rows.Scan(&j.ID, &j.RequestRef, &j.ExternalUserID, &j.Attempt, &j.DueAt, &j.LeaseExpiresAt); err != nil {
+		if err := rows.Scan(&j.ID, &j.RequestRef, &j.ExternalUserID, &j.Attempt, &j.Token, &j.DueAt, &j.LeaseExpiresAt); err != nil {
 			return nil, fmt.Errorf("claim: %w", err)
 		}
 		jobs = append(jobs, j)
@@ -117,11 +124,11 @@ const (
 	Succeed Transition = iota + 1
 	// Fail finishes the request with Outcome rejected, invalid or exhausted.
 	Fail
-	// Retry puts the request back to pending until RunAfter; the attempt counts.
+	// Retry puts the request back to pending for Delay; the attempt counts.
 	Retry
-	// Release puts the request back to pending until RunAfter (zero: now) without spending
-	// the attempt: for claims never sent (shutdown, pause) and for answers that are no fault of
-	// the request (429, rejected credentials).
+	// Release puts the request back to pending for Delay (zero: claimable at once) without
+	// spending the attempt: for claims never sent (shutdown, pause, a hold longer than the
+	// lease) and for answers that are no fault of the request (429, rejected credentials).
 	Release
 )
 
@@ -142,13 +149,16 @@ func (t Transition) String() string {
 // Result is the transition of one claimed request, with the calls made for it.
 type Result struct {
 	ID         int64
-	Attempt    int // the Job's Attempt: the fence
+	Attempt    int   // the Job's Attempt, for the evidence
+	Token      int64 // the Job's Token: the fence
 	Transition Transition
-	Outcome    string    // Succeed and Fail only
-	ErrorCode  string    // kept in last_error_code; empty leaves the previous one
-	Error      string    // kept in last_error; empty leaves the previous one
-	RunAfter   time.Time // Retry and Release; zero means now
-	Calls      []Call    // the evidence, recorded whatever the fence decides
+	Outcome    string // Succeed and Fail only
+	ErrorCode  string // kept in last_error_code; empty leaves the previous one
+	Error      string // kept in last_error; empty leaves the previous one
+	// Delay is how long a Retry or Release stays unclaimable, counted by the database from
+	// when it records the result: every comparison of times is on the database's clock.
+	Delay time.Duration
+	Calls []Call // the evidence, recorded whatever the fence decides
 }
 
 // Call is one call to Knot (or one refusal to call), as erasure_attempts records it.
@@ -172,8 +182,11 @@ func (q *Queue) Finish(ctx context.Context, owner string, results []Result) (app
 
 // FinishAgain is Finish for a batch whose earlier Finish failed. That one may have committed
 // with only its answer lost (the database crashed, the connection broke): FinishAgain writes
-// each call into erasure_attempts once, and returns as applied the results whose rows already
-// hold what they set. Finish skips these checks, which cost a lookup per call.
+// each call into erasure_attempts once, and returns as applied the results whose rows that
+// claim already finished. Finish skips these checks, which cost a lookup per call.
+//
+// Finish and FinishAgain fail as a whole. An error for which Unrecordable is true will recur
+// however often the batch is sent: split the batch to find the result at fault.
 func (q *Queue) FinishAgain(ctx context.Context, owner string, results []Result) (applied []int64, err error) {
 	return q.finish(ctx, owner, results, finishAgainSQL)
 }
@@ -183,16 +196,16 @@ func (q *Queue) FinishAgain(ctx context.Context, owner string, results []Result)
 const (
 	finishInputSQL = `
 WITH input AS (
-    SELECT * FROM unnest($2::bigint[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::timestamptz[], $9::bool[])
-        AS t(id, attempt, status, outcome, error_code, error, run_after, refund)
+    SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::bigint[], $9::bool[])
+        AS t(id, token, status, outcome, error_code, error, delay_ms, released)
 ),
 finished AS (
     UPDATE erasure_requests r
     SET status = i.status,
         outcome = i.outcome,
-        attempts = CASE WHEN i.refund THEN r.attempts - 1 ELSE r.attempts END,
-        run_after = CASE WHEN i.status = 'pending' THEN coalesce(i.run_after, now()) ELSE r.run_after END,
+        attempts = CASE WHEN i.released THEN r.attempts - 1 ELSE r.attempts END,
+        run_after = CASE WHEN i.status = 'pending' THEN now() + i.delay_ms * interval '1 millisecond' ELSE r.run_after END,
         completed_at = CASE WHEN i.status IN ('succeeded', 'failed') THEN now() END,
         last_error = coalesce(i.error, r.last_error),
         last_error_code = coalesce(i.error_code, r.last_error_code),
@@ -202,7 +215,7 @@ finished AS (
     WHERE r.id = i.id
       AND r.status = 'running'
       AND r.lease_owner = $1
-      AND r.attempts = i.attempt
+      AND r.claim_token = i.token
     RETURNING r.id
 ),
 calls AS (
@@ -216,16 +229,15 @@ evidence AS (
     FROM calls c
 )
 SELECT id FROM finished`
-	// A call of this batch already in erasure_attempts was written by the earlier try, which
-	// therefore committed: its results are applied if their rows hold what they set.
+	// A row that still carries this claim's token but is no longer running was finished by this
+	// claim (nothing else moves a row out of running without clearing or replacing the token):
+	// the earlier try committed. Its calls are then in erasure_attempts already.
 	finishAgainSQL = finishInputSQL + `
 recorded AS (
     SELECT i.id FROM input i JOIN erasure_requests r ON r.id = i.id
-    WHERE r.status = i.status
-      AND r.outcome IS NOT DISTINCT FROM i.outcome
-      AND EXISTS (SELECT 1 FROM calls c JOIN erasure_attempts e
-                      ON e.request_id = c.request_id AND e.attempt = c.attempt AND e.started_at = c.started_at
-                  WHERE c.request_id = i.id AND e.worker = $1)
+    WHERE r.claim_token = i.token
+      AND r.status <> 'running'
+      AND r.status = i.status
 ),
 evidence AS (
     INSERT INTO erasure_attempts (request_id, attempt, worker, started_at, duration_ms, http_status, error_code, result)
@@ -244,14 +256,14 @@ func (q *Queue) finish(ctx context.Context, owner string, results []Result, stmt
 	}
 	n := len(results)
 	var (
-		ids       = make([]int64, n)
-		attempts  = make([]int32, n)
-		statuses  = make([]string, n)
-		outcomes  = make([]*string, n)
-		codes     = make([]*string, n)
-		errs      = make([]*string, n)
-		runAfters = make([]*time.Time, n)
-		refunds   = make([]bool, n)
+		ids      = make([]int64, n)
+		tokens   = make([]int64, n)
+		statuses = make([]string, n)
+		outcomes = make([]*string, n)
+		codes    = make([]*string, n)
+		errs     = make([]*string, n)
+		delays   = make([]int64, n)
+		released = make([]bool, n)
 
 		callReq     []int64
 		callAttempt []int32
@@ -263,9 +275,9 @@ func (q *Queue) finish(ctx context.Context, owner string, results []Result, stmt
 	)
 	for i, r := range results {
 		if err := r.validate(); err != nil {
-			return nil, fmt.Errorf("finish request %d: %w", r.ID, err)
+			return nil, &invalidResultError{id: r.ID, err: err}
 		}
-		ids[i], attempts[i] = r.ID, int32(r.Attempt)
+		ids[i], tokens[i] = r.ID, r.Token
 		switch r.Transition {
 		case Succeed:
 			statuses[i] = StatusSucceeded
@@ -273,14 +285,12 @@ func (q *Queue) finish(ctx context.Context, owner string, results []Result, stmt
 			statuses[i] = StatusFailed
 		case Retry, Release:
 			statuses[i] = StatusPending
-			refunds[i] = r.Transition == Release
-			if !r.RunAfter.IsZero() {
-				runAfters[i] = &r.RunAfter
-			}
+			released[i] = r.Transition == Release
+			delays[i] = max(r.Delay.Milliseconds(), 0)
 		}
 		outcomes[i] = nonEmpty(r.Outcome)
-		codes[i] = nonEmpty(r.ErrorCode)
-		errs[i] = nonEmpty(truncate(r.Error, maxErrorBytes))
+		codes[i] = nonEmpty(storable(r.ErrorCode))
+		errs[i] = nonEmpty(truncate(storable(r.Error), maxErrorBytes))
 		for _, c := range r.Calls {
 			callReq = append(callReq, r.ID)
 			callAttempt = append(callAttempt, int32(r.Attempt))
@@ -292,7 +302,7 @@ func (q *Queue) finish(ctx context.Context, owner string, results []Result, stmt
 				status = &s
 			}
 			callStatus = append(callStatus, status)
-			callCode = append(callCode, nonEmpty(c.ErrorCode))
+			callCode = append(callCode, nonEmpty(storable(c.ErrorCode)))
 			callResult = append(callResult, c.Result)
 		}
 	}
@@ -302,7 +312,7 @@ func (q *Queue) finish(ctx context.Context, owner string, results []Result, stmt
 	// joins by a nested loop that rescans the batch once per running row (167ms instead of
 	// 18ms for 480 results).
 	rows, err := q.pool.Query(ctx, stmt, pgx.QueryExecModeExec, owner,
-		ids, attempts, statuses, outcomes, codes, errs, runAfters, refunds,
+		ids, tokens, statuses, outcomes, codes, errs, delays, released,
 		callReq, callAttempt, callStarted, callMillis, callStatus, callCode, callResult)
 	if err != nil {
 		return nil, fmt.Errorf("finish: %w", err)
@@ -328,32 +338,39 @@ func (q *Queue) finish(ctx context.Context, owner string, results []Result, stmt
 
 func claimableNow(results []Result) bool {
 	for _, r := range results {
-		back := r.Transition == Release || r.Transition == Retry
-		if back && (r.RunAfter.IsZero() || !r.RunAfter.After(time.Now())) {
+		if (r.Transition == Release || r.Transition == Retry) && r.Delay <= 0 {
 			return true
 		}
 	}
 	return false
 }
 
-func (r Result) validate() error {
-	switch r.Transition {
-	case Succeed:
-		if r.Outcome != OutcomeDeleted && r.Outcome != OutcomeNotFound {
-			return fmt.Errorf("succeed needs outcome %q or %q, not %q", OutcomeDeleted, OutcomeNotFound, r.Outcome)
-		}
-	case Fail:
-		if r.Outcome != OutcomeRejected && r.Outcome != OutcomeInvalid && r.Outcome != OutcomeExhausted {
-			return fmt.Errorf("fail needs outcome %q, %q or %q, not %q", OutcomeRejected, OutcomeInvalid, OutcomeExhausted, r.Outcome)
-		}
-	case Retry, Release:
-		if r.Outcome != "" {
-			return fmt.Errorf("%s takes no outcome, got %q", r.Transition, r.Outcome)
-		}
-	default:
-		return errors.New("no transition")
-	}
-	return nil
+// Unrecordable reports whether err, from Finish or FinishAgain, will recur however often the
+// same batch is sent: a result the worker built wrongly, or one the database refuses (a
+// constraint it breaks, a value it cannot store). Any other error may pass (the database
+// restarting, a connection lost) and the batch is worth sending again.
+func Unrecordable(err error) bool {
+	var invalid *invalidResultError
+	return errors.As(err, &invalid) || isRowError(err)
+}
+
+type invalidResultError struct {
+	id  int64
+	err error
+}
+
+func (e *invalidResultError) Error() string {
+	return fmt.Sprintf("finish request %d: %v", e.id, e.err)
+}
+
+func (e *invalidResultError) Unwrap() error { return e.err }
+
+// storable makes text from outside (Knot's error codes and messages) storable in a text
+// column: PostgreSQL refuses NUL bytes and invalid UTF-8, and one such answer must not cost
+// the results recorded beside it.
+func storable(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	return strings.ReplaceAll(s, "\x00", "")
 }
 
 // Release puts claimed requests back to pending at once without spending their attempts: the
@@ -361,7 +378,8 @@ func (r Result) validate() error {
 func (q *Queue) Release(ctx context.Context, owner string, jobs []Job) ([]int64, error) {
 	results := make([]Result, len(jobs))
 	for i, j := range jobs {
-		results[i] = Result{ID: j.ID, Attempt: j.Attempt, Transition: Release}
+		results[i] = j.Result()
+		results[i].Transition = Release
 	}
 	return q.Finish(ctx, owner, results)
 }
@@ -369,18 +387,23 @@ func (q *Queue) Release(ctx context.Context, owner string, jobs []Job) ([]int64,
 // Recovered counts what RecoverExpired did.
 type Recovered struct {
 	Requeued  int // back to pending
-	Exhausted int // failed: the lost lease was their last allowed attempt
+	Exhausted int // failed: the lost claim was their last allowed attempt
 }
 
-// RecoverExpired puts requests whose lease has expired back to pending, from any owner: the
-// worker that held them crashed or lost the database. A request whose lost attempt was its
-// maxAttempts-th fails as exhausted instead of running again.
+// RecoverExpired takes back, from any owner, running requests whose owner is gone: its row in
+// erasure_workers has expired (it stopped heartbeating: killed, or cut off from the database),
+// or failing that the lease itself has expired, the backstop for an owner that never
+// heartbeats. Their calls in flight may still land; the fence keeps them from overwriting what
+// happens next, and a second delete answers USER_NOT_FOUND. A request whose lost attempt was
+// its maxAttempts-th fails as exhausted instead of running again.
 func (q *Queue) RecoverExpired(ctx context.Context, maxAttempts int) (Recovered, error) {
 	const recoverSQL = `
 WITH expired AS (
-    SELECT id FROM erasure_requests
-    WHERE status = 'running' AND lease_expires_at < now()
-    FOR UPDATE SKIP LOCKED
+    SELECT r.id, coalesce(w.expires_at < now(), false) AS owner_gone
+    FROM erasure_requests r
+    LEFT JOIN erasure_workers w ON w.id = r.lease_owner
+    WHERE r.status = 'running' AND (r.lease_expires_at < now() OR w.expires_at < now())
+    FOR UPDATE OF r SKIP LOCKED
 ),
 recovered AS (
     UPDATE erasure_requests r
@@ -388,10 +411,13 @@ recovered AS (
         outcome = CASE WHEN r.attempts >= $1 THEN 'exhausted' END,
         completed_at = CASE WHEN r.attempts >= $1 THEN now() END,
         run_after = now(),
-        last_error = 'lease expired: the worker holding the request (' || r.lease_owner || ') stopped before recording a result',
-        last_error_code = 'lease_expired',
+        last_error = CASE WHEN expired.owner_gone
+            THEN 'worker gone: the worker holding the request (' || r.lease_owner || ') stopped heartbeating before recording a result'
+            ELSE 'lease expired: the worker holding the request (' || r.lease_owner || ') stopped before recording a result' END,
+        last_error_code = CASE WHEN expired.owner_gone THEN 'worker_gone' ELSE 'lease_expired' END,
         lease_owner = NULL,
-        lease_expires_at = NULL
+        lease_expires_at = NULL,
+        claim_token = NULL
     FROM expired
     WHERE r.id = expired.id
     RETURNING r.status
@@ -400,7 +426,7 @@ SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status
 FROM recovered`
 	var rec Recovered
 	if err := q.pool.QueryRow(ctx, recoverSQL, maxAttempts).Scan(&rec.Requeued, &rec.Exhausted); err != nil {
-		return Recovered{}, fmt.Errorf("recover expired leases: %w", err)
+		return Recovered{}, fmt.Errorf("recover expired claims: %w", err)
 	}
 	if rec.Requeued > 0 {
 		_ = q.notify(ctx)
@@ -429,4 +455,23 @@ func truncate(s string, n int) string {
 		n--
 	}
 	return s[:n]
+}
+func (r Result) validate() error {
+	switch r.Transition {
+	case Succeed:
+		if r.Outcome != OutcomeDeleted && r.Outcome != OutcomeNotFound {
+			return fmt.Errorf("succeed needs outcome %q or %q, not %q", OutcomeDeleted, OutcomeNotFound, r.Outcome)
+		}
+	case Fail:
+		if r.Outcome != OutcomeRejected && r.Outcome != OutcomeInvalid && r.Outcome != OutcomeExhausted {
+			return fmt.Errorf("fail needs outcome %q, %q or %q, not %q", OutcomeRejected, OutcomeInvalid, OutcomeExhausted, r.Outcome)
+		}
+	case Retry, Release:
+		if r.Outcome != "" {
+			return fmt.Errorf("%s takes no outcome, got %q", r.Transition, r.Outcome)
+		}
+	default:
+		return errors.New("no transition")
+	}
+	return nil
 }

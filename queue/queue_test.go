@@ -160,11 +160,11 @@ func TestFinishAppliesEachTransition(t *testing.T) {
 		{Transition: queue.Succeed, Outcome: queue.OutcomeDeleted, Calls: []queue.Call{call}},
 		{Transition: queue.Succeed, Outcome: queue.OutcomeNotFound},
 		{Transition: queue.Fail, Outcome: queue.OutcomeRejected, ErrorCode: "NO_ACCESS", Error: "knot: 403"},
-		{Transition: queue.Retry, RunAfter: later, ErrorCode: "http_500", Error: "knot: 500 Server Error"},
+		{Transition: queue.Retry, Delay: time.Hour, ErrorCode: "http_500", Error: "knot: 500 Server Error"},
 		{Transition: queue.Release},
 	}
 	for i := range results {
-		results[i].ID, results[i].Attempt = jobs[i].ID, jobs[i].Attempt
+		results[i].ID, results[i].Attempt, results[i].Token = jobs[i].ID, jobs[i].Attempt, jobs[i].Token
 	}
 	applied, err := q.Finish(b.ctx, "w1", results)
 	if err != nil {
@@ -219,7 +219,7 @@ func TestFinishIsFencedByLease(t *testing.T) {
 		t.Fatalf("re-claim: %v %+v", err, cur)
 	}
 
-	stale := queue.Result{ID: old[0].ID, Attempt: old[0].Attempt, Transition: queue.Fail, Outcome: queue.OutcomeRejected,
+	stale := queue.Result{ID: old[0].ID, Attempt: old[0].Attempt, Token: old[0].Token, Transition: queue.Fail, Outcome: queue.OutcomeRejected,
 		Calls: []queue.Call{{StartedAt: time.Now(), HTTPStatus: 403, Result: "permanent"}}}
 	applied, err := q.Finish(b.ctx, "old", []queue.Result{stale})
 	if err != nil {
@@ -236,7 +236,7 @@ func TestFinishIsFencedByLease(t *testing.T) {
 	if r := b.row(t, cur[0].ID); r.Status != "running" || r.LeaseOwner != "new" {
 		t.Fatalf("row after stale finish: %+v", r)
 	}
-	applied, err = q.Finish(b.ctx, "new", []queue.Result{{ID: cur[0].ID, Attempt: cur[0].Attempt, Transition: queue.Succeed, Outcome: queue.OutcomeNotFound}})
+	applied, err = q.Finish(b.ctx, "new", []queue.Result{{ID: cur[0].ID, Attempt: cur[0].Attempt, Token: cur[0].Token, Transition: queue.Succeed, Outcome: queue.OutcomeNotFound}})
 	if err != nil || len(applied) != 1 {
 		t.Fatalf("current owner's finish: %v %v", err, applied)
 	}
@@ -267,7 +267,7 @@ func TestFinishIsFencedByOwnerAfterRequeue(t *testing.T) {
 	if err != nil || len(cur) != 1 || cur[0].Attempt != old[0].Attempt {
 		t.Fatalf("re-claim: %v %+v", err, cur)
 	}
-	applied, err := q.Finish(b.ctx, "old", []queue.Result{{ID: old[0].ID, Attempt: old[0].Attempt, Transition: queue.Succeed, Outcome: queue.OutcomeDeleted}})
+	applied, err := q.Finish(b.ctx, "old", []queue.Result{{ID: old[0].ID, Attempt: old[0].Attempt, Token: old[0].Token, Transition: queue.Succeed, Outcome: queue.OutcomeDeleted}})
 	if err != nil || len(applied) != 0 {
 		t.Fatalf("stale owner's finish applied: %v %v", applied, err)
 	}
@@ -435,9 +435,9 @@ func TestStatsRequeueAndSummary(t *testing.T) {
 	}
 	jobs, _ := q.Claim(b.ctx, "w", 3, time.Minute)
 	results := []queue.Result{
-		{ID: jobs[0].ID, Attempt: 1, Transition: queue.Fail, Outcome: queue.OutcomeRejected, ErrorCode: "NO_ACCESS", Error: "knot: 403"},
-		{ID: jobs[1].ID, Attempt: 1, Transition: queue.Fail, Outcome: queue.OutcomeExhausted, ErrorCode: "http_500", Error: "knot: 500"},
-		{ID: jobs[2].ID, Attempt: 1, Transition: queue.Succeed, Outcome: queue.OutcomeDeleted},
+		{ID: jobs[0].ID, Attempt: 1, Token: jobs[0].Token, Transition: queue.Fail, Outcome: queue.OutcomeRejected, ErrorCode: "NO_ACCESS", Error: "knot: 403"},
+		{ID: jobs[1].ID, Attempt: 1, Token: jobs[1].Token, Transition: queue.Fail, Outcome: queue.OutcomeExhausted, ErrorCode: "http_500", Error: "knot: 500"},
+		{ID: jobs[2].ID, Attempt: 1, Token: jobs[2].Token, Transition: queue.Succeed, Outcome: queue.OutcomeDeleted},
 	}
 	if _, err := q.Finish(b.ctx, "w", results); err != nil {
 		t.Fatal(err)

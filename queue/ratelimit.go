@@ -12,7 +12,8 @@ type Heartbeat struct {
 	ID         string
 	Busy       bool
 	ShareRPS   float64       // the rate it allowed itself since the last heartbeat
-	CeilingRPS float64       // RATE_LIMIT_RPS: the deployment's limit
+	CeilingRPS float64       // this replica's RATE_LIMIT_RPS
+	Burst      int           // this replica's RATE_LIMIT_BURST (0: none of its own)
 	StepRPS    float64       // how much the deployment's rate may rise per second after 429s stop
 	Quiet      time.Duration // how long after the last 429 the rate stays down before rising
 	TTL        time.Duration // how long this heartbeat keeps the replica counted as alive
@@ -21,7 +22,12 @@ type Heartbeat struct {
 
 // Deployment is the shared rate limit as one heartbeat saw it.
 type Deployment struct {
-	CurrentRPS   float64       // the deployment's rate now (at most the ceiling)
+	// CeilingRPS and Burst are the lowest RATE_LIMIT_RPS and RATE_LIMIT_BURST among the live
+	// replicas, this one included: while a rollout changes them, the deployment keeps to the
+	// strictest.
+	CeilingRPS   float64
+	Burst        int           // 0 when no live replica names one
+	CurrentRPS   float64       // the deployment's rate now (at most CeilingRPS)
 	Hold         time.Duration // nobody may call Knot for this long (a Retry-After)
 	Others       int           // other live replicas
 	OthersWeight float64       // the sum of their weights
@@ -30,19 +36,32 @@ type Deployment struct {
 // Beat renews the replica's row, raises the deployment's rate by the time elapsed since the
 // last raise when no 429 came for a while, drops rows long dead, and returns what the replica
 // needs to compute its share. It is one statement.
+//
+// The CTEs read the table as it was before this statement, so the replica's own ceiling and
+// burst join the others' explicitly.
 func (q *Queue) Beat(ctx context.Context, h Heartbeat) (Deployment, error) {
 	const beatSQL = `
 WITH me AS (
-    INSERT INTO erasure_workers (id, busy, share_rps, expires_at)
-    VALUES ($1, $2, $3, now() + $7 * interval '1 millisecond')
+    INSERT INTO erasure_workers (id, busy, share_rps, expires_at, ceiling_rps, burst)
+    VALUES ($1, $2, $3, now() + $7 * interval '1 millisecond', $4, nullif($9, 0))
     ON CONFLICT (id) DO UPDATE
-    SET heartbeat_at = now(), busy = excluded.busy, share_rps = excluded.share_rps, expires_at = excluded.expires_at
+    SET heartbeat_at = now(), busy = excluded.busy, share_rps = excluded.share_rps, expires_at = excluded.expires_at,
+        ceiling_rps = excluded.ceiling_rps, burst = excluded.burst
 ),
 gone AS (
     DELETE FROM erasure_workers WHERE expires_at < now() - interval '1 hour'
 ),
+others AS (
+    SELECT count(*) AS n,
+           coalesce(sum(CASE WHEN busy THEN 1.0 ELSE $8 END), 0)::float8 AS weight,
+           least($4, min(ceiling_rps)) AS ceiling,
+           coalesce(least(nullif($9, 0), min(burst)), 0) AS burst
+    FROM erasure_workers
+    WHERE id <> $1 AND expires_at > now()
+),
 lim AS (
-    INSERT INTO erasure_rate_limit AS l (ceiling_rps, current_rps) VALUES ($4, $4)
+    INSERT INTO erasure_rate_limit AS l (ceiling_rps, current_rps)
+    SELECT ceiling, ceiling FROM others
     ON CONFLICT (singleton) DO UPDATE
     SET ceiling_rps = excluded.ceiling_rps,
         current_rps = CASE
@@ -50,19 +69,15 @@ lim AS (
             ELSE least(excluded.ceiling_rps, l.current_rps + $5 * extract(epoch FROM now() - l.increased_at))
         END,
         increased_at = now()
-    RETURNING current_rps, greatest(extract(epoch FROM l.hold_until - now()), 0) AS hold
+    RETURNING current_rps, ceiling_rps, greatest(extract(epoch FROM l.hold_until - now()), 0) AS hold
 )
-SELECT lim.current_rps, lim.hold::float8,
-       count(w.id),
-       coalesce(sum(CASE WHEN w.busy THEN 1.0 ELSE $8 END), 0)::float8
-FROM lim
-LEFT JOIN erasure_workers w ON w.id <> $1 AND w.expires_at > now()
-GROUP BY lim.current_rps, lim.hold`
+SELECT lim.ceiling_rps, others.burst, lim.current_rps, lim.hold::float8, others.n, others.weight
+FROM lim, others`
 	var d Deployment
 	var holdSeconds float64
 	err := q.pool.QueryRow(ctx, beatSQL, h.ID, h.Busy, h.ShareRPS, h.CeilingRPS, h.StepRPS,
-		h.Quiet.Milliseconds(), h.TTL.Milliseconds(), h.IdleWeight).
-		Scan(&d.CurrentRPS, &holdSeconds, &d.Others, &d.OthersWeight)
+		h.Quiet.Milliseconds(), h.TTL.Milliseconds(), h.IdleWeight, h.Burst).
+		Scan(&d.CeilingRPS, &d.Burst, &d.CurrentRPS, &holdSeconds, &d.Others, &d.OthersWeight)
 	if err != nil {
 		return Deployment{}, fmt.Errorf("rate limit heartbeat: %w", err)
 	}
@@ -89,10 +104,20 @@ RETURNING current_rps`
 	return rps, nil
 }
 
-// Leave removes the replica's row at a clean shutdown, so that the others take over its share
-// at their next heartbeat instead of after its TTL.
+// Leave ends the replica's row at a clean shutdown, so that the others take over its share at
+// their next heartbeat instead of after its TTL. A replica that still holds claims (its last
+// results could not be recorded) is marked gone rather than removed, so that any replica takes
+// them back at once.
 func (q *Queue) Leave(ctx context.Context, id string) error {
-	_, err := q.pool.Exec(ctx, `DELETE FROM erasure_workers WHERE id = $1`, id)
+	_, err := q.pool.Exec(ctx, `
+WITH held AS (
+    SELECT EXISTS (SELECT 1 FROM erasure_requests WHERE status = 'running' AND lease_owner = $1) AS holding
+),
+removed AS (
+    DELETE FROM erasure_workers WHERE id = $1 AND NOT (SELECT holding FROM held)
+)
+UPDATE erasure_workers SET expires_at = now() - interval '1 millisecond'
+WHERE id = $1 AND (SELECT holding FROM held)`, id)
 	return err
 }
 

@@ -196,7 +196,7 @@ func (q *Queue) Requeue(ctx context.Context, f RequeueFilter) (int64, error) {
 	}
 	tag, err := q.pool.Exec(ctx, `
 UPDATE erasure_requests
-SET status = 'pending', outcome = NULL, completed_at = NULL, attempts = 0, run_after = now()
+SET status = 'pending', outcome = NULL, completed_at = NULL, attempts = 0, run_after = now(), claim_token = NULL
 WHERE status = 'failed'
   AND ($1 OR request_ref = ANY($2::text[]) OR last_error_code = $3 OR outcome = $4)`,
 		f.All, refs, nonEmpty(f.ErrorCode), nonEmpty(f.Outcome))

@@ -7,8 +7,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
-
 	"github.com/erasure-worker/erasure-worker/knotclient"
 	"github.com/erasure-worker/erasure-worker/queue"
 )
@@ -22,7 +20,7 @@ func (w *Worker) carryOut(sendCtx, callCtx context.Context, job queue.Job, probe
 
 // attempt turns one claim into a queue transition, following the request's life in DESIGN.md.
 func (w *Worker) attempt(sendCtx, callCtx context.Context, job queue.Job, probe bool) queue.Result {
-	res := queue.Result{ID: job.ID, Attempt: job.Attempt}
+	res := job.Result()
 	log := w.log.With("request_id", job.ID, "request_ref", job.RequestRef, "attempt", job.Attempt)
 
 	// A row that can never be sent fails alone, before it costs a call.
@@ -35,21 +33,22 @@ func (w *Worker) attempt(sendCtx, callCtx context.Context, job queue.Job, probe 
 		return res
 	}
 
-	quick := backoff.NewExponentialBackOff()
-	quick.InitialInterval = w.cfg.QuickBackoff
-	quick.MaxInterval = w.cfg.QuickBackoff * 8
-	quick.MaxElapsedTime = 0
-	quick.Reset()
-
+	quick := w.cfg.newQuickBackoff()
+	by := job.LeaseExpiresAt.Add(-w.cfg.sendMargin())
 	for try := 1; ; try++ {
-		if reason := w.holdBack(sendCtx, job, probe); reason != "" {
-			return w.giveBack(res, reason, log)
+		if reason := w.whyNotSend(sendCtx, job, probe); reason != "" {
+			return w.unsent(res, reason, 0, log)
 		}
-		if err := w.limiter.wait(sendCtx); err != nil {
-			return w.giveBack(res, "shutting down", log)
+		if err := w.limiter.wait(sendCtx, by); err != nil {
+			if tl, ok := asTooLate(err); ok {
+				// Back unspent, and not claimable again before the hold ends: no replica may
+				// call Knot until then.
+				return w.unsent(res, tl.why, tl.hold, log)
+			}
+			return w.unsent(res, "shutting down", 0, log)
 		}
-		if reason := w.holdBack(sendCtx, job, probe); reason != "" {
-			return w.giveBack(res, reason, log)
+		if reason := w.whyNotSend(sendCtx, job, probe); reason != "" {
+			return w.unsent(res, reason, 0, log)
 		}
 
 		start := time.Now()
@@ -91,7 +90,7 @@ func (w *Worker) attempt(sendCtx, callCtx context.Context, job queue.Job, probe 
 			wait := min(max(kerr.RetryAfter, time.Second), w.cfg.MaxRetryAfter)
 			w.limiter.slowDown(wait)
 			log.Info("Knot answered 429: slowing down and retrying later", "retry_after", wait)
-			res.Transition, res.RunAfter = queue.Release, time.Now().Add(wait)
+			res.Transition, res.Delay = queue.Release, wait
 			return res
 		}
 
@@ -102,7 +101,7 @@ func (w *Worker) attempt(sendCtx, callCtx context.Context, job queue.Job, probe 
 			continue
 		}
 		if sendCtx.Err() != nil {
-			res.Transition, res.RunAfter = queue.Retry, time.Now()
+			res.Transition = queue.Retry
 			return res
 		}
 		if job.Attempt >= w.cfg.MaxAttempts {
@@ -111,54 +110,43 @@ func (w *Worker) attempt(sendCtx, callCtx context.Context, job queue.Job, probe 
 			res.Transition, res.Outcome = queue.Fail, queue.OutcomeExhausted
 			return res
 		}
-		res.Transition, res.RunAfter = queue.Retry, time.Now().Add(w.retryBackoff(job.Attempt))
+		res.Transition, res.Delay = queue.Retry, w.cfg.retryDelay(job.Attempt)
 		log.Info("retryable Knot error: retrying later", "status", kerr.StatusCode, "error_code", kerr.ErrorCode,
-			"retry_at", res.RunAfter.UTC().Format(time.RFC3339))
+			"retry_in", res.Delay.Round(time.Second))
 		return res
 	}
 }
 
-// holdBack says why a claimed request must not be sent now, or "" when it may be.
-func (w *Worker) holdBack(sendCtx context.Context, job queue.Job, probe bool) string {
+// whyNotSend says why a claimed request must not be sent now, or "" when it may be.
+func (w *Worker) whyNotSend(sendCtx context.Context, job queue.Job, probe bool) string {
 	switch {
 	case sendCtx.Err() != nil:
 		return "shutting down"
 	case w.paused.Load() && !probe:
 		return "paused: credentials rejected"
-	case time.Until(job.LeaseExpiresAt) < w.cfg.CallTimeout+time.Second:
-		// Sending now could outlive the lease and race the replica that recovers it.
+	case w.cfg.clock().After(job.LeaseExpiresAt.Add(-w.cfg.sendMargin())):
+		// Sending now could outlive the lease and race the replica that takes it back.
 		return "lease about to expire"
 	}
 	return ""
 }
 
-// giveBack returns a claim that was not (or not again) sent: released with its attempt
-// refunded when no call went out, else retried at once because the calls made count.
-func (w *Worker) giveBack(res queue.Result, reason string, log *slog.Logger) queue.Result {
-	log.Debug("returning claim unsent", "reason", reason, "calls_made", len(res.Calls))
-	if len(res.Calls) == 0 {
-		res.Transition = queue.Release
-	} else {
+// unsent puts a claim back that was not (or not again) sent, claimable again after delay:
+// released, its attempt given back, when no call went out; else retried, since the calls made
+// count.
+func (w *Worker) unsent(res queue.Result, reason string, delay time.Duration, log *slog.Logger) queue.Result {
+	log.Debug("putting the claim back unsent", "reason", reason, "calls_made", len(res.Calls), "claimable_in", delay)
+	res.Transition = queue.Release
+	if len(res.Calls) > 0 {
 		res.Transition = queue.Retry
 	}
-	res.RunAfter = time.Now()
+	res.Delay = delay
 	return res
 }
 
-// retryBackoff is the wait before claim attempt+1 after attempt failed on retryable errors:
-// RetryMinBackoff doubling per attempt up to RetryMaxBackoff, jittered so that requests that
-// failed together in an outage do not all come back together.
-func (w *Worker) retryBackoff(attempt int) time.Duration {
-	d := w.cfg.RetryMinBackoff
-	for i := 1; i < attempt && d < w.cfg.RetryMaxBackoff; i++ {
-		d *= 2
-	}
-	return jitter(min(d, w.cfg.RetryMaxBackoff))
-}
-
 func (w *Worker) pause(kerr *knotclient.Error) {
-	w.pauseOnce.Lock()
-	defer w.pauseOnce.Unlock()
+	w.pauseMu.Lock()
+	defer w.pauseMu.Unlock()
 	if w.paused.Swap(true) {
 		return
 	}
@@ -172,8 +160,8 @@ func (w *Worker) resume() {
 	if !w.paused.Load() {
 		return
 	}
-	w.pauseOnce.Lock()
-	defer w.pauseOnce.Unlock()
+	w.pauseMu.Lock()
+	defer w.pauseMu.Unlock()
 	if !w.paused.Swap(false) {
 		return
 	}
@@ -192,9 +180,10 @@ func asKnotError(err error) *knotclient.Error {
 }
 
 // codeLabel is the code label of erasure_knot_requests_total: the HTTP status, or why there was
-// none (timeout, connection).
+// none (timeout, connection). A 2xx that is no success (a 200 whose body is not Knot's answer)
+// counts by what it was, invalid_response, so that code="200" stays the count of deletions.
 func codeLabel(kerr *knotclient.Error) string {
-	if kerr.StatusCode != 0 {
+	if kerr.StatusCode != 0 && (kerr.StatusCode < 200 || kerr.StatusCode > 299 || kerr.ErrorCode == "") {
 		return strconv.Itoa(kerr.StatusCode)
 	}
 	if kerr.ErrorCode != "" {

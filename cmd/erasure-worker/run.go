@@ -208,12 +208,12 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 	}()
 	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String(), "version", buildVersion())
 
-	runErr := w.Run(ctx)
-	// Run kept a quarter second of SHUTDOWN_TIMEOUT for this: scrapes and probes are quick.
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
+	w.Run(ctx)
+	// Run kept this much of SHUTDOWN_TIMEOUT for it: scrapes and probes are quick.
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), worker.AfterRunReserve)
 	defer cancel()
 	_ = srv.Shutdown(shutdownCtx)
-	return runErr
+	return nil
 }
 
 // probes serves /metrics; /healthz, which fails when the claim loop is stuck (restart me); and
