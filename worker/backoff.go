@@ -7,8 +7,9 @@ import (
 	"github.com/cenkalti/backoff/v4"
 )
 
-// Every wait that grows with failures is a backoff.ExponentialBackOff, jittered by half either
-// way, so that replicas and requests that failed together do not come back together.
+// Every wait that grows with failures is a backoff.ExponentialBackOff, jittered to between half
+// and all of its nominal length, so that replicas and requests that failed together do not come
+// back together.
 
 // newDBBackoff paces retries of a database that does not answer: about 250ms, doubling to 10s.
 func newDBBackoff() *backoff.ExponentialBackOff {
@@ -28,15 +29,17 @@ func (c Config) retryDelay(attempt int) time.Duration {
 	for range min(attempt, 64) - 1 {
 		d = b.NextBackOff()
 	}
-	return min(d, c.RetryMaxBackoff) // the jitter may reach above the cap; the setting is a promise
+	return d
 }
 
+// newBackoff waits initial, doubling to maxInterval, each wait drawn from [d/2, d] for its
+// nominal d: the library draws from [m(1-f), m(1+f)], so m is three quarters of d and f a third.
 func newBackoff(initial, maxInterval time.Duration) *backoff.ExponentialBackOff {
 	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = initial
-	b.MaxInterval = maxInterval
+	b.InitialInterval = initial * 3 / 4
+	b.MaxInterval = maxInterval * 3 / 4
 	b.Multiplier = 2
-	b.RandomizationFactor = 0.5
+	b.RandomizationFactor = 1.0 / 3
 	b.MaxElapsedTime = 0 // never stop: the callers decide when to give up
 	b.Reset()
 	return b

@@ -33,7 +33,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"outcome"}),
 		KnotRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "erasure_knot_requests_total",
-			Help: "Calls to Knot's POST /user/delete, by HTTP status code, or timeout/connection when no answer came.",
+			Help: "Calls to Knot's POST /user/delete, by HTTP status code, or timeout/connection when no answer came; a 200 that is not Knot's answer counts as invalid_response.",
 		}, []string{"code"}),
 		KnotDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "erasure_knot_request_duration_seconds",

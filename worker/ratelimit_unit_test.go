@@ -146,3 +146,17 @@ func TestAutoConcurrencyFollowsShareAndLatency(t *testing.T) {
 		}
 	}
 }
+
+func TestBackoffsStayWithinHalfAndAllOfTheirNominalLength(t *testing.T) {
+	cfg := Config{RetryMinBackoff: time.Second, RetryMaxBackoff: 8 * time.Second}
+	for attempt, nominal := range []time.Duration{0, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 8 * time.Second} {
+		if attempt == 0 {
+			continue
+		}
+		for range 200 {
+			if d := cfg.retryDelay(attempt); d < nominal/2 || d > nominal {
+				t.Fatalf("retry delay after attempt %d: %v, want between %v and %v", attempt, d, nominal/2, nominal)
+			}
+		}
+	}
+}
