@@ -1,0 +1,57 @@
+package deploy
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// Every alert's runbook_url is this followed by its name in lower case: a heading of README.md.
+const runbookURL = "https://github.com/erasure-worker/erasure-worker/blob/main/README.md#runbook-"
+
+// The runbook links of the alerts and the dashboard land on README headings.
+func TestRunbookLinksResolve(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(readme, []byte("\n## Monitoring\n")) {
+		t.Skip("README.md has no Monitoring section yet")
+	}
+	anchors := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^#+ (.+)$`).FindAllStringSubmatch(string(readme), -1) {
+		anchors[githubAnchor(m[1])] = true
+	}
+	var links []string
+	for _, g := range readRuleFile(t).Groups {
+		for _, r := range g.Rules {
+			links = append(links, r.Annotations["runbook_url"])
+		}
+	}
+	for _, l := range readDashboard(t).Links {
+		links = append(links, l.URL)
+	}
+	for _, l := range links {
+		_, anchor, _ := strings.Cut(l, "README.md#")
+		if !anchors[anchor] {
+			t.Errorf("%s: README.md has no heading with anchor #%s", l, anchor)
+		}
+	}
+}
+
+// githubAnchor is the id GitHub gives a Markdown heading.
+func githubAnchor(heading string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(strings.TrimSpace(heading)) {
+		switch {
+		case r == ' ':
+			b.WriteRune('-')
+		case r == '-' || r == '_' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9':
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
