@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"sigs.k8s.io/yaml"
+	"go.yaml.in/yaml/v3"
 )
 
 // The monitoring end to end: a real Prometheus scrapes two running workers that carry out
@@ -385,9 +385,9 @@ func monRuleMetrics(t *testing.T, rules []monRule) []string {
 	var ut struct {
 		Tests []struct {
 			InputSeries []struct {
-				Series string `json:"series"`
-			} `json:"input_series"`
-		} `json:"tests"`
+				Series string `yaml:"series"`
+			} `yaml:"input_series"`
+		} `yaml:"tests"`
 	}
 	if err := yaml.Unmarshal(b, &ut); err != nil {
 		t.Fatal(err)
@@ -418,8 +418,8 @@ func monRuleMetrics(t *testing.T, rules []monRule) []string {
 }
 
 type monRule struct {
-	Alert string `json:"alert"`
-	Expr  string `json:"expr"`
+	Alert string `yaml:"alert"`
+	Expr  string `yaml:"expr"`
 }
 
 func monReadRules(t *testing.T) []monRule {
@@ -430,8 +430,8 @@ func monReadRules(t *testing.T) []monRule {
 	}
 	var f struct {
 		Groups []struct {
-			Rules []monRule `json:"rules"`
-		} `json:"groups"`
+			Rules []monRule `yaml:"rules"`
+		} `yaml:"groups"`
 	}
 	if err := yaml.Unmarshal(b, &f); err != nil {
 		t.Fatal(err)
