@@ -224,12 +224,14 @@ func checkConfigMap(t *testing.T, cm *corev1.ConfigMap, settings map[string]bool
 // knownSettings are the environment variables `erasure-worker run --help` lists.
 func knownSettings(t *testing.T) map[string]bool {
 	t.Helper()
-	cmd := exec.Command("go", "run", "../cmd/erasure-worker", "run", "--help")
+	// Built in the service's own module, the repository root: deploy/ is a module apart.
+	cmd := exec.Command("go", "run", "./cmd/erasure-worker", "run", "--help")
+	cmd.Dir = ".."
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("go run ../cmd/erasure-worker run --help: %v\n%s", err, stderr.String())
+		t.Fatalf("go run ./cmd/erasure-worker run --help (in ..): %v\n%s", err, stderr.String())
 	}
 	m := map[string]bool{}
 	for _, sm := range regexp.MustCompile(`(?m)^\s+--[a-z0-9-]+, ([A-Z0-9_]+) \(`).FindAllSubmatch(out, -1) {

@@ -59,7 +59,7 @@ func prometheusRuleYAML(t *testing.T) []byte {
 	}
 	var b bytes.Buffer
 	b.WriteString(`# Generated from deploy/prometheus/alerts.yml by
-#   go test ./deploy -run TestPrometheusRuleMatchesAlerts -update
+#   go -C deploy test -run TestPrometheusRuleMatchesAlerts -update
 # Do not edit: edit alerts.yml. For the Prometheus Operator; its Prometheus selects rules by
 # label (ruleSelector; kube-prometheus-stack wants release: <its release name>): add that label
 # in your overlay if the selector is not empty.
@@ -97,7 +97,7 @@ func TestPrometheusRuleMatchesAlerts(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, want) {
-		t.Errorf("%s is not generated from prometheus/alerts.yml; run: go test ./deploy -run TestPrometheusRuleMatchesAlerts -update", prometheusRulePath)
+		t.Errorf("%s is not generated from prometheus/alerts.yml; run: go -C deploy test -run TestPrometheusRuleMatchesAlerts -update", prometheusRulePath)
 	}
 	var pr prometheusRule
 	if err := decodeStrict(got, &pr); err != nil {
