@@ -146,6 +146,8 @@ func appendNew[T any](s *[]*T) *T {
 // --- the overlays ------------------------------------------------------------------------------
 
 func TestOverlaysRenderWithKubectl(t *testing.T) {
+	// kubectl is optional, under CI too: TestOverlays renders with the kustomize library that
+	// kubectl carries, and this only checks that kubectl's copy renders the same objects.
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
 		t.Skip("kubectl is not installed; TestOverlays renders with the kustomize library instead")

@@ -108,21 +108,8 @@ func TestPrometheusRuleMatchesAlerts(t *testing.T) {
 	}
 }
 
-// promtool returns the path of promtool, or skips (fails under CI) when it is missing.
-func promtool(t *testing.T) string {
-	t.Helper()
-	p, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("promtool is not installed (CI is set): apt-get install prometheus")
-		}
-		t.Skip("promtool is not installed; to check the alert rules: apt-get install prometheus")
-	}
-	return p
-}
-
 func TestAlertRulesPromtool(t *testing.T) {
-	bin := promtool(t)
+	bin := requireTool(t, "promtool", "apt-get install prometheus")
 	for _, args := range [][]string{
 		{"check", "rules", "alerts.yml"},
 		{"test", "rules", "alerts_test.yml"},
