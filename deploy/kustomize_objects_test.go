@@ -1,0 +1,338 @@
+package deploy
+
+import (
+	"bytes"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// The properties TestOverlays checks on each rendered object: security, probes, shutdown grace,
+// settings, the Service and ServiceMonitor, the NetworkPolicy and the PodDisruptionBudget.
+
+// settingsConfigMap is the ConfigMap the worker takes its settings from.
+func settingsConfigMap(t *testing.T, r *rendered, d *appsv1.Deployment) *corev1.ConfigMap {
+	t.Helper()
+	c := container(t, d.Spec.Template.Spec.Containers, "worker")
+	if len(c.EnvFrom) != 1 || c.EnvFrom[0].ConfigMapRef == nil {
+		t.Fatalf("worker container's envFrom %v: want one ConfigMap", c.EnvFrom)
+	}
+	name := c.EnvFrom[0].ConfigMapRef.Name
+	for _, cm := range r.configMaps {
+		if cm.Name == name {
+			return cm
+		}
+	}
+	t.Fatalf("the worker takes its settings from ConfigMap %q, which is not rendered", name)
+	return nil
+}
+
+func container(t *testing.T, cs []corev1.Container, name string) *corev1.Container {
+	t.Helper()
+	for i := range cs {
+		if cs[i].Name == name {
+			return &cs[i]
+		}
+	}
+	t.Fatalf("no container %q", name)
+	return nil
+}
+
+func checkDeployment(t *testing.T, d *appsv1.Deployment, cm *corev1.ConfigMap, settings map[string]bool) {
+	t.Helper()
+	pod := d.Spec.Template.Spec
+	sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+	if err != nil || !sel.Matches(labels.Set(d.Spec.Template.Labels)) {
+		t.Errorf("the Deployment's selector %v does not match its pods' labels %v", d.Spec.Selector, d.Spec.Template.Labels)
+	}
+
+	// Security: what the restricted pod security standard asks, on every container.
+	psc := pod.SecurityContext
+	if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot {
+		t.Error("pod securityContext.runAsNonRoot is not true")
+	}
+	if psc == nil || psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Error("pod securityContext.seccompProfile is not RuntimeDefault")
+	}
+	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
+		t.Error("the pod mounts a service account token; the worker never calls the Kubernetes API")
+	}
+	all := append(slices.Clone(pod.InitContainers), pod.Containers...)
+	for _, c := range all {
+		sc := c.SecurityContext
+		switch {
+		case sc == nil:
+			t.Errorf("container %s has no securityContext", c.Name)
+			continue
+		case sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation:
+			t.Errorf("container %s: allowPrivilegeEscalation is not false", c.Name)
+		case sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem:
+			t.Errorf("container %s: readOnlyRootFilesystem is not true", c.Name)
+		case sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) > 0:
+			t.Errorf("container %s: capabilities %v, want drop [ALL] and no add", c.Name, sc.Capabilities)
+		case sc.Privileged != nil && *sc.Privileged:
+			t.Errorf("container %s is privileged", c.Name)
+		}
+		if c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() || c.Resources.Requests.Cpu().IsZero() {
+			t.Errorf("container %s: resources %v: want cpu and memory requests and a memory limit", c.Name, c.Resources)
+		}
+		// A pinned tag: with a moving one (latest) a restart may run a different version than
+		// its neighbours, and a rollback rolls back nothing.
+		if name, tag := imageTag(c.Image); !strings.Contains(name, "/") || tag == "" || tag == "latest" {
+			t.Errorf("container %s: image %q: the overlay must name a registry and a pinned tag", c.Name, c.Image)
+		}
+		for _, e := range c.Env {
+			if !settings[e.Name] && e.Name != "GOMEMLIMIT" {
+				t.Errorf("container %s: env %s is not a setting erasure-worker knows (run --help)", c.Name, e.Name)
+			}
+			if slices.Contains(secretSettings, e.Name) && (e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil) {
+				t.Errorf("container %s: %s is not taken from a Secret", c.Name, e.Name)
+			}
+		}
+	}
+
+	// Migration: an init container running `migrate` from the same image as the worker.
+	worker := container(t, pod.Containers, "worker")
+	migrate := container(t, pod.InitContainers, "migrate")
+	if !slices.Equal(migrate.Args, []string{"migrate"}) || migrate.Image != worker.Image {
+		t.Errorf("init container %s %v: want `migrate` from the worker's image %s", migrate.Image, migrate.Args, worker.Image)
+	}
+	if !slices.Equal(worker.Args, []string{"run"}) {
+		t.Errorf("worker args %v, want [run]", worker.Args)
+	}
+
+	// Probes on the metrics port.
+	port := -1
+	for _, p := range worker.Ports {
+		if p.Name == "metrics" {
+			port = int(p.ContainerPort)
+		}
+	}
+	if port != metricsPort {
+		t.Errorf("worker's port named metrics is %d, want %d", port, metricsPort)
+	}
+	if addr := cm.Data["LISTEN_ADDR"]; addr != fmt.Sprintf(":%d", metricsPort) {
+		t.Errorf("LISTEN_ADDR %q, but the probes and Prometheus use port %d", addr, metricsPort)
+	}
+	for _, p := range []struct {
+		name  string
+		probe *corev1.Probe
+		path  string
+	}{{"liveness", worker.LivenessProbe, "/healthz"}, {"readiness", worker.ReadinessProbe, "/readyz"}} {
+		if p.probe == nil || p.probe.HTTPGet == nil {
+			t.Errorf("worker has no HTTP %s probe", p.name)
+			continue
+		}
+		if p.probe.HTTPGet.Path != p.path || !portIs(p.probe.HTTPGet.Port, worker.Ports, metricsPort) {
+			t.Errorf("%s probe GET %s on port %s, want %s on %d", p.name, p.probe.HTTPGet.Path, p.probe.HTTPGet.Port.String(), p.path, metricsPort)
+		}
+	}
+
+	// SIGTERM: Kubernetes must not kill the worker before its own shutdown timeout ends.
+	shutdown := 30 * time.Second // erasure-worker's default
+	if s, ok := cm.Data["SHUTDOWN_TIMEOUT"]; ok {
+		if shutdown, _ = time.ParseDuration(s); shutdown <= 0 {
+			t.Errorf("SHUTDOWN_TIMEOUT %q is not a positive duration", s)
+		}
+	}
+	if g := pod.TerminationGracePeriodSeconds; g == nil || time.Duration(*g)*time.Second <= shutdown {
+		t.Errorf("terminationGracePeriodSeconds %v is not above SHUTDOWN_TIMEOUT %v: calls in flight would be killed", deref(g), shutdown)
+	}
+
+	// The Knot secret is a file the worker re-reads while paused on a 401.
+	file := cm.Data["KNOT_SECRET_FILE"]
+	if !secretFileMounted(pod, worker, file) {
+		t.Errorf("KNOT_SECRET_FILE %q is not a key of a Secret volume mounted (as a whole, without subPath) into the worker", file)
+	}
+}
+
+// imageTag splits an image reference into its name and its tag or digest.
+func imageTag(ref string) (name, tag string) {
+	if name, digest, ok := strings.Cut(ref, "@"); ok {
+		return name, digest
+	}
+	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
+		return ref[:i], ref[i+1:]
+	}
+	return ref, ""
+}
+
+func portIs(p intstr.IntOrString, ports []corev1.ContainerPort, want int) bool {
+	if p.Type == intstr.Int {
+		return p.IntValue() == want
+	}
+	for _, cp := range ports {
+		if cp.Name == p.StrVal {
+			return int(cp.ContainerPort) == want
+		}
+	}
+	return false
+}
+
+func secretFileMounted(pod corev1.PodSpec, c *corev1.Container, file string) bool {
+	for _, m := range c.VolumeMounts {
+		rel, err := filepath.Rel(m.MountPath, file)
+		if err != nil || strings.HasPrefix(rel, "..") || m.SubPath != "" {
+			continue
+		}
+		for _, v := range pod.Volumes {
+			if v.Name != m.Name || v.Secret == nil {
+				continue
+			}
+			for _, it := range v.Secret.Items {
+				if it.Path == rel && it.Key == "KNOT_SECRET" {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+func checkConfigMap(t *testing.T, cm *corev1.ConfigMap, settings map[string]bool, knotURL string) {
+	t.Helper()
+	for k := range cm.Data {
+		if !settings[k] {
+			t.Errorf("ConfigMap key %s is not a setting erasure-worker knows (run --help): it would be ignored", k)
+		}
+		if slices.Contains(secretSettings, k) {
+			t.Errorf("ConfigMap holds %s, a secret", k)
+		}
+	}
+	if got := cm.Data["KNOT_BASE_URL"]; got != knotURL {
+		t.Errorf("KNOT_BASE_URL %q, want %q", got, knotURL)
+	}
+	if len(cm.BinaryData) > 0 {
+		t.Error("the settings ConfigMap has binaryData")
+	}
+}
+
+// knownSettings are the environment variables `erasure-worker run --help` lists.
+func knownSettings(t *testing.T) map[string]bool {
+	t.Helper()
+	// Built in the service's own module, the repository root: deploy/ is a module apart.
+	cmd := exec.Command("go", "run", "./cmd/erasure-worker", "run", "--help")
+	cmd.Dir = ".."
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go run ./cmd/erasure-worker run --help (in ..): %v\n%s", err, stderr.String())
+	}
+	m := map[string]bool{}
+	for _, sm := range regexp.MustCompile(`(?m)^\s+--[a-z0-9-]+, ([A-Z0-9_]+) \(`).FindAllSubmatch(out, -1) {
+		m[string(sm[1])] = true
+	}
+	for _, s := range append(slices.Clone(secretSettings), "KNOT_BASE_URL", "SHUTDOWN_TIMEOUT", "LISTEN_ADDR", "KNOT_SECRET_FILE") {
+		if !m[s] {
+			t.Fatalf("run --help does not list %s; the help text changed shape:\n%s", s, out)
+		}
+	}
+	return m
+}
+
+func checkService(t *testing.T, r *rendered, d *appsv1.Deployment) {
+	t.Helper()
+	svc := one(t, "Service", r.services)
+	if !labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(d.Spec.Template.Labels)) || len(svc.Spec.Selector) == 0 {
+		t.Errorf("Service selector %v does not select the worker pods %v", svc.Spec.Selector, d.Spec.Template.Labels)
+	}
+	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "metrics" ||
+		!portIs(svc.Spec.Ports[0].TargetPort, container(t, d.Spec.Template.Spec.Containers, "worker").Ports, metricsPort) {
+		t.Errorf("Service ports %v: want one named metrics targeting %d", svc.Spec.Ports, metricsPort)
+	}
+	if svc.Name != job {
+		t.Errorf("Service %q: the scrape job is named after it, and the rules and dashboard expect job=%q", svc.Name, job)
+	}
+	sm := one(t, "ServiceMonitor", r.serviceMonitors)
+	sel, err := metav1.LabelSelectorAsSelector(&sm.Spec.Selector)
+	if err != nil || sel.Empty() || !sel.Matches(labels.Set(svc.Labels)) {
+		t.Errorf("ServiceMonitor selector %v does not select the Service (labels %v)", sm.Spec.Selector, svc.Labels)
+	}
+	if sm.Spec.JobLabel != "" {
+		t.Errorf("ServiceMonitor jobLabel %q would rename the job the rules expect", sm.Spec.JobLabel)
+	}
+	if len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0].Port != "metrics" || sm.Spec.Endpoints[0].Path != "/metrics" {
+		t.Errorf("ServiceMonitor endpoints %+v: want port metrics, path /metrics", sm.Spec.Endpoints)
+	}
+	sa := one(t, "ServiceAccount", r.serviceAccounts)
+	if d.Spec.Template.Spec.ServiceAccountName != sa.Name || sa.AutomountServiceAccountToken == nil || *sa.AutomountServiceAccountToken {
+		t.Errorf("ServiceAccount %q (automount %v), pod uses %q: want the pod to use it, without a token", sa.Name,
+			deref(sa.AutomountServiceAccountToken), d.Spec.Template.Spec.ServiceAccountName)
+	}
+}
+
+func checkNetworkPolicy(t *testing.T, np *networkingv1.NetworkPolicy, d *appsv1.Deployment) {
+	t.Helper()
+	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+	if err != nil || sel.Empty() || !sel.Matches(labels.Set(d.Spec.Template.Labels)) {
+		t.Errorf("NetworkPolicy podSelector %v does not select the worker pods", np.Spec.PodSelector)
+	}
+	if !slices.Equal(np.Spec.PolicyTypes, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}) {
+		t.Errorf("NetworkPolicy policyTypes %v, want [Ingress Egress]", np.Spec.PolicyTypes)
+	}
+	worker := container(t, d.Spec.Template.Spec.Containers, "worker")
+	ports := func(ps []networkingv1.NetworkPolicyPort) []string {
+		var out []string
+		for _, p := range ps {
+			proto := corev1.ProtocolTCP
+			if p.Protocol != nil {
+				proto = *p.Protocol
+			}
+			port := "all"
+			if p.Port != nil {
+				port = p.Port.String()
+				if portIs(*p.Port, worker.Ports, metricsPort) {
+					port = fmt.Sprint(metricsPort)
+				}
+			}
+			out = append(out, fmt.Sprintf("%s/%s", proto, port))
+		}
+		if len(ps) == 0 {
+			out = append(out, "any port")
+		}
+		return out
+	}
+	var in, out []string
+	for _, r := range np.Spec.Ingress {
+		in = append(in, ports(r.Ports)...)
+	}
+	for _, r := range np.Spec.Egress {
+		out = append(out, ports(r.Ports)...)
+	}
+	sort.Strings(in)
+	sort.Strings(out)
+	if want := []string{"TCP/9090"}; !slices.Equal(in, want) {
+		t.Errorf("NetworkPolicy lets in %v, want only %v (metrics and probes)", in, want)
+	}
+	if want := []string{"TCP/443", "TCP/53", "TCP/5432", "UDP/53"}; !slices.Equal(out, want) {
+		t.Errorf("NetworkPolicy lets out %v, want only %v (Knot, DNS, PostgreSQL)", out, want)
+	}
+}
+
+func checkDisruptionBudget(t *testing.T, pdb *policyv1.PodDisruptionBudget, d *appsv1.Deployment) {
+	t.Helper()
+	sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
+	if err != nil || sel.Empty() || !sel.Matches(labels.Set(d.Spec.Template.Labels)) {
+		t.Errorf("PodDisruptionBudget selector %v does not select the worker pods", pdb.Spec.Selector)
+	}
+	// minAvailable >= replicas would block every node drain.
+	if pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() < 1 || pdb.Spec.MinAvailable != nil {
+		t.Errorf("PodDisruptionBudget maxUnavailable %v minAvailable %v: want maxUnavailable >= 1 so that drains proceed",
+			pdb.Spec.MaxUnavailable, pdb.Spec.MinAvailable)
+	}
+}
