@@ -10,11 +10,9 @@ import (
 	"github.com/erasure-worker/erasure-worker/queue"
 )
 
-const databaseURLHelp = "PostgreSQL connection string (postgres://user:pass@host:5432/db)"
-
 func runMigrate(ctx context.Context, env *environment, args []string) int {
 	s := newSettingSet("migrate", env)
-	dbURL := s.require("DATABASE_URL", databaseURLHelp)
+	dbURL := s.requireDatabaseURL()
 	if code, ok := parseOnly(s, env, args); !ok {
 		return code
 	}

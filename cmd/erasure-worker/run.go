@@ -39,11 +39,10 @@ func dur(d time.Duration) string { return d.String() }
 func parseRunConfig(env *environment, args []string) (runConfig, error) {
 	s := newSettingSet("run", env)
 	var (
-		dbURL       = s.require("DATABASE_URL", "PostgreSQL connection string (postgres://user:pass@host:5432/db)")
+		dbURL       = s.requireDatabaseURL()
 		baseURL     = s.add("KNOT_BASE_URL", "https://development.knotapi.com", "Knot API base URL; https://production.knotapi.com for production (separate credentials)")
 		clientID    = s.require("KNOT_CLIENT_ID", "Knot client_id, sent as the Basic auth user name")
-		secret      = s.add("KNOT_SECRET", "", "Knot secret, sent as the Basic auth password (or use KNOT_SECRET_FILE)")
-		secretFile  = s.add("KNOT_SECRET_FILE", "", "file holding the Knot secret; re-read while paused on rejected credentials, so a rotated secret is picked up without a restart")
+		secret      = s.requireSecret("KNOT_SECRET", "Knot secret, sent as the Basic auth password", "file holding the Knot secret; re-read while paused on rejected credentials, so a rotated secret is picked up without a restart")
 		knotVersion = s.add("KNOT_VERSION", "", "value of the Knot-Version header; not sent when empty (Knot then uses 2.0)")
 		knotTimeout = s.add("KNOT_TIMEOUT", dur(worker.DefaultCallTimeout), "timeout of one call to Knot")
 		rps         = s.add("RATE_LIMIT_RPS", fmt.Sprint(worker.DefaultRateLimit), "most calls to Knot per second for the whole deployment, shared by the replicas through the database")
@@ -69,7 +68,7 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 	}
 	c := runConfig{
 		databaseURL: s.databaseURL(dbURL),
-		secretFile:  s.str(secretFile),
+		secretFile:  s.str(secret.file),
 		listenAddr:  s.str(listenAddr),
 		logLevel:    s.oneOf(logLevel, "debug", "info", "warn", "error"),
 		logFormat:   s.oneOf(logFormat, "json", "text", "auto"),
@@ -77,22 +76,10 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 	c.knot = knotclient.Config{
 		BaseURL:   s.str(baseURL),
 		ClientID:  s.str(clientID),
-		Secret:    secret.raw, // a secret is taken as given, spaces and all
+		Secret:    s.verbatim(secret), // a secret is taken as given, spaces and all
 		Version:   s.str(knotVersion),
 		UserAgent: "erasure-worker/" + buildVersion(),
 		Timeout:   s.duration(knotTimeout),
-	}
-	switch {
-	case c.knot.Secret != "" && c.secretFile != "":
-		s.fail(secretFile, "set either KNOT_SECRET or KNOT_SECRET_FILE, not both")
-	case c.secretFile != "":
-		sec, err := readSecret(c.secretFile)
-		if err != nil {
-			s.fail(secretFile, "%v", err)
-		}
-		c.knot.Secret = sec
-	case c.knot.Secret == "":
-		s.fail(secret, "is required (or KNOT_SECRET_FILE): the Knot secret for KNOT_CLIENT_ID")
 	}
 	c.worker = worker.Config{
 		Concurrency:        s.concurrency(concurrency),
