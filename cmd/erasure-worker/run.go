@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -178,37 +179,106 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 			knot.SetCredentials(cfg.knot.ClientID, sec)
 		}
 	}
-	w, err := worker.New(queue.New(pool), knot, cfg.worker)
-	if err != nil {
-		return err
-	}
+	q := queue.New(pool)
 
 	ln, err := net.Listen("tcp", cfg.listenAddr)
 	if err != nil {
 		return fmt.Errorf("LISTEN_ADDR: %w", err)
 	}
-	srv := &http.Server{Handler: probes(w, pool, reg), ReadHeaderTimeout: 5 * time.Second}
+	var st startup
+	st.waitingFor("checking the database schema")
+	srv := &http.Server{Handler: probes(&st, pool, reg), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics server stopped", "err", err)
 		}
 	}()
+	defer func() {
+		// Run kept a quarter second of SHUTDOWN_TIMEOUT for this: scrapes and probes are quick.
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
+		defer cancel()
+		_ = srv.Shutdown(shutdownCtx)
+	}()
 	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String(), "version", buildVersion())
 
-	runErr := w.Run(ctx)
-	// Run kept a quarter second of SHUTDOWN_TIMEOUT for this: scrapes and probes are quick.
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
-	defer cancel()
-	_ = srv.Shutdown(shutdownCtx)
-	return runErr
+	// The worker is made only once the schema is right, so that /healthz never judges a claim
+	// loop that has not been allowed to start.
+	if !waitForSchema(ctx, q, &st, log) {
+		log.Info("stopped before the database schema was ready")
+		return nil
+	}
+	w, err := worker.New(q, knot, cfg.worker)
+	if err != nil {
+		return err
+	}
+	st.started(w)
+	return w.Run(ctx)
 }
 
+// schemaCheckInterval is how often `run` looks again at a database that does not hold this
+// binary's schema.
+var schemaCheckInterval = 5 * time.Second
+
+// waitForSchema returns true once the database holds this binary's schema, checking every
+// schemaCheckInterval and logging each new reason to wait once; false when ctx ends first.
+func waitForSchema(ctx context.Context, q *queue.Queue, st *startup, log *slog.Logger) bool {
+	var last string
+	for {
+		checkCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := q.CheckSchema(checkCtx)
+		cancel()
+		if ctx.Err() != nil {
+			return false
+		}
+		if err == nil {
+			if last != "" {
+				log.Info("schema is ready; starting")
+			}
+			return true
+		}
+		var schemaErr *queue.SchemaError
+		reason := err.Error()
+		if !errors.As(err, &schemaErr) {
+			reason = "could not check the database schema: " + reason
+		}
+		st.waitingFor(reason)
+		if reason != last {
+			if schemaErr != nil {
+				log.Error(reason, "checking_every", schemaCheckInterval)
+			} else {
+				log.Warn(reason, "checking_every", schemaCheckInterval)
+			}
+			last = reason
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(schemaCheckInterval):
+		}
+	}
+}
+
+// startup is what the probes know of a `run` that may still be waiting for its schema.
+type startup struct {
+	waiting atomic.Pointer[string]        // why the worker has not started
+	worker  atomic.Pointer[worker.Worker] // set once it has
+}
+
+func (s *startup) waitingFor(reason string) { s.waiting.Store(&reason) }
+func (s *startup) started(w *worker.Worker) { s.worker.Store(w) }
+
 // probes serves /metrics; /healthz, which fails when the claim loop is stuck (restart me); and
-// /readyz, which fails while the database does not answer (do not count me).
-func probes(w *worker.Worker, pool *pgxpool.Pool, reg *prometheus.Registry) http.Handler {
+// /readyz, which fails while the database does not answer or does not hold this binary's
+// schema (do not count me). Waiting for the schema is healthy: a restart would not migrate it.
+func probes(st *startup, pool *pgxpool.Pool, reg *prometheus.Registry) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, r *http.Request) {
+		w := st.worker.Load()
+		if w == nil {
+			fmt.Fprintln(rw, "ok (waiting for the database schema)")
+			return
+		}
 		if err := w.Alive(); err != nil {
 			http.Error(rw, err.Error(), http.StatusServiceUnavailable)
 			return
@@ -216,6 +286,11 @@ func probes(w *worker.Worker, pool *pgxpool.Pool, reg *prometheus.Registry) http
 		fmt.Fprintln(rw, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, r *http.Request) {
+		w := st.worker.Load()
+		if w == nil {
+			http.Error(rw, *st.waiting.Load(), http.StatusServiceUnavailable)
+			return
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		if err := pool.Ping(ctx); err != nil {
