@@ -30,7 +30,7 @@ const (
 func runEnqueue(ctx context.Context, env *environment, args []string) int {
 	s := newSettingSet("enqueue", env)
 	s.operand = " [FILE]"
-	dbURL := s.require("DATABASE_URL", databaseURLHelp)
+	dbURL := s.requireDatabaseURL()
 	var format string
 	s.fs.StringVar(&format, "format", "jsonl", "")
 	s.flagExtra("format jsonl|csv",

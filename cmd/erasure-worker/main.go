@@ -94,7 +94,10 @@ Commands:
 	}
 	fmt.Fprint(w, `
 Every setting comes from the environment or from the flag of the same name
-(DATABASE_URL or --database-url); a flag wins. 'erasure-worker COMMAND --help'
+(RATE_LIMIT_RPS or --rate-limit-rps); a flag wins. Secrets (DATABASE_URL,
+KNOT_SECRET) come only from the environment or from a file named by NAME_FILE
+(DATABASE_URL_FILE, KNOT_SECRET_FILE): a flag's value is visible to every user
+of the machine (ps), so their flags are refused. 'erasure-worker COMMAND --help'
 lists a command's settings and their defaults.
 `)
 }

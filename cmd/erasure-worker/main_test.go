@@ -40,14 +40,22 @@ func TestHelpVersionAndUnknownCommand(t *testing.T) {
 	if r := runCLI(t, nil, "", "frobnicate"); r.code != exitUsage || !strings.Contains(r.stderr, `unknown command "frobnicate"`) {
 		t.Errorf("unknown command: %+v", r)
 	}
-	// run --help lists every setting of DESIGN.md with its environment name and flag.
+	// run --help lists every setting of DESIGN.md with its environment name and flag; the
+	// secrets with their environment name only.
 	r = runCLI(t, nil, "", "run", "--help")
-	for _, name := range []string{"DATABASE_URL", "KNOT_BASE_URL", "KNOT_CLIENT_ID", "KNOT_SECRET", "KNOT_SECRET_FILE",
+	for _, name := range []string{"DATABASE_URL_FILE", "KNOT_BASE_URL", "KNOT_CLIENT_ID", "KNOT_SECRET_FILE",
 		"RATE_LIMIT_RPS", "RATE_LIMIT_BURST", "CONCURRENCY", "LISTEN_ADDR", "LEASE_DURATION", "MAX_ATTEMPTS",
 		"SHUTDOWN_TIMEOUT", "LOG_LEVEL"} {
 		flagName := "--" + strings.ReplaceAll(strings.ToLower(name), "_", "-")
 		if !strings.Contains(r.stdout, flagName+", "+name+" ") {
 			t.Errorf("run --help does not document %s / %s", flagName, name)
+		}
+	}
+	for _, name := range []string{"DATABASE_URL", "KNOT_SECRET"} {
+		flagName := "--" + strings.ReplaceAll(strings.ToLower(name), "_", "-")
+		if !strings.Contains(r.stdout, "  "+name+" (environment only; required, or "+name+"_FILE)") ||
+			strings.Contains(r.stdout, flagName+",") {
+			t.Errorf("run --help does not document %s as environment-only (without %s):\n%s", name, flagName, r.stdout)
 		}
 	}
 	if r.code != 0 {
@@ -77,10 +85,11 @@ func TestRunConfigErrorsNameTheSetting(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"no database", with("DATABASE_URL", ""), nil, "DATABASE_URL (--database-url): is required"},
+		{"no database", with("DATABASE_URL", ""), nil, "DATABASE_URL: is required (or DATABASE_URL_FILE)"},
 		{"no client id", with("KNOT_CLIENT_ID", ""), nil, "KNOT_CLIENT_ID (--knot-client-id): is required"},
-		{"no secret", with("KNOT_SECRET", ""), nil, "KNOT_SECRET (--knot-secret): is required"},
-		{"missing secret file", with("KNOT_SECRET_FILE", secretFile), []string{"--knot-secret="}, "KNOT_SECRET_FILE (--knot-secret-file): cannot read"},
+		{"no secret", with("KNOT_SECRET", ""), nil, "KNOT_SECRET: is required (or KNOT_SECRET_FILE)"},
+		{"missing secret file", with("KNOT_SECRET", ""), []string{"--knot-secret-file", secretFile}, "KNOT_SECRET_FILE (--knot-secret-file): cannot read"},
+		{"secret and its file", with("KNOT_SECRET_FILE", secretFile), nil, "KNOT_SECRET_FILE (--knot-secret-file): KNOT_SECRET and KNOT_SECRET_FILE are both set"},
 		{"bad rate", with("RATE_LIMIT_RPS", "fast"), nil, `RATE_LIMIT_RPS (--rate-limit-rps): "fast" is not a number`},
 		{"zero concurrency", with("CONCURRENCY", "0"), nil, `CONCURRENCY (--concurrency): "0" is not auto or a whole number of at least 1`},
 		{"bad duration", with("SHUTDOWN_TIMEOUT", "30"), nil, `SHUTDOWN_TIMEOUT (--shutdown-timeout): "30" is not a duration`},

@@ -10,11 +10,9 @@ import (
 	"github.com/erasure-worker/erasure-worker/queue"
 )
 
-const databaseURLHelp = "PostgreSQL connection string (postgres://user:pass@host:5432/db)"
-
 func runMigrate(ctx context.Context, env *environment, args []string) int {
 	s := newSettingSet("migrate", env)
-	dbURL := s.require("DATABASE_URL", databaseURLHelp)
+	dbURL := s.requireDatabaseURL()
 	if code, ok := parseOnly(s, env, args); !ok {
 		return code
 	}
@@ -65,7 +63,9 @@ func parseOnly(s *settingSet, env *environment, args []string) (code int, ok boo
 	return 0, true
 }
 
-// connectQueue opens a pool for the short commands; errors never repeat the URL.
+// connectQueue opens a pool for the short commands and checks that the database holds this
+// binary's schema, so that an unmigrated database is named as such rather than by the first
+// failing statement; errors never repeat the URL.
 func connectQueue(ctx context.Context, env *environment, s *settingSet, dbURL *setting) (*queue.Queue, func(), int) {
 	url := s.databaseURL(dbURL)
 	if s.err != nil {
@@ -77,5 +77,11 @@ func connectQueue(ctx context.Context, env *environment, s *settingSet, dbURL *s
 		env.errorf("%v", err)
 		return nil, nil, exitFailure
 	}
-	return queue.New(pool), pool.Close, exitOK
+	q := queue.New(pool)
+	if err := q.CheckSchema(ctx); err != nil {
+		pool.Close()
+		env.errorf("%s: %v", s.command, err)
+		return nil, nil, exitFailure
+	}
+	return q, pool.Close, exitOK
 }

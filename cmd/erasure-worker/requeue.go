@@ -11,7 +11,7 @@ import (
 
 func runRequeue(ctx context.Context, env *environment, args []string) int {
 	s := newSettingSet("requeue", env)
-	dbURL := s.require("DATABASE_URL", databaseURLHelp)
+	dbURL := s.requireDatabaseURL()
 	var f queue.RequeueFilter
 	var refs refList
 	s.fs.BoolVar(&f.All, "all", false, "")

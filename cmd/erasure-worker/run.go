@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -39,11 +40,10 @@ func dur(d time.Duration) string { return d.String() }
 func parseRunConfig(env *environment, args []string) (runConfig, error) {
 	s := newSettingSet("run", env)
 	var (
-		dbURL       = s.require("DATABASE_URL", "PostgreSQL connection string (postgres://user:pass@host:5432/db)")
+		dbURL       = s.requireDatabaseURL()
 		baseURL     = s.add("KNOT_BASE_URL", "https://development.knotapi.com", "Knot API base URL; https://production.knotapi.com for production (separate credentials)")
 		clientID    = s.require("KNOT_CLIENT_ID", "Knot client_id, sent as the Basic auth user name")
-		secret      = s.add("KNOT_SECRET", "", "Knot secret, sent as the Basic auth password (or use KNOT_SECRET_FILE)")
-		secretFile  = s.add("KNOT_SECRET_FILE", "", "file holding the Knot secret; re-read while paused on rejected credentials, so a rotated secret is picked up without a restart")
+		secret      = s.requireSecret("KNOT_SECRET", "Knot secret, sent as the Basic auth password", "file holding the Knot secret; re-read while paused on rejected credentials, so a rotated secret is picked up without a restart")
 		knotVersion = s.add("KNOT_VERSION", "", "value of the Knot-Version header; not sent when empty (Knot then uses 2.0)")
 		knotTimeout = s.add("KNOT_TIMEOUT", dur(worker.DefaultCallTimeout), "timeout of one call to Knot")
 		rps         = s.add("RATE_LIMIT_RPS", fmt.Sprint(worker.DefaultRateLimit), "most calls to Knot per second for the whole deployment, shared by the replicas through the database")
@@ -69,7 +69,7 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 	}
 	c := runConfig{
 		databaseURL: s.databaseURL(dbURL),
-		secretFile:  s.str(secretFile),
+		secretFile:  s.str(secret.file),
 		listenAddr:  s.str(listenAddr),
 		logLevel:    s.oneOf(logLevel, "debug", "info", "warn", "error"),
 		logFormat:   s.oneOf(logFormat, "json", "text", "auto"),
@@ -77,22 +77,10 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 	c.knot = knotclient.Config{
 		BaseURL:   s.str(baseURL),
 		ClientID:  s.str(clientID),
-		Secret:    secret.raw, // a secret is taken as given, spaces and all
+		Secret:    s.verbatim(secret), // a secret is taken as given, spaces and all
 		Version:   s.str(knotVersion),
 		UserAgent: "erasure-worker/" + buildVersion(),
 		Timeout:   s.duration(knotTimeout),
-	}
-	switch {
-	case c.knot.Secret != "" && c.secretFile != "":
-		s.fail(secretFile, "set either KNOT_SECRET or KNOT_SECRET_FILE, not both")
-	case c.secretFile != "":
-		sec, err := readSecret(c.secretFile)
-		if err != nil {
-			s.fail(secretFile, "%v", err)
-		}
-		c.knot.Secret = sec
-	case c.knot.Secret == "":
-		s.fail(secret, "is required (or KNOT_SECRET_FILE): the Knot secret for KNOT_CLIENT_ID")
 	}
 	c.worker = worker.Config{
 		Concurrency:        s.concurrency(concurrency),
@@ -191,37 +179,107 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 			knot.SetCredentials(cfg.knot.ClientID, sec)
 		}
 	}
-	w, err := worker.New(queue.New(pool), knot, cfg.worker)
-	if err != nil {
-		return err
-	}
+	q := queue.New(pool)
 
 	ln, err := net.Listen("tcp", cfg.listenAddr)
 	if err != nil {
 		return fmt.Errorf("LISTEN_ADDR: %w", err)
 	}
-	srv := &http.Server{Handler: probes(w, pool, reg), ReadHeaderTimeout: 5 * time.Second}
+	var st startup
+	st.waitingFor("checking the database schema")
+	srv := &http.Server{Handler: probes(&st, pool, reg), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics server stopped", "err", err)
 		}
 	}()
+	defer func() {
+		// Run kept this much of SHUTDOWN_TIMEOUT for it: scrapes and probes are quick.
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), worker.AfterRunReserve)
+		defer cancel()
+		_ = srv.Shutdown(shutdownCtx)
+	}()
 	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String(), "version", buildVersion())
 
+	// The worker is made only once the schema is right, so that /healthz never judges a claim
+	// loop that has not been allowed to start.
+	if !waitForSchema(ctx, q, &st, log) {
+		log.Info("stopped before the database schema was ready")
+		return nil
+	}
+	w, err := worker.New(q, knot, cfg.worker)
+	if err != nil {
+		return err
+	}
+	st.started(w)
 	w.Run(ctx)
-	// Run kept this much of SHUTDOWN_TIMEOUT for it: scrapes and probes are quick.
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), worker.AfterRunReserve)
-	defer cancel()
-	_ = srv.Shutdown(shutdownCtx)
 	return nil
 }
 
+// schemaCheckInterval is how often `run` looks again at a database that does not hold this
+// binary's schema.
+var schemaCheckInterval = 5 * time.Second
+
+// waitForSchema returns true once the database holds this binary's schema, checking every
+// schemaCheckInterval and logging each new reason to wait once; false when ctx ends first.
+func waitForSchema(ctx context.Context, q *queue.Queue, st *startup, log *slog.Logger) bool {
+	var last string
+	for {
+		checkCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := q.CheckSchema(checkCtx)
+		cancel()
+		if ctx.Err() != nil {
+			return false
+		}
+		if err == nil {
+			if last != "" {
+				log.Info("schema is ready; starting")
+			}
+			return true
+		}
+		var schemaErr *queue.SchemaError
+		reason := err.Error()
+		if !errors.As(err, &schemaErr) {
+			reason = "could not check the database schema: " + reason
+		}
+		st.waitingFor(reason)
+		if reason != last {
+			if schemaErr != nil {
+				log.Error(reason, "checking_every", schemaCheckInterval)
+			} else {
+				log.Warn(reason, "checking_every", schemaCheckInterval)
+			}
+			last = reason
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(schemaCheckInterval):
+		}
+	}
+}
+
+// startup is what the probes know of a `run` that may still be waiting for its schema.
+type startup struct {
+	waiting atomic.Pointer[string]        // why the worker has not started
+	worker  atomic.Pointer[worker.Worker] // set once it has
+}
+
+func (s *startup) waitingFor(reason string) { s.waiting.Store(&reason) }
+func (s *startup) started(w *worker.Worker) { s.worker.Store(w) }
+
 // probes serves /metrics; /healthz, which fails when the claim loop is stuck (restart me); and
-// /readyz, which fails while the database does not answer (do not count me).
-func probes(w *worker.Worker, pool *pgxpool.Pool, reg *prometheus.Registry) http.Handler {
+// /readyz, which fails while the database does not answer or does not hold this binary's
+// schema (do not count me). Waiting for the schema is healthy: a restart would not migrate it.
+func probes(st *startup, pool *pgxpool.Pool, reg *prometheus.Registry) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, r *http.Request) {
+		w := st.worker.Load()
+		if w == nil {
+			fmt.Fprintln(rw, "ok (waiting for the database schema)")
+			return
+		}
 		if err := w.Alive(); err != nil {
 			http.Error(rw, err.Error(), http.StatusServiceUnavailable)
 			return
@@ -229,6 +287,11 @@ func probes(w *worker.Worker, pool *pgxpool.Pool, reg *prometheus.Registry) http
 		fmt.Fprintln(rw, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, r *http.Request) {
+		w := st.worker.Load()
+		if w == nil {
+			http.Error(rw, *st.waiting.Load(), http.StatusServiceUnavailable)
+			return
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		if err := pool.Ping(ctx); err != nil {

@@ -33,6 +33,11 @@ type setting struct {
 	required bool
 	raw      string
 	fromFlag bool
+	// A secret has no flag: every user of the machine can read a process's arguments (ps).
+	// It comes from the environment, or from the file its companion NAME_FILE names.
+	secret   bool
+	file     *setting // the companion NAME_FILE of a secret
+	fromFile bool
 }
 
 func newSettingSet(command string, env *environment) *settingSet {
@@ -55,9 +60,38 @@ func (s *settingSet) require(env, help string) *setting {
 	return st
 }
 
+// secret declares a setting read only from the environment, or from the file named by its
+// companion NAME_FILE (whose flag, a path, is allowed); fileHelp documents NAME_FILE.
+func (s *settingSet) secret(env, help, fileHelp string) *setting {
+	st := &setting{env: env, flag: strings.ReplaceAll(strings.ToLower(env), "_", "-"), help: help, secret: true}
+	s.list = append(s.list, st)
+	st.file = s.add(env+"_FILE", "", fileHelp)
+	return st
+}
+
+func (s *settingSet) requireSecret(env, help, fileHelp string) *setting {
+	st := s.secret(env, help, fileHelp)
+	st.required = true
+	return st
+}
+
+// requireDatabaseURL declares DATABASE_URL, which every command needs; read it with databaseURL.
+func (s *settingSet) requireDatabaseURL() *setting {
+	return s.requireSecret("DATABASE_URL", databaseURLHelp,
+		"file holding the PostgreSQL connection string, e.g. a mounted Kubernetes Secret; a final newline is not part of it")
+}
+
+const databaseURLHelp = "PostgreSQL connection string (postgres://user:pass@host:5432/db)"
+
 // parse reads the flags, then the environment, and returns the remaining arguments. It reports
 // errHelp after printing --help.
 func (s *settingSet) parse(args []string) ([]string, error) {
+	// Refused before parsing, wherever it stands: after "--" or a positional argument the flag
+	// package would take it for an operand and might repeat it in an error.
+	if st := s.secretFlagIn(args); st != nil {
+		return nil, fmt.Errorf("%s: --%s is refused: a flag's value is visible to every user of the machine (ps); set %s or %s instead",
+			s.command, st.flag, st.env, st.file.env)
+	}
 	if err := s.fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			s.usage(s.env.stdout)
@@ -75,7 +109,47 @@ func (s *settingSet) parse(args []string) ([]string, error) {
 			st.raw = st.def
 		}
 	}
+	for _, st := range s.list {
+		if st.file != nil {
+			s.readSecretFile(st)
+		}
+	}
 	return s.fs.Args(), nil
+}
+
+// secretFlagIn returns the secret whose flag is among args (-name, --name, --name=value).
+func (s *settingSet) secretFlagIn(args []string) *setting {
+	for _, a := range args {
+		name, ok := strings.CutPrefix(a, "-")
+		if !ok {
+			continue
+		}
+		name = strings.TrimPrefix(name, "-")
+		name, _, _ = strings.Cut(name, "=")
+		for _, st := range s.list {
+			if st.secret && name == st.flag {
+				return st
+			}
+		}
+	}
+	return nil
+}
+
+// readSecretFile takes a secret from its NAME_FILE when that is set.
+func (s *settingSet) readSecretFile(st *setting) {
+	path := strings.TrimSpace(st.file.raw)
+	switch {
+	case path == "":
+	case st.raw != "":
+		s.fail(st.file, "%s and %s are both set: set only one of them", st.env, st.file.env)
+	default:
+		v, err := readSecret(path)
+		if err != nil {
+			s.fail(st.file, "%v", err)
+			return
+		}
+		st.raw, st.fromFile = v, true
+	}
 }
 
 var errHelp = errors.New("help shown")
@@ -87,9 +161,12 @@ func lookup(getenv func(string) string, name string) (string, bool) {
 
 func (s *settingSet) usage(w io.Writer) {
 	fmt.Fprintf(w, "Usage: erasure-worker %s [flags]%s\n\nSettings (flag, or environment variable; a flag wins):\n", s.command, s.operand)
+	secrets := false
 	for _, st := range s.list {
 		def := st.def
 		switch {
+		case st.required && st.secret:
+			def = "required, or " + st.file.env
 		case st.required:
 			def = "required"
 		case def == "":
@@ -97,7 +174,15 @@ func (s *settingSet) usage(w io.Writer) {
 		default:
 			def = "default " + def
 		}
+		if st.secret {
+			secrets = true
+			fmt.Fprintf(w, "  %s (environment only; %s)\n      %s\n", st.env, def, st.help)
+			continue
+		}
 		fmt.Fprintf(w, "  --%s, %s (%s)\n      %s\n", st.flag, st.env, def, st.help)
+	}
+	if secrets {
+		fmt.Fprintln(w, "\nSecrets have no flag: a flag's value is visible to every user of the machine (ps).\nSet them in the environment, or name a file holding one in NAME_FILE.")
 	}
 	if len(s.extra) > 0 {
 		fmt.Fprintln(w, "\nFlags:")
@@ -113,17 +198,39 @@ func (s *settingSet) flagExtra(name, help string) {
 }
 
 func (s *settingSet) fail(st *setting, format string, args ...any) {
-	if s.err == nil {
-		s.err = fmt.Errorf("%s (--%s): %s", st.env, st.flag, fmt.Sprintf(format, args...))
+	if s.err != nil {
+		return
 	}
+	name := fmt.Sprintf("%s (--%s)", st.env, st.flag)
+	switch {
+	case st.fromFile:
+		name = fmt.Sprintf("%s (read from %s)", st.env, st.file.env)
+	case st.secret:
+		name = st.env
+	}
+	s.err = fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...))
 }
 
 func (s *settingSet) str(st *setting) string {
 	v := strings.TrimSpace(st.raw)
-	if st.required && v == "" {
+	s.checkRequired(st, v)
+	return v
+}
+
+// verbatim reads a secret as given, spaces and all.
+func (s *settingSet) verbatim(st *setting) string {
+	s.checkRequired(st, st.raw)
+	return st.raw
+}
+
+func (s *settingSet) checkRequired(st *setting, v string) {
+	switch {
+	case !st.required || v != "":
+	case st.secret:
+		s.fail(st, "is required (or %s): %s", st.file.env, st.help)
+	default:
 		s.fail(st, "is required: %s", st.help)
 	}
-	return v
 }
 
 func (s *settingSet) duration(st *setting) time.Duration {

@@ -14,7 +14,7 @@ import (
 
 func runStatus(ctx context.Context, env *environment, args []string) int {
 	s := newSettingSet("status", env)
-	dbURL := s.require("DATABASE_URL", databaseURLHelp)
+	dbURL := s.requireDatabaseURL()
 	var asJSON, watch bool
 	var recent int
 	s.fs.BoolVar(&asJSON, "json", false, "")
