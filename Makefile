@@ -7,8 +7,9 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 PG      := deploy/local/with-postgres
 
 # deploy/ is a Go module of its own (its tests need Kubernetes' and kustomize's libraries; the
-# service does not), so every target below names both modules. A go.work would fold deploy/ into
-# ./... here; these targets run each module alone whatever a developer's go.work says.
+# service does not), so the targets below name both modules. GOWORK=off: a developer's go.work
+# joining the two would select versions over both go.mod files, and the service must build and
+# test with the versions its own go.mod names.
 export GOWORK := off
 
 .PHONY: build test vet fmt-check fuzz demo bench bench-ratelimit chaos clean image check-deploy
