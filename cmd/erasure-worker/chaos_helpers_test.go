@@ -124,7 +124,7 @@ func (w *chaosWorker) logLines(substr string) []map[string]any {
 func (w *chaosWorker) waitLog(t *testing.T, substr string, within time.Duration) map[string]any {
 	t.Helper()
 	var line map[string]any
-	chaosWait(t, within, "log line "+strconv.Quote(substr), func() bool {
+	queuetest.WaitFor(t, within, "log line "+strconv.Quote(substr), func() bool {
 		if l := w.logLines(substr); len(l) > 0 {
 			line = l[0]
 			return true
@@ -175,18 +175,6 @@ func (w *chaosWorker) noPanic(t *testing.T) {
 		if strings.Contains(out, bad) {
 			t.Errorf("worker %s output holds %q", w.id, bad)
 		}
-	}
-}
-
-// chaosWait polls cond every 100ms until it holds, failing the test after within.
-func chaosWait(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 

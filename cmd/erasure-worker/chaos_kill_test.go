@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/erasure-worker/erasure-worker/queue/queuetest"
 )
 
 // kill -9 mid-run: a worker that dies holding leases loses nothing. The survivor recovers its
@@ -32,7 +34,7 @@ func TestChaosKill9(t *testing.T) {
 
 	// Let both get going, then freeze the victim so that what it holds stops changing, note its
 	// leases, and kill it.
-	chaosWait(t, time.Minute, "a fifth of the requests to be done", func() bool {
+	queuetest.WaitFor(t, time.Minute, "a fifth of the requests to be done", func() bool {
 		return chaosQueryInt(t, conn, `SELECT count(*) FROM erasure_requests WHERE status = 'succeeded'`) >= n/5
 	})
 	if err := victim.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
@@ -70,7 +72,7 @@ func TestChaosKill9(t *testing.T) {
 
 	// Its rows come back within the lease plus one recovery interval (judged on the database's
 	// clock), and no row anywhere stays running past its lease for longer than that.
-	chaosWait(t, 2*time.Minute, "the dead worker's requests to leave running", func() bool {
+	queuetest.WaitFor(t, 2*time.Minute, "the dead worker's requests to leave running", func() bool {
 		var stillHeld, overdue int64
 		var now time.Time
 		err := conn.QueryRow(ctx, `

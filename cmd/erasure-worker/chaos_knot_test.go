@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/erasure-worker/erasure-worker/knotclient/knotfake"
+	"github.com/erasure-worker/erasure-worker/queue/queuetest"
 )
 
 // A Knot outage shorter than the retry horizon fails nothing: every call answers 500 for a
@@ -170,7 +171,7 @@ func TestChaosRateLimited(t *testing.T) {
 	w := r.startWorker(t, "worker", "RATE_LIMIT_RPS="+strconv.Itoa(rps), "RATE_LIMIT_BURST=20", "CONCURRENCY=16",
 		"KNOT_TIMEOUT=2s", "LEASE_DURATION=10s", "POLL_INTERVAL=200ms")
 	stormStarted := time.Now()
-	chaosWait(t, time.Minute, "Knot's first 429", func() bool { return fakeStats(t, r.fakeURL).Faulted["rate_limit"] > 0 })
+	queuetest.WaitFor(t, time.Minute, "Knot's first 429", func() bool { return fakeStats(t, r.fakeURL).Faulted["rate_limit"] > 0 })
 	time.Sleep(time.Until(stormStarted.Add(storm)))
 	during := fakeStats(t, r.fakeURL)
 	setFaults(t, r.fakeURL, `{}`)
@@ -225,7 +226,7 @@ func TestChaosCredentialsRejected(t *testing.T) {
 	setFaults(t, r.fakeURL, `{"reject_credentials":true}`)
 	w := r.startWorker(t, "worker", "PAUSE_PROBE_INTERVAL=500ms", "CONCURRENCY=8", "RATE_LIMIT_RPS=200",
 		"KNOT_TIMEOUT=2s", "LEASE_DURATION=10s", "POLL_INTERVAL=200ms")
-	chaosWait(t, time.Minute, "six rejected calls", func() bool { return fakeStats(t, r.fakeURL).Faulted["reject_credentials"] >= 6 })
+	queuetest.WaitFor(t, time.Minute, "six rejected calls", func() bool { return fakeStats(t, r.fakeURL).Faulted["reject_credentials"] >= 6 })
 	time.Sleep(time.Second)
 	st := fakeStats(t, r.fakeURL)
 	rejecting := time.Since(st.FirstCall)
@@ -308,15 +309,15 @@ func TestChaosSecretFileRotation(t *testing.T) {
 	writeSecret(wrong)
 	w := r.startWorker(t, "worker", "KNOT_SECRET_FILE="+secretFile, "PAUSE_PROBE_INTERVAL=500ms", "CONCURRENCY=8",
 		"RATE_LIMIT_RPS=200", "KNOT_TIMEOUT=2s", "LEASE_DURATION=10s", "POLL_INTERVAL=200ms")
-	chaosWait(t, time.Minute, "erasure_worker_paused 1", func() bool { return w.metric(t, "erasure_worker_paused") == 1 })
+	queuetest.WaitFor(t, time.Minute, "erasure_worker_paused 1", func() bool { return w.metric(t, "erasure_worker_paused") == 1 })
 	rejected := fakeStats(t, r.fakeURL).BadCredentials
-	chaosWait(t, time.Minute, "three probes", func() bool { return fakeStats(t, r.fakeURL).BadCredentials >= rejected+3 })
+	queuetest.WaitFor(t, time.Minute, "three probes", func() bool { return fakeStats(t, r.fakeURL).BadCredentials >= rejected+3 })
 	if c := r.counts(t); c["pending"] != n {
 		t.Errorf("while paused: %v; want all %d pending", c, n)
 	}
 
 	writeSecret(chaosSecret)
-	chaosWait(t, 30*time.Second, "the worker to resume once the file holds the right secret", func() bool {
+	queuetest.WaitFor(t, 30*time.Second, "the worker to resume once the file holds the right secret", func() bool {
 		return w.metric(t, "erasure_worker_paused") == 0
 	})
 	c := r.drained(t, 2*time.Minute)

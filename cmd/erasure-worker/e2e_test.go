@@ -280,19 +280,23 @@ func (e *e2e) counts(t *testing.T) map[string]int64 {
 	return out
 }
 
+// waitDrained waits until nothing is pending or running and returns the final counts; if the
+// wait times out, the last counts are logged beside the failure.
 func (e *e2e) waitDrained(t *testing.T, within time.Duration) map[string]int64 {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		c := e.counts(t)
-		if c["pending"]+c["running"] == 0 {
-			return c
+	var c map[string]int64
+	drained := false
+	defer func() {
+		if !drained { // WaitFor gave up (t.Fatalf runs deferred calls)
+			t.Logf("counts when the wait gave up: %v", c)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("queue not drained after %v: %v", within, c)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	}()
+	queuetest.WaitFor(t, within, "the queue to drain", func() bool {
+		c = e.counts(t)
+		return c["pending"]+c["running"] == 0
+	})
+	drained = true
+	return c
 }
 
 // The first promise: a worker against a Knot that fails 5% of calls finishes every

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"fmt"
-
 	"net/http"
 	"strconv"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/erasure-worker/erasure-worker/knotclient/knotfake"
+	"github.com/erasure-worker/erasure-worker/queue/queuetest"
 )
 
 // The rate limit is the deployment's: replicas share RATE_LIMIT_RPS through the database.
@@ -123,7 +123,7 @@ func TestSharedRateLimitBacksOffOn429AndRecovers(t *testing.T) {
 		addrs = append(addrs, addr)
 	}
 	globalRPS := func() float64 { return scrapeGauge(t, "http://"+addrs[0]+"/metrics", "erasure_rate_limit_global_rps") }
-	waitUntil(t, "the deployment to run at its limit", 15*time.Second, func() bool {
+	queuetest.WaitFor(t, 15*time.Second, "the deployment to run at its limit", func() bool {
 		v, err := tryScrapeGauge("http://"+addrs[0]+"/metrics", "erasure_rate_limit_global_rps")
 		return err == nil && v >= sharedRPS
 	})
@@ -140,7 +140,7 @@ func TestSharedRateLimitBacksOffOn429AndRecovers(t *testing.T) {
 		t.Errorf("the deployment's rate only fell to %.1f while Knot answered 429, want at most %d", lowest, sharedRPS/2)
 	}
 	// Additive increase: back to the limit, never above it, once the 429s stop.
-	waitUntil(t, "the deployment's rate to recover", 30*time.Second, func() bool { return globalRPS() >= sharedRPS })
+	queuetest.WaitFor(t, 30*time.Second, "the deployment's rate to recover", func() bool { return globalRPS() >= sharedRPS })
 	for _, addr := range addrs {
 		if got := scrapeGauge(t, "http://"+addr+"/metrics", "erasure_rate_limit_global_rps"); got > sharedRPS {
 			t.Errorf("replica %s runs at %.1f, above the %d limit", addr, got, sharedRPS)
@@ -201,15 +201,4 @@ func tryScrapeGauge(url, name string) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("%s not found at %s", name, url)
-}
-
-func waitUntil(t *testing.T, what string, within time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
