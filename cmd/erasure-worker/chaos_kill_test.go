@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,7 +19,10 @@ func TestChaosKill9(t *testing.T) {
 		n               = 3000
 		lease           = 5 * time.Second
 		recoverInterval = lease / 4 // the worker's: max(LEASE_DURATION/4, 1s)
-		slack           = 3 * time.Second
+		// slack is what a busy machine may add to the recovery interval: generous, so that only
+		// a worker that does not recover at all fails. How fast a dead replica's claims come
+		// back is a figure of `make bench` (section 8, kill -9 takeover).
+		slack = 30 * time.Second
 	)
 	r := newChaosRig(t, "", "", "-latency", "30ms", "-latency-jitter", "30ms", "-missing", "0.1")
 	r.enqueue(t, "k9", n)
@@ -37,10 +39,7 @@ func TestChaosKill9(t *testing.T) {
 	queuetest.WaitFor(t, time.Minute, "a fifth of the requests to be done", func() bool {
 		return chaosQueryInt(t, conn, `SELECT count(*) FROM erasure_requests WHERE status = 'succeeded'`) >= n/5
 	})
-	if err := victim.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond) // statements already sent still land
+	victim.freeze(t)
 	var held []int64
 	var lastExpiry time.Time
 	rows, err := conn.Query(ctx, `SELECT id, lease_expires_at FROM erasure_requests WHERE status = 'running' AND lease_owner = $1`, victim.id)
@@ -64,14 +63,12 @@ func TestChaosKill9(t *testing.T) {
 	if len(held) == 0 {
 		t.Fatal("the victim held no lease when it was stopped: the test proves nothing")
 	}
-	if err := victim.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-victim.done
+	victim.kill9(t)
 	t.Logf("killed %s holding %d leases", victim.id, len(held))
 
-	// Its rows come back within the lease plus one recovery interval (judged on the database's
-	// clock), and no row anywhere stays running past its lease for longer than that.
+	// Its rows come back after their lease, within one recovery interval and the slack (judged
+	// on the database's clock), and no row anywhere stays running past its lease for longer.
+	var recoveredAt time.Time
 	queuetest.WaitFor(t, 2*time.Minute, "the dead worker's requests to leave running", func() bool {
 		var stillHeld, overdue int64
 		var now time.Time
@@ -90,8 +87,11 @@ FROM erasure_requests WHERE status = 'running'`, held, (recoverInterval+slack).M
 			t.Fatalf("%d of the dead worker's %d requests still running at %v, %v after its last lease expired",
 				stillHeld, len(held), now, now.Sub(lastExpiry))
 		}
+		recoveredAt = now
 		return stillHeld == 0
 	})
+	t.Logf("the dead worker's claims were all back %v after its last lease expired (recovery interval %v)",
+		recoveredAt.Sub(lastExpiry).Round(10*time.Millisecond), recoverInterval)
 
 	c := r.drained(t, 2*time.Minute)
 	chaosAllSucceeded(t, c, n)
