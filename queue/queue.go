@@ -395,14 +395,17 @@ type Recovered struct {
 // or failing that the lease itself has expired, the backstop for an owner that never
 // heartbeats. Their calls in flight may still land; the fence keeps them from overwriting what
 // happens next, and a second delete answers USER_NOT_FOUND. A request whose lost attempt was
-// its maxAttempts-th fails as exhausted instead of running again.
-func (q *Queue) RecoverExpired(ctx context.Context, maxAttempts int) (Recovered, error) {
+// its maxAttempts-th fails as exhausted instead of running again. self, the replica asking,
+// never takes back its own claims for a lapsed heartbeat (it knows they are alive: its row
+// lapsed only because the database was away), only for an expired lease.
+func (q *Queue) RecoverExpired(ctx context.Context, self string, maxAttempts int) (Recovered, error) {
 	const recoverSQL = `
 WITH expired AS (
-    SELECT r.id, coalesce(w.expires_at < now(), false) AS owner_gone
+    SELECT r.id, coalesce(w.expires_at < now() AND r.lease_owner <> $2, false) AS owner_gone
     FROM erasure_requests r
     LEFT JOIN erasure_workers w ON w.id = r.lease_owner
-    WHERE r.status = 'running' AND (r.lease_expires_at < now() OR w.expires_at < now())
+    WHERE r.status = 'running'
+      AND (r.lease_expires_at < now() OR (w.expires_at < now() AND r.lease_owner <> $2))
     FOR UPDATE OF r SKIP LOCKED
 ),
 recovered AS (
@@ -425,7 +428,7 @@ recovered AS (
 SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed')
 FROM recovered`
 	var rec Recovered
-	if err := q.pool.QueryRow(ctx, recoverSQL, maxAttempts).Scan(&rec.Requeued, &rec.Exhausted); err != nil {
+	if err := q.pool.QueryRow(ctx, recoverSQL, maxAttempts, self).Scan(&rec.Requeued, &rec.Exhausted); err != nil {
 		return Recovered{}, fmt.Errorf("recover expired claims: %w", err)
 	}
 	if rec.Requeued > 0 {

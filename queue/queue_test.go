@@ -211,7 +211,7 @@ func TestFinishIsFencedByLease(t *testing.T) {
 	}
 	// The old owner stalls past its lease; another replica recovers and re-claims the row.
 	b.expireLeases(t)
-	if rec, err := q.RecoverExpired(b.ctx, 10); err != nil || rec.Requeued != 1 {
+	if rec, err := q.RecoverExpired(b.ctx, "recoverer", 10); err != nil || rec.Requeued != 1 {
 		t.Fatalf("recover: %+v %v", rec, err)
 	}
 	cur, err := q.Claim(b.ctx, "new", 1, time.Minute)
@@ -257,7 +257,7 @@ func TestFinishIsFencedByOwnerAfterRequeue(t *testing.T) {
 		t.Fatalf("claim: %v %v", err, old)
 	}
 	b.expireLeases(t)
-	if rec, err := q.RecoverExpired(b.ctx, 1); err != nil || rec.Exhausted != 1 {
+	if rec, err := q.RecoverExpired(b.ctx, "recoverer", 1); err != nil || rec.Exhausted != 1 {
 		t.Fatalf("recover: %+v %v", rec, err)
 	}
 	if n, err := q.Requeue(b.ctx, queue.RequeueFilter{All: true}); err != nil || n != 1 {
@@ -281,7 +281,7 @@ func TestRecoverExpiredRequeuesOrExhausts(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Leases still valid: nothing to recover.
-	if rec, err := q.RecoverExpired(b.ctx, 3); err != nil || rec != (queue.Recovered{}) {
+	if rec, err := q.RecoverExpired(b.ctx, "recoverer", 3); err != nil || rec != (queue.Recovered{}) {
 		t.Fatalf("recovered live leases: %+v %v", rec, err)
 	}
 	// One of them was on its last allowed attempt.
@@ -289,7 +289,7 @@ func TestRecoverExpiredRequeuesOrExhausts(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.expireLeases(t)
-	rec, err := q.RecoverExpired(b.ctx, 3)
+	rec, err := q.RecoverExpired(b.ctx, "recoverer", 3)
 	if err != nil || rec != (queue.Recovered{Requeued: 3, Exhausted: 1}) {
 		t.Fatalf("recover: %+v %v", rec, err)
 	}

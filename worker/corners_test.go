@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/erasure-worker/erasure-worker/knotclient/knotfake"
+	"github.com/erasure-worker/erasure-worker/queue/queuetest"
 )
 
 // A 429 whose Retry-After outlasts the lease: every claim held meanwhile goes back unspent
@@ -23,10 +24,10 @@ func TestRetryAfterLongerThanTheLeaseSpendsNoAttempt(t *testing.T) {
 	b.cfg.RateLimit, b.cfg.Burst = 200, 20
 	b.insert(t, users(60)...)
 	b.start(t)
-	waitFor(t, "a 429", 10*time.Second, func() bool { return b.fake.Stats().Faulted["rate_limit"] > 0 })
+	queuetest.WaitFor(t, 10*time.Second, "a 429", func() bool { return b.fake.Stats().Faulted["rate_limit"] > 0 })
 	time.Sleep(time.Second)
 	b.fake.SetFaults(knotfake.Faults{})
-	waitFor(t, "the queue to drain", 40*time.Second, b.drained(t))
+	queuetest.WaitFor(t, 40*time.Second, "the queue to drain", b.drained(t))
 
 	if n := b.count(t, `status = 'succeeded'`); n != 60 {
 		t.Errorf("%d of 60 succeeded; failed: %d, lease_expired: %d", n,
@@ -46,7 +47,7 @@ func TestAResultTheDatabaseRefusesFailsAlone(t *testing.T) {
 	}
 	b.insert(t, users(40)...)
 	b.start(t)
-	waitFor(t, "the queue to drain", 20*time.Second, b.drained(t))
+	queuetest.WaitFor(t, 20*time.Second, "the queue to drain", b.drained(t))
 
 	if n := b.count(t, `status = 'succeeded'`); n != 39 {
 		t.Errorf("%d of the 39 recordable requests succeeded", n)
@@ -63,7 +64,7 @@ func TestAResultTheDatabaseRefusesFailsAlone(t *testing.T) {
 	if _, err := b.pool.Exec(b.ctx, `INSERT INTO erasure_requests (request_ref, external_user_id) VALUES ('after', 'user-after')`); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a request after the refused one", 10*time.Second, func() bool {
+	queuetest.WaitFor(t, 10*time.Second, "a request after the refused one", func() bool {
 		return b.count(t, `request_ref = 'after' AND status = 'succeeded'`) == 1
 	})
 }
@@ -75,7 +76,7 @@ func TestAnUnreadable200IsNotCountedAsOne(t *testing.T) {
 	b.cfg.MaxAttempts = 50
 	b.insert(t, users(50)...)
 	b.start(t)
-	waitFor(t, "the queue to drain", 30*time.Second, b.drained(t))
+	queuetest.WaitFor(t, 30*time.Second, "the queue to drain", b.drained(t))
 
 	st := b.fake.Stats()
 	if st.Faulted["empty_ok"]+st.Faulted["truncated"] == 0 {

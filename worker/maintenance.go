@@ -9,7 +9,7 @@ import (
 
 // recoverClaims takes back claims whose owner stopped heartbeating, or whose lease expired.
 func (w *Worker) recoverClaims(ctx context.Context) {
-	rec, err := w.q.RecoverExpired(ctx, w.cfg.MaxAttempts)
+	rec, err := w.q.RecoverExpired(ctx, w.cfg.ID, w.cfg.MaxAttempts)
 	if err != nil {
 		if ctx.Err() == nil {
 			w.log.Warn("taking back claims of gone replicas failed", "err", err)

@@ -35,7 +35,7 @@ type Queue interface {
 	Claim(ctx context.Context, owner string, limit int, leaseFor time.Duration) ([]queue.Job, error)
 	Finish(ctx context.Context, owner string, results []queue.Result) ([]int64, error)
 	FinishAgain(ctx context.Context, owner string, results []queue.Result) ([]int64, error)
-	RecoverExpired(ctx context.Context, maxAttempts int) (queue.Recovered, error)
+	RecoverExpired(ctx context.Context, self string, maxAttempts int) (queue.Recovered, error)
 	Stats(ctx context.Context) (queue.Stats, error)
 	Listen(ctx context.Context, ready, wake func()) error
 	rateStore

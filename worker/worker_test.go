@@ -135,18 +135,6 @@ func users(n int) []string {
 	return ids
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func (b *testBundle) count(t *testing.T, where string) int {
 	t.Helper()
 	var n int
@@ -164,7 +152,7 @@ func TestDeletedAndNotFoundBothSucceed(t *testing.T) {
 	b := setup(t, knotfake.Options{Exists: knotfake.MissingShare(0.3)})
 	b.insert(t, users(200)...)
 	b.start(t)
-	waitFor(t, "the queue to drain", 20*time.Second, b.drained(t))
+	queuetest.WaitFor(t, 20*time.Second, "the queue to drain", b.drained(t))
 
 	st := b.fake.Stats()
 	if got := b.count(t, `status = 'succeeded' AND outcome = 'deleted'`); int64(got) != st.Deleted {
@@ -190,7 +178,7 @@ func TestServerErrorsAreRetriedUntilTheyPass(t *testing.T) {
 	b.cfg.MaxAttempts = 50
 	b.insert(t, users(100)...)
 	b.start(t)
-	waitFor(t, "the queue to drain", 30*time.Second, b.drained(t))
+	queuetest.WaitFor(t, 30*time.Second, "the queue to drain", b.drained(t))
 
 	if n := b.count(t, `status = 'succeeded'`); n != 100 {
 		t.Fatalf("%d of 100 succeeded", n)
@@ -212,7 +200,7 @@ func TestRetryableErrorsExhaustAfterMaxAttempts(t *testing.T) {
 	b.cfg.MaxAttempts = 3
 	b.insert(t, users(5)...)
 	b.start(t)
-	waitFor(t, "the queue to drain", 20*time.Second, b.drained(t))
+	queuetest.WaitFor(t, 20*time.Second, "the queue to drain", b.drained(t))
 
 	if n := b.count(t, `status = 'failed' AND outcome = 'exhausted' AND attempts = 3 AND last_error_code = 'http_500'`); n != 5 {
 		t.Fatalf("%d of 5 failed as exhausted after 3 attempts", n)
@@ -228,7 +216,7 @@ func TestPermanentRefusalFailsWithoutRetry(t *testing.T) {
 	b.forbidden.Store("user-1", true)
 	b.insert(t, users(3)...)
 	b.start(t)
-	waitFor(t, "the queue to drain", 20*time.Second, b.drained(t))
+	queuetest.WaitFor(t, 20*time.Second, "the queue to drain", b.drained(t))
 
 	var status, outcome, code string
 	var attempts int
@@ -249,7 +237,7 @@ func TestUnsendableRowFailsAloneAndIsNeverSent(t *testing.T) {
 	// A control character gets past the table's checks but must never reach Knot.
 	b.insert(t, "user-0", "bad\x01id", "user-2")
 	b.start(t)
-	waitFor(t, "the queue to drain", 20*time.Second, b.drained(t))
+	queuetest.WaitFor(t, 20*time.Second, "the queue to drain", b.drained(t))
 
 	var outcome, lastErr string
 	if err := b.pool.QueryRow(b.ctx, `SELECT outcome, last_error FROM erasure_requests WHERE request_ref = 'ref-1'`).Scan(&outcome, &lastErr); err != nil {
@@ -267,10 +255,10 @@ func TestRateLimitedRequestsWaitRetryAfterWithoutSpendingAttempts(t *testing.T) 
 	b := setup(t, knotfake.Options{Faults: knotfake.Faults{RateLimitRate: 1, RetryAfter: knotfake.Duration(time.Second)}})
 	b.insert(t, users(10)...)
 	b.start(t)
-	waitFor(t, "a 429", 10*time.Second, func() bool { return b.fake.Stats().ByStatus["429"] > 0 })
+	queuetest.WaitFor(t, 10*time.Second, "a 429", func() bool { return b.fake.Stats().ByStatus["429"] > 0 })
 	time.Sleep(300 * time.Millisecond)
 	b.fake.SetFaults(knotfake.Faults{})
-	waitFor(t, "the queue to drain", 20*time.Second, b.drained(t))
+	queuetest.WaitFor(t, 20*time.Second, "the queue to drain", b.drained(t))
 
 	if n := b.count(t, `status = 'succeeded'`); n != 10 {
 		t.Fatalf("%d of 10 succeeded", n)
@@ -289,7 +277,7 @@ func TestRejectedCredentialsPauseThenResumeWithoutLosingAttempts(t *testing.T) {
 	b.cfg.MaxAttempts = 1
 	b.insert(t, users(20)...)
 	b.start(t)
-	waitFor(t, "the worker to pause", 10*time.Second, func() bool { return testutil.ToFloat64(b.metrics.Paused) == 1 })
+	queuetest.WaitFor(t, 10*time.Second, "the worker to pause", func() bool { return testutil.ToFloat64(b.metrics.Paused) == 1 })
 	// While paused only the occasional probe goes out, and nothing fails or spends an attempt.
 	time.Sleep(300 * time.Millisecond)
 	// (A probe in flight holds one row running, its attempt counted until it is released.)
@@ -302,7 +290,7 @@ func TestRejectedCredentialsPauseThenResumeWithoutLosingAttempts(t *testing.T) {
 	}
 
 	b.fake.SetFaults(knotfake.Faults{})
-	waitFor(t, "the queue to drain", 20*time.Second, b.drained(t))
+	queuetest.WaitFor(t, 20*time.Second, "the queue to drain", b.drained(t))
 	if n := b.count(t, `status = 'succeeded'`); n != 20 {
 		t.Fatalf("%d of 20 succeeded after the credentials were accepted again", n)
 	}
@@ -317,7 +305,7 @@ func TestShutdownFinishesInFlightAndReleasesTheRest(t *testing.T) {
 	b.cfg.RateLimit, b.cfg.Burst = 4, 2 // most claims wait on the limiter: they were never sent
 	b.insert(t, users(30)...)
 	stop := b.start(t)
-	waitFor(t, "calls in flight", 10*time.Second, func() bool { return b.fake.Stats().Calls >= 2 })
+	queuetest.WaitFor(t, 10*time.Second, "calls in flight", func() bool { return b.fake.Stats().Calls >= 2 })
 
 	began := time.Now()
 	if err := stop(); err != nil {

@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/erasure-worker/erasure-worker/queue/queuetest"
 )
 
 // SIGTERM drain: calls in flight finish and are recorded, claims never sent go back to pending
@@ -29,7 +31,7 @@ func TestChaosSigtermDrain(t *testing.T) {
 		"LEASE_DURATION=" + lease.String(), "SHUTDOWN_TIMEOUT=" + shutdownTimeout.String(), "POLL_INTERVAL=" + poll.String()}
 	a := r.startWorker(t, "draining", settings...)
 	conn := r.db(t)
-	chaosWait(t, time.Minute, "the first worker to hold every request and call Knot", func() bool {
+	queuetest.WaitFor(t, time.Minute, "the first worker to hold every request and call Knot", func() bool {
 		return chaosQueryInt(t, conn, `SELECT count(*) FROM erasure_requests WHERE lease_owner = $1`, a.id) == n &&
 			fakeStats(t, r.fakeURL).Calls >= 1
 	})
@@ -38,7 +40,7 @@ func TestChaosSigtermDrain(t *testing.T) {
 
 	// SIGTERM just after a call went out, so that one call has its whole 2s still to go.
 	sent := fakeStats(t, r.fakeURL).Calls
-	chaosWait(t, 10*time.Second, "the next call", func() bool { return fakeStats(t, r.fakeURL).Calls > sent })
+	queuetest.WaitFor(t, 10*time.Second, "the next call", func() bool { return fakeStats(t, r.fakeURL).Calls > sent })
 	sentBefore := fakeStats(t, r.fakeURL).Calls
 	doneBefore := chaosQueryInt(t, conn, `SELECT count(*) FROM erasure_requests WHERE status = 'succeeded'`)
 	if sentBefore <= doneBefore || sentBefore >= n {
@@ -51,7 +53,7 @@ func TestChaosSigtermDrain(t *testing.T) {
 	// The unsent claims come back at once, not after the calls in flight: the idle replica
 	// holds one of them while the first worker is still waiting for its calls.
 	var tookOver time.Duration
-	chaosWait(t, pickup, "the idle replica to take a released request", func() bool {
+	queuetest.WaitFor(t, pickup, "the idle replica to take a released request", func() bool {
 		if chaosQueryInt(t, conn, `SELECT count(*) FROM erasure_requests WHERE lease_owner = $1`, b.id) > 0 {
 			tookOver = time.Since(termAt)
 			return true
@@ -89,7 +91,7 @@ func TestChaosSigtermDrain(t *testing.T) {
 	if released <= 0 {
 		t.Fatalf("the drained worker sent all %d requests: nothing was released, the test proves nothing", n)
 	}
-	chaosWait(t, pickup, "the idle replica to take every released request", func() bool {
+	queuetest.WaitFor(t, pickup, "the idle replica to take every released request", func() bool {
 		return chaosQueryInt(t, conn, `
 SELECT count(*) FROM erasure_requests r
 WHERE r.lease_owner = $1 OR EXISTS (SELECT 1 FROM erasure_attempts a WHERE a.request_id = r.id AND a.worker = $1)`, b.id) == released

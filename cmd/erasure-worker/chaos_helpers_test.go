@@ -1,4 +1,4 @@
-//go:build chaos
+//go:build chaos || bench
 
 package main
 
@@ -7,6 +7,8 @@ package main
 // on what the fake saw. It reuses the process harness of e2e_test.go. Run one scenario with
 //
 //	deploy/local/with-postgres go test -tags chaos -run TestChaosKill9 -v ./cmd/erasure-worker
+//
+// `make bench` (tag bench) uses the same rig for the figures the fault suite must not judge.
 
 import (
 	"bufio"
@@ -17,6 +19,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -124,7 +127,7 @@ func (w *chaosWorker) logLines(substr string) []map[string]any {
 func (w *chaosWorker) waitLog(t *testing.T, substr string, within time.Duration) map[string]any {
 	t.Helper()
 	var line map[string]any
-	chaosWait(t, within, "log line "+strconv.Quote(substr), func() bool {
+	queuetest.WaitFor(t, within, "log line "+strconv.Quote(substr), func() bool {
 		if l := w.logLines(substr); len(l) > 0 {
 			line = l[0]
 			return true
@@ -175,18 +178,6 @@ func (w *chaosWorker) noPanic(t *testing.T) {
 		if strings.Contains(out, bad) {
 			t.Errorf("worker %s output holds %q", w.id, bad)
 		}
-	}
-}
-
-// chaosWait polls cond every 100ms until it holds, failing the test after within.
-func chaosWait(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -313,4 +304,68 @@ func (e *chaosRowErrors) report(t *testing.T) {
 	if e.n > 0 {
 		t.Errorf("%d rows are wrong; the first:\n\t%s", e.n, strings.Join(e.first, "\n\t"))
 	}
+}
+
+// chaosOutage makes every call to the fake answer 500 for d, and returns when that ends.
+func chaosOutage(t *testing.T, fakeURL string, d time.Duration) time.Time {
+	t.Helper()
+	return setFaults(t, fakeURL, `{"outage_for":"`+d.String()+`"}`).OutageUntil
+}
+
+// The Knot outage of TestChaosKnotOutage and of section 8 of `make bench`: 300 requests, 10s
+// of 500s, backoffs from 1s doubling to 8s. Retry horizon: waits of 1s, 2s, 4s, then 8s, each
+// jittered to at least half, over 11 retries: at least 35s, well beyond the outage.
+const (
+	chaosOutageRequests   = 300
+	chaosOutageFor        = 10 * time.Second
+	chaosOutageMinBackoff = time.Second
+	chaosOutageMaxBackoff = 8 * time.Second
+)
+
+// startChaosOutage enqueues the requests (a tenth of them for users Knot does not have), starts
+// the outage and then one worker, and returns when the outage ends. The worker has the rate
+// limit and the concurrency far above what the requests need, so that only the backoff's
+// jitter can spread the retries, and twelve attempts, so that none fails in the outage.
+func startChaosOutage(t *testing.T) (*chaosRig, *chaosWorker, time.Time) {
+	t.Helper()
+	r := newChaosRig(t, "", "", "-missing", "0.1")
+	r.enqueue(t, "out", chaosOutageRequests)
+	until := chaosOutage(t, r.fakeURL, chaosOutageFor)
+	w := r.startWorker(t, "worker", "RATE_LIMIT_RPS=2000", "RATE_LIMIT_BURST=500", "CONCURRENCY=300",
+		"QUICK_RETRIES=1", "KNOT_TIMEOUT=1s", "LEASE_DURATION=10s", "RETRY_MIN_BACKOFF="+chaosOutageMinBackoff.String(),
+		"RETRY_MAX_BACKOFF="+chaosOutageMaxBackoff.String(), "MAX_ATTEMPTS=12", "POLL_INTERVAL=200ms")
+	return r, w, until
+}
+
+func chaosPost(t *testing.T, url string) {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST %s: %s", url, resp.Status)
+	}
+}
+
+// freeze stops the worker with SIGSTOP, so that what it holds stops changing before kill9; the
+// statements it already sent still land.
+func (w *chaosWorker) freeze(t *testing.T) {
+	t.Helper()
+	if err := w.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+}
+
+// kill9 kills the worker with SIGKILL, as the kernel's OOM killer or a node failure would: no
+// shutdown, no release of its claims, no goodbye to the rate limit. It returns once the process
+// is gone.
+func (w *chaosWorker) kill9(t *testing.T) {
+	t.Helper()
+	if err := w.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-w.done
 }

@@ -44,7 +44,7 @@ func TestChaosUnmigratedDatabase(t *testing.T) {
 	w := r.startWaitingWorker(t, "worker", "POLL_INTERVAL=200ms")
 	idle := r.startWaitingWorker(t, "worker stopped while waiting")
 
-	chaosWait(t, 30*time.Second, "/readyz to give the reason", func() bool {
+	queuetest.WaitFor(t, 30*time.Second, "/readyz to give the reason", func() bool {
 		code, body := probeGet("http://" + w.addr + "/readyz")
 		return code == http.StatusServiceUnavailable && body == want+"\n"
 	})
@@ -81,7 +81,7 @@ func TestChaosUnmigratedDatabase(t *testing.T) {
 	r.enqueue(t, "schema", n)
 	w.waitLog(t, "schema is ready; starting", 15*time.Second)
 	w.id = w.waitLog(t, "worker starting", 5*time.Second)["worker"].(string)
-	chaosWait(t, 10*time.Second, "/readyz to pass", func() bool { return w.probe("/readyz") == http.StatusOK })
+	queuetest.WaitFor(t, 10*time.Second, "/readyz to pass", func() bool { return w.probe("/readyz") == http.StatusOK })
 	chaosAllSucceeded(t, r.drained(t, time.Minute), n)
 
 	if code, took := w.stop(t, 30*time.Second); code != 0 {

@@ -131,7 +131,7 @@ func TestRunWaitsForAnUnmigratedDatabaseAndStartsAfterMigrate(t *testing.T) {
 	w := startRun(t, env)
 	want := noSchema(t)
 
-	waitUntil(t, "/readyz to give the reason", 20*time.Second, func() bool {
+	queuetest.WaitFor(t, 20*time.Second, "/readyz to give the reason", func() bool {
 		code, body := probeGet("http://" + w.addr + "/readyz")
 		return code == http.StatusServiceUnavailable && body == want+"\n"
 	})
@@ -162,11 +162,11 @@ func TestRunWaitsForAnUnmigratedDatabaseAndStartsAfterMigrate(t *testing.T) {
 	if r := runCLI(t, env, `{"request_ref":"after-migrate","external_user_id":"u1"}`+"\n", "enqueue"); r.code != 0 {
 		t.Fatalf("enqueue: %+v", r)
 	}
-	waitUntil(t, "/readyz to pass after migrate", 20*time.Second, func() bool {
+	queuetest.WaitFor(t, 20*time.Second, "/readyz to pass after migrate", func() bool {
 		code, _ := probeGet("http://" + w.addr + "/readyz")
 		return code == http.StatusOK
 	})
-	waitUntil(t, "the request enqueued after migrate to be carried out", 20*time.Second, func() bool {
+	queuetest.WaitFor(t, 20*time.Second, "the request enqueued after migrate to be carried out", func() bool {
 		return (&e2e{dbURL: dbURL}).counts(t)["succeeded/deleted"] == 1
 	})
 	if st := fake.Stats(); st.Deleted != 1 {
@@ -188,7 +188,7 @@ func TestRunWaitsForAnUnmigratedDatabaseAndStartsAfterMigrate(t *testing.T) {
 func TestRunStopsPromptlyWhileWaitingForTheSchema(t *testing.T) {
 	t.Parallel()
 	w := startRun(t, map[string]string{"DATABASE_URL": queuetest.EmptyURL(t), "KNOT_CLIENT_ID": "id", "KNOT_SECRET": "sec"})
-	waitUntil(t, "the wait to be logged", 20*time.Second, func() bool { return countMessage(w.log.String(), noSchema(t)) == 1 })
+	queuetest.WaitFor(t, 20*time.Second, "the wait to be logged", func() bool { return countMessage(w.log.String(), noSchema(t)) == 1 })
 	if code, took := w.stopped(t, 10*time.Second); code != exitOK || took > time.Second {
 		t.Errorf("SIGTERM while waiting: exit %d after %v; want 0 within a second", code, took)
 	}
@@ -211,7 +211,7 @@ func TestANewerSchemaIsNamed(t *testing.T) {
 	v, _ := queue.SchemaVersion()
 	want := fmt.Sprintf("schema version %d is newer than this binary's %d: roll forward to a newer erasure-worker (migrating down is not supported)", v+1, v)
 	w := startRun(t, map[string]string{"DATABASE_URL": dbURL, "KNOT_CLIENT_ID": "id", "KNOT_SECRET": "sec"})
-	waitUntil(t, "/readyz to give the reason", 20*time.Second, func() bool {
+	queuetest.WaitFor(t, 20*time.Second, "/readyz to give the reason", func() bool {
 		code, body := probeGet("http://" + w.addr + "/readyz")
 		return code == http.StatusServiceUnavailable && body == want+"\n"
 	})

@@ -1,7 +1,8 @@
 // Package queuetest gives tests a fresh, migrated PostgreSQL database of their own, cloned
 // from a template (pgtestdb), so tests that touch the database run in parallel and never see
 // each other's rows. It talks to a real server, named by TEST_DATABASE_URL; `make test` starts a
-// throwaway one when none is running.
+// throwaway one when none is running. WaitFor is the one way tests wait for the queue (or
+// anything else) to reach a state.
 package queuetest
 
 import (
@@ -109,4 +110,20 @@ func (migrator) Migrate(ctx context.Context, _ *sql.DB, conf pgtestdb.Config) er
 	defer conn.Close(ctx)
 	_, _, err = queue.Migrate(ctx, conn)
 	return err
+}
+
+// WaitFor polls cond until it holds, failing the test after within with what in the message.
+// It polls quickly at first (a unit test's queue drains in milliseconds) and backs off to a
+// poll every 100ms, so a long wait against real processes does not load a busy machine.
+func WaitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	interval := 5 * time.Millisecond
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(interval)
+		interval = min(2*interval, 100*time.Millisecond)
+	}
 }

@@ -1,0 +1,35 @@
+//go:build bench
+
+package main
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// 8. Faults: the figures of the fault suite (`make chaos`) that depend on how loaded the
+// machine is, so the suite does not judge them.
+func benchFaults(t *testing.T, r *benchReport) {
+	benchOutageBurst(t, r)
+}
+
+// benchOutageBurst: after a Knot outage, do the retries come back spread out by their jittered
+// backoff or as one burst? The busiest second after Knot recovers, against the requests waiting.
+func benchOutageBurst(t *testing.T, r *benchReport) {
+	const n, outage = chaosOutageRequests, chaosOutageFor
+	rig, w, outageUntil := startChaosOutage(t)
+	time.Sleep(time.Until(outageUntil.Add(-100 * time.Millisecond)))
+	chaosPost(t, rig.fakeURL+"/_fake/reset") // count the recovery only
+	c := rig.drained(t, 2*time.Minute)
+	st := fakeStats(t, rig.fakeURL)
+	w.stop(t, 30*time.Second)
+	t.Logf("outage: final %v; after it, per second %v", c, st.PerSecond)
+	share := float64(st.BusiestSecond) / n
+	r.judge("8", fmt.Sprintf("busiest second after a %v Knot outage, of %d requests waiting", outage, n),
+		fmt.Sprintf("%d (%.2f)", st.BusiestSecond, share), "≤ 0.75", share <= 0.75)
+	r.note("**8.** The fault suite's rig (`make chaos`, real processes). Outage: knotfake answers 500 for %v to %d requests; "+
+		"one worker with RETRY_MIN_BACKOFF=%v, RETRY_MAX_BACKOFF=%v, rate and concurrency far above need, so that only the "+
+		"jitter spreads the retries; the fake's counts are reset 100 ms before the outage ends.", outage, n,
+		chaosOutageMinBackoff, chaosOutageMaxBackoff)
+}
