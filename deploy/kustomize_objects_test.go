@@ -234,7 +234,7 @@ func knownSettings(t *testing.T) map[string]bool {
 		t.Fatalf("go run ./cmd/erasure-worker run --help (in ..): %v\n%s", err, stderr.String())
 	}
 	m := map[string]bool{}
-	for _, sm := range regexp.MustCompile(`(?m)^\s+--[a-z0-9-]+, ([A-Z0-9_]+) \(`).FindAllSubmatch(out, -1) {
+	for _, sm := range regexp.MustCompile(`(?m)^\s+(?:--[a-z0-9-]+, )?([A-Z0-9_]+) \(`).FindAllSubmatch(out, -1) {
 		m[string(sm[1])] = true
 	}
 	for _, s := range append(slices.Clone(secretSettings), "KNOT_BASE_URL", "SHUTDOWN_TIMEOUT", "LISTEN_ADDR", "KNOT_SECRET_FILE") {
