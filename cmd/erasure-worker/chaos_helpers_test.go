@@ -428,3 +428,34 @@ func runTakeover(t *testing.T, within time.Duration) (*chaosRig, chaosTakeover) 
 		k.took.Round(100*time.Millisecond), k.counts)
 	return r, k
 }
+
+// chaosWindows is what the fake saw of the calls since its counts were last reset (resetWindows):
+// the busiest sliding one-second window of their arrivals, and the calls in each whole second.
+type chaosWindows struct {
+	Calls     int64
+	Busiest   int64
+	PerSecond []int64
+}
+
+// resetWindows starts counting one-second windows afresh: it resets the fake's counts (and its
+// memory of deleted users, so Deleted and DuplicateDeletes then count from here too).
+func (r *chaosRig) resetWindows(t *testing.T) {
+	t.Helper()
+	chaosPost(t, r.fakeURL+"/_fake/reset")
+}
+
+// windows returns the one-second windows since resetWindows.
+func (r *chaosRig) windows(t *testing.T) chaosWindows {
+	t.Helper()
+	st := fakeStats(t, r.fakeURL)
+	return chaosWindows{Calls: st.Calls, Busiest: st.BusiestSecond, PerSecond: st.PerSecond}
+}
+
+// atMost fails the test if any one-second window held more than limit calls.
+func (w chaosWindows) atMost(t *testing.T, limit int64, what string) {
+	t.Helper()
+	if w.Busiest > limit {
+		t.Errorf("the busiest one-second window at Knot held %d calls; %s allows %d (per whole second: %v)",
+			w.Busiest, what, limit, w.PerSecond)
+	}
+}
