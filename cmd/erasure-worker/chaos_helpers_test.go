@@ -369,3 +369,93 @@ func (w *chaosWorker) kill9(t *testing.T) {
 	}
 	<-w.done
 }
+
+// holding counts the requests the worker holds claimed (running under its lease).
+func (w *chaosWorker) holding(t *testing.T, conn *pgx.Conn) int64 {
+	t.Helper()
+	return chaosQueryInt(t, conn, `SELECT count(*) FROM erasure_requests WHERE status = 'running' AND lease_owner = $1`, w.id)
+}
+
+// chaosTakeover is a kill -9 of one of two replicas with the default LEASE_DURATION (2m):
+// 3000 requests at RATE_LIMIT_RPS=400, one replica killed a few seconds in while it holds
+// claims. The survivor must take the dead replica's claims back once its heartbeat has expired,
+// not a whole lease later.
+type chaosTakeover struct {
+	n        int
+	victimID string
+	held     int64         // running under the dead replica's lease when it was killed
+	took     time.Duration // from the kill until nothing was pending or running
+	done     bool          // everything finished within the wait
+	counts   map[string]int64
+	survivor *chaosWorker
+}
+
+// runTakeover runs chaosTakeover on a fresh rig, waiting at most within after the kill.
+func runTakeover(t *testing.T, within time.Duration) (*chaosRig, chaosTakeover) {
+	t.Helper()
+	const n = 3000
+	r := newChaosRig(t, "", "", "-latency", "30ms", "-latency-jitter", "30ms", "-missing", "0.1")
+	r.enqueue(t, "tk", n)
+	settings := []string{"RATE_LIMIT_RPS=400", "RATE_LIMIT_BURST=40", "CONCURRENCY=16"}
+	victim := r.startWorker(t, "victim", settings...)
+	survivor := r.startWorker(t, "survivor", settings...)
+	conn := r.db(t)
+	queuetest.WaitFor(t, time.Minute, "a tenth of the requests done and the victim holding claims", func() bool {
+		return chaosQueryInt(t, conn, `SELECT count(*) FROM erasure_requests WHERE status = 'succeeded'`) >= n/10 &&
+			victim.holding(t, conn) > 0
+	})
+	victim.freeze(t)
+	k := chaosTakeover{n: n, victimID: victim.id, held: victim.holding(t, conn), survivor: survivor}
+	if k.held == 0 {
+		t.Fatal("the victim held no claim when it was stopped: the test proves nothing")
+	}
+	victim.kill9(t)
+	killedAt := time.Now()
+	deadline := killedAt.Add(within)
+	for {
+		k.counts = r.counts(t)
+		if k.counts["pending"]+k.counts["running"] == 0 {
+			k.took, k.done = time.Since(killedAt), true
+			break
+		}
+		if time.Now().After(deadline) {
+			k.took = time.Since(killedAt)
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("kill -9 of %s holding %d claims: finished %v after the kill: %v (final %v)", k.victimID, k.held, k.done,
+		k.took.Round(100*time.Millisecond), k.counts)
+	return r, k
+}
+
+// chaosWindows is what the fake saw of the calls since its counts were last reset (resetWindows):
+// the busiest sliding one-second window of their arrivals, and the calls in each whole second.
+type chaosWindows struct {
+	Calls     int64
+	Busiest   int64
+	PerSecond []int64
+}
+
+// resetWindows starts counting one-second windows afresh: it resets the fake's counts (and its
+// memory of deleted users, so Deleted and DuplicateDeletes then count from here too).
+func (r *chaosRig) resetWindows(t *testing.T) {
+	t.Helper()
+	chaosPost(t, r.fakeURL+"/_fake/reset")
+}
+
+// windows returns the one-second windows since resetWindows.
+func (r *chaosRig) windows(t *testing.T) chaosWindows {
+	t.Helper()
+	st := fakeStats(t, r.fakeURL)
+	return chaosWindows{Calls: st.Calls, Busiest: st.BusiestSecond, PerSecond: st.PerSecond}
+}
+
+// atMost fails the test if any one-second window held more than limit calls.
+func (w chaosWindows) atMost(t *testing.T, limit int64, what string) {
+	t.Helper()
+	if w.Busiest > limit {
+		t.Errorf("the busiest one-second window at Knot held %d calls; %s allows %d (per whole second: %v)",
+			w.Busiest, what, limit, w.PerSecond)
+	}
+}
