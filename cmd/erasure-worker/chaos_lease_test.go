@@ -47,17 +47,17 @@ func TestChaosRetryAfterLongerThanLease(t *testing.T) {
 	var bad chaosRowErrors
 	for _, row := range r.rows(t) {
 		switch {
-		case row.LastErrorCode == "lease_expired":
+		case row.LastErrorCode == "lease_expired" || row.LastErrorCode == "worker_gone":
 			expired++
-			bad.add("request %s (%s/%s, %d attempts) was recovered from an expired lease while it waited out Retry-After",
-				row.RequestRef, row.Status, row.Outcome, row.Attempts)
+			bad.add("request %s was taken back (%s: %s/%s, %d attempts) while it waited out Retry-After",
+				row.RequestRef, row.LastErrorCode, row.Status, row.Outcome, row.Attempts)
 		case row.Status == "failed" && row.Outcome == "exhausted":
 			exhausted++
 			bad.add("request %s failed exhausted after %d attempts: %s", row.RequestRef, row.Attempts, row.LastError)
 		}
 	}
 	if expired+exhausted > 0 {
-		t.Errorf("%d requests carry last_error_code lease_expired and %d failed exhausted, of %d", expired, exhausted, n)
+		t.Errorf("%d requests were taken back from a waiting worker and %d failed exhausted, of %d", expired, exhausted, n)
 	}
 	bad.report(t)
 	if st.Faulted["rate_limit"] == 0 {
