@@ -16,15 +16,11 @@ const maxMessageBytes = 200
 
 const codeUserNotFound = "USER_NOT_FOUND"
 
-// classify turns a complete HTTP answer into a Result or an *Error.
-// It is the whole of the package's policy about Knot's answers.
-func classify(status int, header http.Header, body []byte) (Result, error) {
-	return classifyAt(status, header, body, time.Now(), nil)
-}
-
-// classifyAt is classify with the clock (for Retry-After dates) and the
-// strings to scrub from Knot's message (the external id and credentials).
-func classifyAt(status int, header http.Header, body []byte, now time.Time, scrub []string) (Result, error) {
+// classify turns a complete HTTP answer into a Result or an *Error, given
+// the clock (for Retry-After dates) and the strings to scrub from Knot's
+// message (the external id and credentials). It is the whole of the
+// package's policy about Knot's answers.
+func classify(status int, header http.Header, body []byte, now time.Time, scrub []string) (Result, error) {
 	if status == http.StatusOK {
 		// Only a JSON object counts: a wrong base URL can answer 200 with an
 		// HTML page for every path, and a cut-off body may mean Knot failed

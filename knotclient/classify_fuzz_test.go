@@ -30,7 +30,7 @@ func FuzzClassify(f *testing.F) {
 	f.Fuzz(func(t *testing.T, status int, body []byte, retryAfter string) {
 		h := http.Header{}
 		h.Set("Retry-After", retryAfter)
-		res, err := classifyAt(status, h, body, now, []string{"SECRET"})
+		res, err := classify(status, h, body, now, []string{"SECRET"})
 		if err == nil {
 			switch {
 			case status == 200 && res.Outcome == Deleted:

@@ -240,7 +240,7 @@ func (c *Client) DeleteUser(ctx context.Context, externalUserID string) (Result,
 		return Result{}, e
 	}
 
-	res, err := classifyAt(resp.StatusCode, resp.Header, respBody, time.Now(), scrub)
+	res, err := classify(resp.StatusCode, resp.Header, respBody, time.Now(), scrub)
 	if err != nil {
 		e := err.(*Error)
 		e.Duration = elapsed
