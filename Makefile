@@ -60,8 +60,10 @@ bench-ratelimit:
 
 # The worker against its own limits (issue #6): pipeline throughput, database round trips per
 # request, claim cost up to 10 million finished rows (about 2 GB of disk while it runs), pickup
-# latency, memory, and the rate at 200ms per call. Prints each figure beside its goal and writes
-# BENCHMARKS.md (figures, not a pass/fail test; about five minutes). BENCH_ONLY=1,3 runs sections.
+# latency, memory, the rate at 200ms per call, the shared rate across replicas (7) and the fault
+# figures moved out of the pass/fail suites (8: backoff spread, kill -9 takeover). Prints each
+# figure beside its goal and writes BENCHMARKS.md (figures, not a pass/fail test; about eight
+# minutes). BENCH_ONLY=1,3 runs sections.
 bench:
 	$(PG) $(GO) test -tags bench -run '^TestBench$$' -count=1 -v -timeout 15m ./cmd/erasure-worker
 
