@@ -46,7 +46,8 @@ import (
 //     gave it up has already stopped using it.
 //   - While replicas disagree on RATE_LIMIT_RPS or RATE_LIMIT_BURST (a rollout), all follow the
 //     lowest among the live ones; each replica's row carries its own.
-//   - A replica that cannot reach the database sends nothing once it has missed two heartbeats,
+//   - A replica that cannot reach the database sends nothing from two intervals after its last
+//     heartbeat that answered (so also while a joiner grows unseen by it),
 //     before the others (after three) count it gone and take its share.
 //   - Every comparison of times across replicas is the database's (expiry, the quiet period,
 //     holds come back as durations). A replica's clock only measures its own intervals.
@@ -337,7 +338,10 @@ func (l *limiter) apply(now time.Time, busy bool, d queue.Deployment, err error)
 	l.lastBeat = now
 	l.validUntil = time.Time{} // a first heartbeat has no share yet: nothing goes out
 	if l.share > 0 {
-		l.validUntil = now.Add(2*l.interval + l.interval/2)
+		// Two intervals: a replica grows into a joiner's room only at its third heartbeat, two
+		// intervals after the joiner's row appeared, and by then every replica that has not seen
+		// that row (its heartbeats failed) has stopped sending.
+		l.validUntil = now.Add(2 * l.interval)
 	}
 	if d.Hold > 0 {
 		if until := now.Add(d.Hold); until.After(l.notUntil) {

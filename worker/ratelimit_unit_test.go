@@ -160,3 +160,26 @@ func TestBackoffsStayWithinHalfAndAllOfTheirNominalLength(t *testing.T) {
 		}
 	}
 }
+
+// A joiner grows at its third heartbeat, two intervals after its row appeared. A replica whose
+// heartbeats failed meanwhile never saw the joiner and still holds its old, larger share: it
+// must have stopped sending by then, or the two together exceed the limit.
+func TestLimiterStopsBeforeAnUnseenJoinerGrows(t *testing.T) {
+	l, store, clock := setupLimiter(t, 100, 10)
+	for range 3 {
+		beat(l, clock)
+	}
+	// Its last heartbeat that answered; the joiner's row appears just after it.
+	l.beat(context.Background())
+	last := clock.now()
+	if share := l.currentShare(); share != 100 {
+		t.Fatalf("share alone: %v", share)
+	}
+	store.err = errors.New("heartbeat timed out")
+	clock.advance(l.interval)
+	l.beat(context.Background())
+	clock.advance(l.interval)
+	if s := l.step(last.Add(2*l.interval), last.Add(time.Hour)); s.renewal == nil {
+		t.Fatalf("still sending at its old share two intervals after its last heartbeat, when a joiner may grow: %+v", s)
+	}
+}
