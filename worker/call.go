@@ -36,7 +36,7 @@ func (w *Worker) attempt(sendCtx, callCtx context.Context, job queue.Job, probe 
 	quick := w.cfg.newQuickBackoff()
 	by := job.LeaseExpiresAt.Add(-w.cfg.sendMargin())
 	for try := 1; ; try++ {
-		if reason := w.whyNotSend(sendCtx, job, probe); reason != "" {
+		if reason := w.whyNotSend(sendCtx, by, probe); reason != "" {
 			return w.unsent(res, reason, 0, log)
 		}
 		if err := w.limiter.wait(sendCtx, by); err != nil {
@@ -47,7 +47,7 @@ func (w *Worker) attempt(sendCtx, callCtx context.Context, job queue.Job, probe 
 			}
 			return w.unsent(res, "shutting down", 0, log)
 		}
-		if reason := w.whyNotSend(sendCtx, job, probe); reason != "" {
+		if reason := w.whyNotSend(sendCtx, by, probe); reason != "" {
 			return w.unsent(res, reason, 0, log)
 		}
 
@@ -117,14 +117,15 @@ func (w *Worker) attempt(sendCtx, callCtx context.Context, job queue.Job, probe 
 	}
 }
 
-// whyNotSend says why a claimed request must not be sent now, or "" when it may be.
-func (w *Worker) whyNotSend(sendCtx context.Context, job queue.Job, probe bool) string {
+// whyNotSend says why a claimed request that must go by by (its lease less the send margin)
+// must not be sent now, or "" when it may be.
+func (w *Worker) whyNotSend(sendCtx context.Context, by time.Time, probe bool) string {
 	switch {
 	case sendCtx.Err() != nil:
 		return "shutting down"
 	case w.paused.Load() && !probe:
 		return "paused: credentials rejected"
-	case w.cfg.clock().After(job.LeaseExpiresAt.Add(-w.cfg.sendMargin())):
+	case w.cfg.clock().After(by):
 		// Sending now could outlive the lease and race the replica that takes it back.
 		return "lease about to expire"
 	}

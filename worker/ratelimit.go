@@ -318,7 +318,7 @@ func (l *limiter) apply(now time.Time, busy bool, d queue.Deployment, err error)
 		l.log.Info("rate limit share renewed: sending again")
 	}
 
-	global := min(d.CurrentRPS, d.CeilingRPS, l.ceiling)
+	global := min(d.CurrentRPS, d.CeilingRPS) // the ceiling is the lowest of the live replicas', this one's included
 	weight := idleWeight
 	if busy {
 		weight = 1
@@ -348,7 +348,7 @@ func (l *limiter) apply(now time.Time, busy bool, d queue.Deployment, err error)
 			l.notUntil = until
 		}
 	}
-	burst := min(d.Burst, l.burst)
+	burst := d.Burst // the lowest of the live replicas', this one's included
 	if burst < 1 {
 		burst = l.burst
 	}
