@@ -2,8 +2,11 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Heartbeat is what a replica says of itself each time it renews its place in the shared rate
@@ -42,11 +45,11 @@ type Deployment struct {
 func (q *Queue) Beat(ctx context.Context, h Heartbeat) (Deployment, error) {
 	const beatSQL = `
 WITH me AS (
-    INSERT INTO erasure_workers (id, busy, share_rps, expires_at, ceiling_rps, burst)
-    VALUES ($1, $2, $3, now() + $7 * interval '1 millisecond', $4, nullif($9, 0))
+    INSERT INTO erasure_workers (id, busy, share_rps, expires_at, ceiling_rps, burst, takes_from_bucket)
+    VALUES ($1, $2, $3, now() + $7 * interval '1 millisecond', $4, nullif($9, 0), true)
     ON CONFLICT (id) DO UPDATE
     SET heartbeat_at = now(), busy = excluded.busy, share_rps = excluded.share_rps, expires_at = excluded.expires_at,
-        ceiling_rps = excluded.ceiling_rps, burst = excluded.burst
+        ceiling_rps = excluded.ceiling_rps, burst = excluded.burst, takes_from_bucket = true
 ),
 gone AS (
     DELETE FROM erasure_workers WHERE expires_at < now() - interval '1 hour'
@@ -60,10 +63,10 @@ others AS (
     WHERE id <> $1 AND expires_at > now()
 ),
 lim AS (
-    INSERT INTO erasure_rate_limit AS l (ceiling_rps, current_rps)
-    SELECT ceiling, ceiling FROM others
+    INSERT INTO erasure_rate_limit AS l (ceiling_rps, current_rps, burst)
+    SELECT ceiling, ceiling, nullif(burst, 0) FROM others
     ON CONFLICT (singleton) DO UPDATE
-    SET ceiling_rps = excluded.ceiling_rps,
+    SET ceiling_rps = excluded.ceiling_rps, burst = excluded.burst,
         current_rps = CASE
             WHEN l.decreased_at > now() - $6 * interval '1 millisecond' THEN least(l.current_rps, excluded.ceiling_rps)
             ELSE least(excluded.ceiling_rps, l.current_rps + $5 * extract(epoch FROM now() - l.increased_at))
@@ -84,6 +87,95 @@ FROM lim, others`
 	d.Hold = time.Duration(holdSeconds * float64(time.Second))
 	return d, nil
 }
+
+// TakeRequest asks the deployment's bucket for sends.
+type TakeRequest struct {
+	Want       int           // sends wanted
+	Within     time.Duration // only sends due within this long from now
+	CeilingRPS float64       // this replica's RATE_LIMIT_RPS, in case its heartbeat has not lowered the table's yet
+	Burst      int           // this replica's RATE_LIMIT_BURST, likewise
+	FloorRPS   float64       // the rate never falls below this, whatever older replicas hold
+	// Reserve is taken off the bucket's depth and given to each send as lateness it may have:
+	// a send that goes out late bunches with sends taken after it, and the reserve is what
+	// keeps that within RATE_LIMIT_BURST.
+	Reserve time.Duration
+}
+
+// Grant is the sends the bucket gave: the k-th (from 0) is due First + k·Every after the
+// database's clock read At (at once when that is negative), and may go out up to Slack after
+// that: a fifth of the reserve, and half an emission interval, which a count of whole calls in
+// any window absorbs. The rest of the reserve absorbs the trip from the send to Knot. A replica adds these
+// durations to its own clock when the answer arrives, which is later than At: it never sends
+// early.
+type Grant struct {
+	N            int
+	First, Every time.Duration
+	Slack        time.Duration
+	Hold         time.Duration // a Retry-After holds every call this long; N is then 0
+	At           time.Time     // the database's clock when it granted (for tests and status)
+}
+
+// Take takes up to r.Want sends from the deployment's bucket, all due within r.Within: one
+// statement, the bucket's row locked only while it runs. The rate is the deployment's current
+// rate (at most the lowest live ceiling and this replica's), less what replicas of an older
+// version, which do not take from the bucket, allowed themselves; the depth is the lowest live
+// RATE_LIMIT_BURST less the reserve. It returns ok false when no replica has beaten yet (the
+// bucket has no row).
+//
+// The clock is read with clock_timestamp() once the row is locked, not now(), which is the
+// start of a statement that may have waited for the lock: sends computed from a stale clock
+// would go out late and bunch with the next replica's.
+func (q *Queue) Take(ctx context.Context, r TakeRequest) (g Grant, ok bool, err error) {
+	const takeSQL = `
+WITH cur AS (
+    SELECT tat, hold_until, least(current_rps, ceiling_rps, $1) AS rps, least(coalesce(burst, $2), $2) AS burst
+    FROM erasure_rate_limit
+    FOR UPDATE
+),
+older AS (
+    SELECT coalesce(sum(share_rps), 0) AS rps
+    FROM erasure_workers
+    WHERE expires_at > now() AND NOT takes_from_bucket
+),
+c AS (
+    SELECT cur.tat, cur.hold_until, cur.burst, clock_timestamp() AS ts,
+           greatest(cur.rps - older.rps, $3) AS rps
+    FROM cur, older
+),
+d AS (
+    SELECT c.*, greatest(c.tat, c.ts) AS t0,
+           (c.burst - 1) / c.rps AS depth,
+           greatest((c.burst - 1) / c.rps - $4, 0) AS tau
+    FROM c
+),
+g AS (
+    SELECT d.*,
+           CASE WHEN d.hold_until > d.ts THEN 0
+                ELSE greatest(0, least($5, floor((extract(epoch FROM d.ts - d.t0) + $6 + d.tau) * d.rps + 1e-9)::int + 1))
+           END AS n
+    FROM d
+),
+upd AS (
+    UPDATE erasure_rate_limit SET tat = g.t0 + g.n / g.rps * interval '1 second' FROM g
+)
+SELECT n, (extract(epoch FROM t0 - ts) - tau)::float8, (1 / rps)::float8, (depth - tau)::float8,
+       greatest(extract(epoch FROM hold_until - ts), 0)::float8, ts
+FROM g`
+	var first, every, slack, hold float64
+	err = q.pool.QueryRow(ctx, takeSQL, r.CeilingRPS, max(r.Burst, 1), r.FloorRPS, r.Reserve.Seconds(),
+		r.Want, r.Within.Seconds()).Scan(&g.N, &first, &every, &slack, &hold, &g.At)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Grant{}, false, nil
+	}
+	if err != nil {
+		return Grant{}, false, fmt.Errorf("take sends from the rate limit: %w", err)
+	}
+	g.First, g.Every = seconds(first), seconds(every)
+	g.Slack, g.Hold = seconds(slack)/5+g.Every/2, seconds(hold)
+	return g, true, nil
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
 // SlowDown records that Knot answered 429: the deployment's rate is multiplied by factor (at
 // most once a second, however many replicas were told at once, and never below floor) and no

@@ -1,0 +1,172 @@
+package queue_test
+
+import (
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/erasure-worker/erasure-worker/queue"
+)
+
+// due lists the absolute times, on the database's clock, of a grant's sends.
+func due(g queue.Grant) []time.Time {
+	var ts []time.Time
+	for k := range g.N {
+		ts = append(ts, g.At.Add(max(g.First+time.Duration(k)*g.Every, 0)))
+	}
+	return ts
+}
+
+// busiestWindow is the most sends due within any half-open window of length w.
+func busiestWindow(ts []time.Time, w time.Duration) int {
+	slices.SortFunc(ts, func(a, b time.Time) int { return a.Compare(b) })
+	most, j := 0, 0
+	for i := range ts {
+		for ts[i].Sub(ts[j]) >= w {
+			j++
+		}
+		most = max(most, i-j+1)
+	}
+	return most
+}
+
+func take(t *testing.T, q *queue.Queue, b *testBundle, r queue.TakeRequest) queue.Grant {
+	t.Helper()
+	g, ok, err := q.Take(b.ctx, r)
+	if err != nil || !ok {
+		t.Fatalf("take %+v: %+v %v %v", r, g, ok, err)
+	}
+	return g
+}
+
+func TestTakeGivesTheBurstAtOnceThenOneSendPerInterval(t *testing.T) {
+	q, b := setup(t)
+	if _, ok, err := q.Take(b.ctx, queue.TakeRequest{Want: 1, Within: time.Second, CeilingRPS: 100, Burst: 10}); ok || err != nil {
+		t.Fatalf("before any heartbeat: ok %v, err %v; want no bucket yet", ok, err)
+	}
+	h := beat("a", true)
+	h.Burst = 10
+	if _, err := q.Beat(b.ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	req := queue.TakeRequest{Want: 1000, Within: 0, CeilingRPS: 100, Burst: 10, FloorRPS: 1}
+	g := take(t, q, b, req)
+	if g.N != 10 || g.Every != 10*time.Millisecond || g.First > 0 {
+		t.Fatalf("a full bucket, nothing wanted later than now: %+v, want the burst of 10 at once, 10ms apart after", g)
+	}
+	sends := due(g)
+	if late := sends[9].Sub(sends[0]); late != 0 {
+		t.Fatalf("the burst's sends are spread over %v, want all due at once", late)
+	}
+	// The bucket is empty: within a second, one send per 10ms, continuing where it stopped.
+	req.Within = time.Second
+	g2 := take(t, q, b, req)
+	if g2.N < 95 || g2.N > 101 || g2.First <= 0 {
+		t.Fatalf("an empty bucket over the next second: %+v, want about 100 sends, the first one interval on", g2)
+	}
+	all := append(sends, due(g2)...)
+	if most := busiestWindow(all, time.Second); most > 100+10 {
+		t.Fatalf("the busiest second of the sends granted holds %d, want at most the rate 100 plus the burst 10", most)
+	}
+	// The bucket is full up to a second ahead: nothing more within a tenth of a second.
+	req.Within = 100 * time.Millisecond
+	if g3 := take(t, q, b, req); g3.N != 0 {
+		t.Fatalf("sends granted past what the rate allows: %+v", g3)
+	}
+}
+
+// Replicas taking at the same time share one bucket: the sends granted to all of them together
+// never exceed the rate plus the burst in any second, however many there are.
+func TestTakeKeepsTheBurstAcrossReplicas(t *testing.T) {
+	q, b := setup(t)
+	const rps, burst, replicas = 50, 2, 6
+	h := beat("a", true)
+	h.CeilingRPS, h.Burst = rps, burst
+	if _, err := q.Beat(b.ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu  sync.Mutex
+		all []time.Time
+		wg  sync.WaitGroup
+	)
+	end := time.Now().Add(1500 * time.Millisecond)
+	for range replicas {
+		wg.Go(func() {
+			for time.Now().Before(end) {
+				g, _, err := q.Take(b.ctx, queue.TakeRequest{Want: 3, Within: 50 * time.Millisecond, CeilingRPS: rps, Burst: burst, FloorRPS: 1})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				all = append(all, due(g)...)
+				mu.Unlock()
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	if most := busiestWindow(all, time.Second); most > rps+burst {
+		t.Fatalf("%d replicas were granted %d sends in their busiest second, want at most %d + %d", replicas, most, rps, burst)
+	}
+	if len(all) < rps {
+		t.Fatalf("%d sends granted in 1.5s at %d/s", len(all), rps)
+	}
+	// At one instant, never more than the burst.
+	if most := busiestWindow(all, time.Microsecond); most > burst {
+		t.Fatalf("%d sends due at one instant, want at most the burst %d", most, burst)
+	}
+}
+
+func TestTakeFollowsTheLowestLimitTheHoldAndOlderReplicas(t *testing.T) {
+	q, b := setup(t)
+	a, c := beat("a", true), beat("c", true)
+	a.CeilingRPS, a.Burst = 100, 10
+	c.CeilingRPS, c.Burst = 50, 1 // a rollout lowers both
+	for _, h := range []queue.Heartbeat{a, c, a} {
+		if _, err := q.Beat(b.ctx, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req := queue.TakeRequest{Want: 5, Within: time.Second, CeilingRPS: 100, Burst: 10, FloorRPS: 1}
+	if g := take(t, q, b, req); g.Every != 20*time.Millisecond || g.First > 0 || g.First < -time.Millisecond {
+		t.Fatalf("beside a replica at 50/s with a burst of 1: %+v, want one send every 20ms and no burst", g)
+	}
+	// A replica whose own limit is lower than the table's, before its heartbeat wrote it.
+	req.CeilingRPS = 20
+	if g := take(t, q, b, req); g.Every != 50*time.Millisecond {
+		t.Fatalf("a replica at 20/s: %+v, want one send every 50ms", g)
+	}
+	// A replica of an older version spends its own share outside the bucket.
+	req.CeilingRPS = 100
+	if _, err := b.pool.Exec(b.ctx, `
+INSERT INTO erasure_workers (id, expires_at, busy, share_rps) VALUES ('old', now() + interval '1 minute', true, 30)`); err != nil {
+		t.Fatal(err)
+	}
+	if g := take(t, q, b, req); g.Every != 50*time.Millisecond {
+		t.Fatalf("beside an older replica using 30 of 50/s: %+v, want 20/s left, one send every 50ms", g)
+	}
+	// A Retry-After holds every send.
+	if _, err := q.SlowDown(b.ctx, 0.5, 1, 3*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if g := take(t, q, b, req); g.N != 0 || g.Hold < 2*time.Second || g.Hold > 3*time.Second {
+		t.Fatalf("during a 3s hold: %+v, want nothing granted and the hold", g)
+	}
+}
+
+// The reserve comes off the bucket's depth and goes to each send as lateness it may have.
+func TestTakeKeepsAReserveForLateSends(t *testing.T) {
+	q, b := setup(t)
+	h := beat("a", true)
+	h.Burst = 10
+	if _, err := q.Beat(b.ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	g := take(t, q, b, queue.TakeRequest{Want: 100, CeilingRPS: 100, Burst: 10, FloorRPS: 1, Reserve: 50 * time.Millisecond})
+	if g.N != 5 || g.Slack != 15*time.Millisecond {
+		t.Fatalf("a burst of 10 at 100/s with a 50ms reserve: %+v, want 5 at once, each allowed 10ms (a fifth of the reserve) + 5ms (half of 10ms) late", g)
+	}
+}
