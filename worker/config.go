@@ -19,8 +19,8 @@ type Config struct {
 	// through the database; Burst how many may go at once after a lull, likewise shared.
 	RateLimit float64
 	Burst     int
-	// RateSyncInterval is how often the replica renews its share of the rate limit. A replica
-	// that misses two renewals sends nothing until it renews again.
+	// RateSyncInterval is how often the replica heartbeats (its row lasts three); it takes its
+	// sends from the deployment's bucket a quarter of it ahead, 250ms at most.
 	RateSyncInterval time.Duration
 	// LeaseDuration is how long a claim is held before any replica may recover it. It must
 	// cover the calls made for one claim: QuickRetries calls of up to CallTimeout each.

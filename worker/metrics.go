@@ -71,7 +71,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		RateLimitRPS: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "erasure_rate_limit_rps",
-			Help: "The rate limit in force for this replica: its share of the deployment's rate, in calls per second.",
+			Help: "This replica's estimate of its share of the deployment's rate, in calls per second: what caps its claims (its sends come from the shared bucket).",
 		}),
 		GlobalRPS: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "erasure_rate_limit_global_rps",

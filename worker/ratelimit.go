@@ -7,62 +7,58 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/erasure-worker/erasure-worker/queue"
 )
 
 // The rate limit is the deployment's, not a replica's: Knot limits our credentials, whatever
 // the number of pods. Replicas share it through the database, the one thing they all have.
 //
-// The protocol, as one replica sees it (every arrow is one heartbeat, every RateSyncInterval):
+// One token bucket for the whole deployment lives in erasure_rate_limit's row (GCRA: a
+// theoretical arrival time that each send taken moves on by 1/rate). A replica takes its sends
+// from it in small batches, each due within a short horizon, and sends each at its time:
 //
-//	         first beat                       beat: weight grew (joined, turned busy)
-//	(start) ----------> claiming (2 beats) <-----------------------------------+
-//	                      | share = min(target now, the two targets before)     |
-//	                      v two beats later                                     |
-//	                    settled: share = target ------------------------------+
-//	                      |  ^
-//	  two beats missed    |  | a beat answers again
-//	                      v  |
-//	                    cut off: sends nothing (its row expires after 3 beats, and the
-//	                             others take its share and its claims)
+//	call waiting --> a send in stock? --yes--> sleep until it is due --> call Knot
+//	                   | no                      (too late by more than its slack: lost, look again)
+//	                   v
+//	                 take from the bucket (one statement; one at a time per replica, for every
+//	                 call waiting) --> sends due within the horizon go into stock
+//	                   | none: the bucket is taken up to the horizon, or a Retry-After holds
+//	                   v
+//	                 sleep until one can be due in time, or give the claim back (errTooLate)
 //
-//	target = global × weight / (weight + others' weights)   busy weight 1, idle idleWeight
-//	global = min(the deployment's current rate, the lowest RATE_LIMIT_RPS of the live replicas)
-//	burst  = the lowest RATE_LIMIT_BURST of the live replicas × weight / (sum of weights)
-//
-//	429 from Knot:  this replica halves its share at once (at most once a second) and holds
-//	                every call until Retry-After; the deployment's current rate is halved (at
-//	                most once a second, whoever is told) and hold_until set, which every other
-//	                replica obeys from its next beat and no claim crosses (queue.Claim).
-//	quiet period:   once no 429 has come for 2 beats, each beat raises the current rate by a
-//	                tenth of the ceiling per second (AIMD), never above the ceiling.
+//	rate   = the deployment's current rate, at most the lowest RATE_LIMIT_RPS of the live
+//	         replicas (less the shares that replicas of an older version allowed themselves)
+//	burst  = the lowest RATE_LIMIT_BURST of the live replicas, whatever their number
+//	429    = the deployment's current rate is halved (at most once a second, whoever is told)
+//	         and hold_until set, which the bucket obeys at once and no claim crosses
+//	         (queue.Claim); this replica drops its stock and holds every call until Retry-After.
+//	quiet  = once no 429 has come for 2 beats, each heartbeat raises the current rate by a
+//	         tenth of the ceiling per second (AIMD), never above the ceiling.
 //
 // Why it stays within the limit:
-//   - A replica that claims more (a joiner, one turning busy) grows only to what its two
-//     previous heartbeats computed: by then every other replica has seen its row and shrunk.
-//     Room given up by others (a replica died, left or went idle) is taken at once: whoever
-//     gave it up has already stopped using it.
-//   - While replicas disagree on RATE_LIMIT_RPS or RATE_LIMIT_BURST (a rollout), all follow the
-//     lowest among the live ones; each replica's row carries its own.
-//   - A replica that cannot reach the database sends nothing from two intervals after its last
-//     heartbeat that answered (so also while a joiner grows unseen by it),
-//     before the others (after three) count it gone and take its share.
-//   - Every comparison of times across replicas is the database's (expiry, the quiet period,
-//     holds come back as durations). A replica's clock only measures its own intervals.
-//   - Every call also waits on an in-process rate.Limiter set to the share, and gives its claim
-//     back instead of waiting past its lease (wait's deadline).
+//   - Every send is taken from the one bucket, and the database's clock alone says when it is
+//     due: a replica adds the durations it is given to its own clock when the answer arrives,
+//     which is later, so it never sends early.
+//   - A send that reaches Knot late bunches with sends taken after it. The bucket keeps a
+//     reserve off its depth for that (up to 50ms of it); a send whose call wakes more than a
+//     fifth of it late is dropped, and the rest absorbs the trip to Knot.
+//   - A replica that cannot reach the database takes nothing: it sends at most what it holds,
+//     all due within the horizon.
+//   - While replicas disagree on RATE_LIMIT_RPS or RATE_LIMIT_BURST (a rollout), the bucket
+//     follows the lowest among the live ones and the taker's own.
+//   - Every call also gives its claim back instead of waiting past its lease (wait's deadline).
 //
-// A burst below one call per replica cannot be had without replicas timing their calls
-// together: a replica that sends at all sends at least one call in some instant. Each busy
-// replica therefore keeps a burst of at least one; the deployment's burst is RATE_LIMIT_BURST
-// or the number of busy replicas, whichever is larger.
+// Heartbeats still count the live replicas and their weights (busy 1, idle idleWeight): each
+// replica's share of the rate is only its estimate of what it will get, which caps how much it
+// claims, never what it sends.
 const (
 	idleWeight   = 0.01 // an idle replica keeps a trickle, enough to find new work
 	decreaseBy   = 0.5  // multiplicative decrease on 429
 	increaseFrac = 0.1  // additive increase per second, as a share of the ceiling
 	floorFrac    = 0.01 // the rate never falls below this share of the ceiling
+
+	maxReserve = 50 * time.Millisecond  // off the bucket's depth, for sends that reach Knot late
+	maxHorizon = 250 * time.Millisecond // how far ahead a replica takes its sends
 )
 
 // rateStore is the part of the queue that the shared rate limit talks to.
@@ -70,6 +66,7 @@ type rateStore interface {
 	Beat(ctx context.Context, h queue.Heartbeat) (queue.Deployment, error)
 	SlowDown(ctx context.Context, factor, floorRPS float64, hold time.Duration) (float64, error)
 	Leave(ctx context.Context, id string) error
+	Take(ctx context.Context, r queue.TakeRequest) (queue.Grant, bool, error)
 }
 
 // errTooLate is returned by wait when a call could not go out by its deadline: the claim
@@ -88,26 +85,29 @@ type limiter struct {
 	ceiling  float64 // this replica's RATE_LIMIT_RPS
 	burst    int     // this replica's RATE_LIMIT_BURST
 	interval time.Duration
+	horizon  time.Duration
 	busy     func() bool
 	metrics  *Metrics
 	log      *slog.Logger
 
 	slow chan time.Duration // 429s to report to the deployment
 
-	mu             sync.Mutex
-	lim            *rate.Limiter
-	validUntil     time.Time     // the share in force lapses then unless renewed
-	renewed        chan struct{} // closed at each successful heartbeat
-	notUntil       time.Time     // no call before then (Retry-After)
-	prevTarget     float64       // the share computed at the previous heartbeat
-	prevPrevTarget float64       // and at the one before
-	weight         float64       // this replica's weight at the last heartbeat
-	claimingBeats  int           // heartbeats since this replica joined or its weight grew
-	lastBeat       time.Time
-	lastLocal      time.Time // when this replica last halved its own rate
-	share          float64
-	unreachable    bool // logged that the database cannot be reached
+	mu          sync.Mutex
+	stock       []send        // sends taken from the bucket, in the order they are due
+	waiting     int           // calls in wait without a send of their own
+	taking      chan struct{} // closed when the take in flight answers; nil when none is
+	nextTake    time.Time     // no take before then: the bucket is taken up to the horizon, or it failed
+	renewed     chan struct{} // closed at each successful heartbeat
+	notUntil    time.Time     // no call before then (Retry-After)
+	beaten      bool          // a heartbeat has answered: the bucket's row exists
+	lastLocal   time.Time     // when this replica last dropped its stock for a 429
+	share       float64       // this replica's estimate of its share, from the last heartbeat
+	unreachable bool          // logged that the bucket cannot be reached
+	beatFailing bool          // logged that heartbeats fail
 }
+
+// send is one send taken from the bucket: due at at, and lost if it cannot go by useBy.
+type send struct{ at, useBy time.Time }
 
 func newLimiter(store rateStore, cfg Config, busy func() bool) *limiter {
 	return &limiter{
@@ -117,10 +117,10 @@ func newLimiter(store rateStore, cfg Config, busy func() bool) *limiter {
 		ceiling:  cfg.RateLimit,
 		burst:    cfg.Burst,
 		interval: cfg.RateSyncInterval,
+		horizon:  min(cfg.RateSyncInterval/4, maxHorizon),
 		busy:     busy,
 		metrics:  cfg.Metrics,
 		log:      cfg.Logger.With("worker", cfg.ID),
-		lim:      rate.NewLimiter(0, 0),
 		slow:     make(chan time.Duration, 16),
 		renewed:  make(chan struct{}),
 	}
@@ -128,7 +128,7 @@ func newLimiter(store rateStore, cfg Config, busy func() bool) *limiter {
 
 func (l *limiter) ttl() time.Duration { return 3 * l.interval }
 
-// currentShare is the rate this replica may use now, in calls per second.
+// currentShare is the rate this replica expects to get now, in calls per second.
 func (l *limiter) currentShare() float64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -142,115 +142,186 @@ func (l *limiter) holdRemaining() time.Duration {
 	return max(l.notUntil.Sub(l.now()), 0)
 }
 
-// sendable is how many calls this replica could send within window from now: the tokens it
-// holds plus what its share adds. Claiming more than that would leave claims waiting past
+// sendable is how many calls this replica expects to send within window from now: the sends
+// it holds plus what its share adds. Claiming more than that would leave claims waiting past
 // their leases.
 func (l *limiter) sendable(window time.Duration) float64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	if !now.Before(l.validUntil) || l.share <= 0 {
-		return 0
-	}
 	if hold := l.notUntil.Sub(now); hold > 0 {
 		window -= hold
 	}
-	if window <= 0 {
+	if window <= 0 || l.share <= 0 {
 		return 0
 	}
-	return max(l.lim.TokensAt(now), 0) + float64(l.lim.Limit())*window.Seconds()
+	return float64(len(l.stock)) + l.share*window.Seconds()
 }
 
 // waitStep is what a call waiting for the rate limit does next.
 type waitStep struct {
-	sleep   time.Duration   // sleep this long; then go if taken, else look again
-	taken   bool            // a token is reserved for this call
-	renewal <-chan struct{} // no share is in force: wait for the next heartbeat
-	err     error           // the call cannot go by its deadline
+	sleep  time.Duration   // sleep this long, then look again
+	send   *send           // or this send is the call's: sleep until it is due
+	take   bool            // or take from the bucket for every call waiting
+	answer <-chan struct{} // or wait for the take in flight (or the first heartbeat)
+	err    error           // the call cannot go by its deadline
 }
 
-// step decides, at now, for a call that must go by by. A token is reserved only when it comes
-// within a quarter interval: one reserved at the rate in force now keeps its time when the
-// share changes, so a replica that reserved at an idle trickle would stay slow for seconds
-// after its share grew, and one that reserved before a 429 would keep calling at the old rate.
+// step decides, at now, for a call that must go by by.
 func (l *limiter) step(now, by time.Time) waitStep {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !now.Before(l.validUntil) {
-		return waitStep{renewal: l.renewed}
-	}
 	if hold := l.notUntil.Sub(now); hold > 0 {
 		if l.notUntil.After(by) {
 			return waitStep{err: &errTooLate{why: "a Retry-After hold outlasts the lease", hold: hold}}
 		}
 		return waitStep{sleep: hold}
 	}
-	r := l.lim.ReserveN(now, 1)
-	if !r.OK() {
-		return waitStep{sleep: l.interval / 4}
+	for len(l.stock) > 0 && now.After(l.stock[0].useBy) {
+		l.stock = l.stock[1:] // due while no call could take it: lost
 	}
-	delay := r.DelayFrom(now)
-	if now.Add(delay).After(by) {
-		r.CancelAt(now)
-		return waitStep{err: &errTooLate{why: "this replica's share of the rate cannot send it before the lease runs short"}}
+	if len(l.stock) > 0 {
+		s := l.stock[0]
+		if s.at.After(by) {
+			return waitStep{err: &errTooLate{why: "the rate limit cannot send it before the lease runs short"}}
+		}
+		l.stock = l.stock[1:]
+		return waitStep{send: &s}
 	}
-	if delay > l.interval/4 {
-		r.CancelAt(now)
-		return waitStep{sleep: l.interval / 4}
+	switch {
+	case !l.beaten:
+		return waitStep{answer: l.renewed}
+	case l.taking != nil:
+		return waitStep{answer: l.taking}
+	case l.nextTake.After(by):
+		return waitStep{err: &errTooLate{why: "the rate limit cannot send it before the lease runs short"}}
+	case l.nextTake.After(now):
+		return waitStep{sleep: l.nextTake.Sub(now)}
 	}
-	return waitStep{sleep: delay, taken: true}
+	l.taking = make(chan struct{})
+	return waitStep{take: true}
 }
 
-// wait blocks until a call may go out: a share is in force, no Retry-After holds, and the
-// in-process limiter has a token. It returns an *errTooLate when that cannot happen by by,
-// and ctx's error when ctx ends first.
+// wait blocks until a call may go out: no Retry-After holds, and a send taken from the
+// deployment's bucket is due. It returns an *errTooLate when that cannot happen by by, and
+// ctx's error when ctx ends first.
 func (l *limiter) wait(ctx context.Context, by time.Time) error {
 	start := l.now()
 	defer func() { l.metrics.RateLimitWait.Observe(l.now().Sub(start).Seconds()) }()
+	l.mu.Lock()
+	l.waiting++
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.waiting--
+		l.mu.Unlock()
+	}()
 	for {
 		now := l.now()
 		s := l.step(now, by)
 		switch {
 		case s.err != nil:
 			return s.err
-		case s.renewal != nil:
-			if !by.After(now) {
-				return &errTooLate{why: "no share of the rate limit in force before the lease runs short"}
+		case s.send != nil:
+			if err := sleep(ctx, s.send.at.Sub(now)); err != nil {
+				return err
 			}
-			t := time.NewTimer(by.Sub(now))
+			if !l.now().After(s.send.useBy) {
+				return nil
+			} // woke too late to use it: it is lost, look again
+		case s.take:
+			l.take(ctx)
+		case s.answer != nil:
+			t := time.NewTimer(max(by.Sub(now), 0))
 			select {
 			case <-ctx.Done():
 				t.Stop()
 				return ctx.Err()
-			case <-s.renewal:
+			case <-s.answer:
 				t.Stop()
 			case <-t.C:
+				return &errTooLate{why: "the rate limit cannot send it before the lease runs short"}
 			}
 		default:
 			if err := sleep(ctx, s.sleep); err != nil {
 				return err
 			}
-			if s.taken {
-				return nil
-			}
 		}
 	}
 }
 
-// slowDown is told that Knot answered 429 with retryAfter: hold every call until then, halve
-// this replica's rate now, and tell the deployment.
+// take takes sends from the deployment's bucket for every call waiting. One take is in flight
+// at a time; the calls that come meanwhile wait for its answer.
+func (l *limiter) take(ctx context.Context) {
+	l.mu.Lock()
+	want := l.waiting
+	l.mu.Unlock()
+	asked := l.now()
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.interval)
+	g, ok, err := l.store.Take(tctx, queue.TakeRequest{
+		Want:       want,
+		Within:     l.horizon,
+		CeilingRPS: l.ceiling,
+		Burst:      l.burst,
+		FloorRPS:   l.ceiling * floorFrac,
+		Reserve:    maxReserve,
+	})
+	cancel()
+	arrived := l.now()
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	close(l.taking)
+	l.taking = nil
+	switch {
+	case err != nil:
+		if !l.unreachable {
+			l.unreachable = true
+			l.log.Error("cannot take sends from the shared rate limit: sending nothing until the database answers", "err", err)
+		}
+		l.nextTake = arrived.Add(l.horizon)
+		return
+	case !ok:
+		l.nextTake = arrived.Add(l.horizon) // no heartbeat has made the bucket yet
+		return
+	}
+	if l.unreachable {
+		l.unreachable = false
+		l.log.Info("shared rate limit answering: sending again")
+	}
+	if g.Hold > 0 {
+		if until := arrived.Add(g.Hold); until.After(l.notUntil) {
+			l.notUntil = until
+		}
+	}
+	// The database read its clock somewhere between asked and arrived. A send goes no earlier
+	// than its time counted from arrived, and no later than its slack counted from asked: a
+	// slow answer leaves less of the slack, not more lateness.
+	for k := range g.N {
+		due := max(g.First+time.Duration(k)*g.Every, 0)
+		l.stock = append(l.stock, send{at: arrived.Add(due), useBy: asked.Add(due + g.Slack)})
+	}
+	l.nextTake = time.Time{}
+	if g.N == 0 && g.Hold == 0 {
+		// Taken up to the horizon: the next send can be due in time once the bucket drains by
+		// what is left beyond it.
+		l.nextTake = arrived.Add(max(g.First-l.horizon, g.Every/2, time.Millisecond))
+	}
+}
+
+// slowDown is told that Knot answered 429 with retryAfter: hold every call until then, drop
+// the sends this replica holds (they were taken at the rate Knot just refused), and tell the
+// deployment, whose bucket halves its rate.
 func (l *limiter) slowDown(retryAfter time.Duration) {
 	l.mu.Lock()
 	now := l.now()
 	if until := now.Add(retryAfter); until.After(l.notUntil) {
 		l.notUntil = until
 	}
+	l.stock = nil
 	if now.Sub(l.lastLocal) >= time.Second {
 		l.lastLocal = now
 		l.share = max(l.share*decreaseBy, l.ceiling*floorFrac)
-		l.prevTarget = min(l.prevTarget, l.share)
-		l.prevPrevTarget = min(l.prevPrevTarget, l.share)
-		l.lim.SetLimitAt(now, rate.Limit(l.share))
 		l.metrics.RateLimitRPS.Set(l.share)
 	}
 	l.mu.Unlock()
@@ -301,59 +372,31 @@ func (l *limiter) beat(ctx context.Context) {
 	l.apply(l.now(), busy, d, err)
 }
 
-// apply is one heartbeat's effect on this replica's share: the protocol's state machine.
+// apply is one heartbeat's effect: this replica's estimate of its share, and any hold.
 func (l *limiter) apply(now time.Time, busy bool, d queue.Deployment, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err != nil {
-		if !l.unreachable && now.Sub(l.lastBeat) > 2*l.interval {
-			l.unreachable = true
-			l.log.Error("cannot renew this replica's share of the rate limit: sending nothing until the database answers", "err", err)
-			l.metrics.RateLimitRPS.Set(0)
+		if !l.beatFailing {
+			l.beatFailing = true
+			l.log.Warn("rate limit heartbeat failed; the other replicas count this one gone after three", "err", err)
 		}
 		return
 	}
-	if l.unreachable {
-		l.unreachable = false
-		l.log.Info("rate limit share renewed: sending again")
-	}
-
+	l.beatFailing = false
 	global := min(d.CurrentRPS, d.CeilingRPS) // the ceiling is the lowest of the live replicas', this one's included
 	weight := idleWeight
 	if busy {
 		weight = 1
 	}
-	frac := weight / (weight + d.OthersWeight)
-	target := global * frac
-	if weight > l.weight {
-		l.claimingBeats = 0
-	}
-	l.weight = weight
-	l.share = target
-	if l.claimingBeats < 2 {
-		l.share = min(target, l.prevTarget, l.prevPrevTarget)
-		l.claimingBeats++
-	}
-	l.prevPrevTarget, l.prevTarget = l.prevTarget, target
-	l.lastBeat = now
-	l.validUntil = time.Time{} // a first heartbeat has no share yet: nothing goes out
-	if l.share > 0 {
-		// Two intervals: a replica grows into a joiner's room only at its third heartbeat, two
-		// intervals after the joiner's row appeared, and by then every replica that has not seen
-		// that row (its heartbeats failed) has stopped sending.
-		l.validUntil = now.Add(2 * l.interval)
-	}
+	l.share = global * weight / (weight + d.OthersWeight)
 	if d.Hold > 0 {
 		if until := now.Add(d.Hold); until.After(l.notUntil) {
 			l.notUntil = until
+			l.stock = nil
 		}
 	}
-	burst := d.Burst // the lowest of the live replicas', this one's included
-	if burst < 1 {
-		burst = l.burst
-	}
-	l.lim.SetLimitAt(now, rate.Limit(l.share))
-	l.lim.SetBurstAt(now, max(1, int(float64(burst)*frac)))
+	l.beaten = true
 	close(l.renewed)
 	l.renewed = make(chan struct{})
 

@@ -3,18 +3,23 @@ package worker
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/erasure-worker/erasure-worker/queue"
 )
 
-// scriptedStore answers heartbeats as the test scripts them: the limiter's state machine is
-// tested without a database, on a fake clock. (The statements themselves are tested on a real
-// PostgreSQL in the queue package.)
+// scriptedStore answers heartbeats and takes as the test scripts them: the limiter is tested
+// without a database, on a fake clock. (The statements themselves, the bucket included, are
+// tested on a real PostgreSQL in the queue package.)
 type scriptedStore struct {
-	next queue.Deployment
-	err  error
+	next    queue.Deployment
+	err     error
+	grant   queue.Grant
+	noRow   bool
+	takeErr error
+	wanted  []int // Want of each take
 }
 
 func (s *scriptedStore) Beat(context.Context, queue.Heartbeat) (queue.Deployment, error) {
@@ -24,6 +29,10 @@ func (s *scriptedStore) SlowDown(context.Context, float64, float64, time.Duratio
 	return s.next.CurrentRPS, nil
 }
 func (s *scriptedStore) Leave(context.Context, string) error { return nil }
+func (s *scriptedStore) Take(_ context.Context, r queue.TakeRequest) (queue.Grant, bool, error) {
+	s.wanted = append(s.wanted, r.Want)
+	return s.grant, !s.noRow, s.takeErr
+}
 
 type fakeClock struct{ t time.Time }
 
@@ -39,72 +48,70 @@ func setupLimiter(t *testing.T, rps float64, burst int) (*limiter, *scriptedStor
 	return newLimiter(store, cfg, func() bool { return true }), store, clock
 }
 
-// beat runs one heartbeat on the fake clock, then moves it on by an interval.
-func beat(l *limiter, clock *fakeClock) float64 {
-	l.beat(context.Background())
-	share := l.currentShare()
-	clock.advance(l.interval)
-	return share
+// takeNow runs step until it asks for a take, and takes.
+func takeNow(t *testing.T, l *limiter, clock *fakeClock, by time.Time) {
+	t.Helper()
+	s := l.step(clock.now(), by)
+	if !s.take {
+		t.Fatalf("with no send in stock, want a take: %+v", s)
+	}
+	l.take(context.Background())
 }
 
-func TestLimiterJoinerWaitsTwoBeatsThenTakesItsShare(t *testing.T) {
+func TestLimiterSendsWhatTheBucketGrantsWhenItIsDue(t *testing.T) {
 	l, store, clock := setupLimiter(t, 100, 10)
-	store.next.Others, store.next.OthersWeight = 1, 1 // one busy replica already there
-	got := []float64{beat(l, clock), beat(l, clock), beat(l, clock)}
-	if got[0] != 0 || got[1] != 0 || got[2] != 50 {
-		t.Fatalf("a joiner's shares over three beats: %v; want 0, 0, then half of 100", got)
-	}
-	// The other replica leaves: its room is taken at once.
-	store.next.Others, store.next.OthersWeight = 0, 0
-	if share := beat(l, clock); share != 100 {
-		t.Fatalf("share after the other replica left: %v, want 100 at once", share)
-	}
-}
-
-func TestLimiterFollowsTheLowestCeilingAndBurst(t *testing.T) {
-	l, store, clock := setupLimiter(t, 100, 10)
-	for range 3 {
-		beat(l, clock)
-	}
-	// A replica with RATE_LIMIT_RPS=50, RATE_LIMIT_BURST=2 joins; the deployment's rate is
-	// still 100 in the table.
-	store.next = queue.Deployment{CeilingRPS: 50, Burst: 2, CurrentRPS: 100, Others: 1, OthersWeight: 1}
-	if share := beat(l, clock); share != 25 {
-		t.Fatalf("share beside a replica with a lower limit: %v, want 25 (half of 50)", share)
-	}
-	if b := l.lim.Burst(); b != 1 {
-		t.Fatalf("burst %d, want 1 (half of the lowest burst 2)", b)
-	}
-}
-
-func TestLimiterStopsSendingAfterTwoMissedBeats(t *testing.T) {
-	l, store, clock := setupLimiter(t, 10, 1)
-	for range 3 {
-		beat(l, clock)
-	}
 	far := clock.now().Add(time.Hour)
-	if s := l.step(clock.now(), far); s.renewal != nil || s.err != nil {
-		t.Fatalf("with a share in force: %+v", s)
+	if s := l.step(clock.now(), far); s.answer == nil || s.take {
+		t.Fatalf("before the first heartbeat (no bucket yet): %+v, want to wait for it", s)
 	}
-	store.err = errors.New("database unreachable")
-	beat(l, clock)
-	beat(l, clock)
-	clock.advance(l.interval / 2)
-	if s := l.step(clock.now(), far); s.renewal == nil {
-		t.Fatalf("two heartbeats missed and still sending: %+v", s)
+	l.beat(context.Background())
+	store.grant = queue.Grant{N: 3, First: -5 * time.Millisecond, Every: 10 * time.Millisecond, Slack: 5 * time.Millisecond}
+	l.waiting = 3
+	takeNow(t, l, clock, far)
+	if len(store.wanted) != 1 || store.wanted[0] != 3 {
+		t.Fatalf("takes wanted %v, want one take for the 3 calls waiting", store.wanted)
 	}
-	store.err = nil
-	beat(l, clock)
-	if s := l.step(clock.now(), far); s.renewal != nil {
-		t.Fatalf("a heartbeat answered and still not sending: %+v", s)
+	start := clock.now()
+	var got []time.Duration
+	for range 3 {
+		s := l.step(clock.now(), far)
+		if s.send == nil {
+			t.Fatalf("a send in stock, but %+v", s)
+		}
+		got = append(got, s.send.at.Sub(start))
+	}
+	if want := []time.Duration{0, 5 * time.Millisecond, 15 * time.Millisecond}; !slices.Equal(got, want) {
+		t.Fatalf("sends due at %v after the answer, want %v (never before the database's time)", got, want)
+	}
+}
+
+// stocked is a limiter past its first heartbeat holding the sends of one take that got g.
+func stocked(t *testing.T, rps float64, burst int, g queue.Grant) (*limiter, *fakeClock, time.Time) {
+	t.Helper()
+	l, store, clock := setupLimiter(t, rps, burst)
+	far := clock.now().Add(time.Hour)
+	l.beat(context.Background())
+	store.grant = g
+	takeNow(t, l, clock, far)
+	return l, clock, far
+}
+
+func TestLimiterDropsASendItCouldNotUseInTime(t *testing.T) {
+	l, clock, far := stocked(t, 100, 1, queue.Grant{N: 2, Every: 10 * time.Millisecond, Slack: 5 * time.Millisecond})
+	clock.advance(12 * time.Millisecond) // the first is 7ms past its slack, the second 2ms late
+	s := l.step(clock.now(), far)
+	if s.send == nil || s.send.at != clock.now().Add(-2*time.Millisecond) {
+		t.Fatalf("want the second send (the first is lost): %+v", s)
+	}
+	clock.advance(10 * time.Millisecond)
+	if s := l.step(clock.now(), far); !s.take {
+		t.Fatalf("stock used up: %+v, want a take", s)
 	}
 }
 
 func TestLimiterNeverWaitsPastTheDeadline(t *testing.T) {
-	l, _, clock := setupLimiter(t, 1, 1)
-	for range 3 {
-		beat(l, clock)
-	}
+	l, store, clock := setupLimiter(t, 1, 1)
+	l.beat(context.Background())
 	now := clock.now()
 	// A Retry-After hold that outlasts the deadline: back at once, saying how long it holds.
 	l.slowDown(12 * time.Second)
@@ -117,17 +124,68 @@ func TestLimiterNeverWaitsPastTheDeadline(t *testing.T) {
 	if s := l.step(now, now.Add(time.Minute)); s.err != nil || s.sleep != 12*time.Second {
 		t.Fatalf("hold of 12s against a deadline 1m away: %+v", s)
 	}
-	// A share that spaces tokens further apart than the deadline: back at once.
 	clock.advance(13 * time.Second)
-	beat(l, clock)
 	now = clock.now()
-	l.lim.SetLimitAt(now, 0.1) // one call every 10s
-	l.lim.ReserveN(now, l.lim.Burst())
-	if s := l.step(now, now.Add(2*time.Second)); s.err == nil {
-		t.Fatalf("a token 10s away against a deadline 2s away: %+v", s)
+	// The bucket is taken far ahead (a small share, others first): nothing due in time.
+	store.grant = queue.Grant{N: 0, First: 10 * time.Second, Every: time.Second}
+	takeNow(t, l, clock, now.Add(time.Minute))
+	if _, ok := asTooLate(l.step(now, now.Add(2*time.Second)).err); !ok {
+		t.Fatal("a send 10s away against a deadline 2s away: want the claim back at once")
 	}
-	if sendable := l.sendable(2 * time.Second); sendable >= 1 {
-		t.Fatalf("sendable within 2s at 0.1/s with no token: %v, want < 1 (claim nothing)", sendable)
+	if s := l.step(now, now.Add(time.Minute)); s.sleep == 0 || now.Add(s.sleep).After(now.Add(10*time.Second)) {
+		t.Fatalf("a send 10s away against a deadline 1m away: %+v, want to sleep until it can be taken", s)
+	}
+	// A send in stock due after the deadline.
+	store.grant = queue.Grant{N: 1, First: 5 * time.Second, Every: time.Second, Slack: time.Millisecond}
+	clock.advance(10 * time.Second)
+	now = clock.now()
+	takeNow(t, l, clock, now.Add(time.Minute))
+	if _, ok := asTooLate(l.step(now, now.Add(2*time.Second)).err); !ok {
+		t.Fatal("a send 5s away against a deadline 2s away: want the claim back")
+	}
+	if sendable := l.sendable(0); sendable != 0 {
+		t.Fatalf("sendable within no time: %v", sendable)
+	}
+}
+
+// A replica that cannot reach the bucket sends nothing but what it holds.
+func TestLimiterSendsNothingWhileTheBucketIsUnreachable(t *testing.T) {
+	l, store, clock := setupLimiter(t, 10, 1)
+	far := clock.now().Add(time.Hour)
+	l.beat(context.Background())
+	store.takeErr = errors.New("database unreachable")
+	takeNow(t, l, clock, far)
+	if s := l.step(clock.now(), far); s.take || s.send != nil || s.sleep == 0 {
+		t.Fatalf("right after a failed take: %+v, want to sleep before trying again", s)
+	}
+	clock.advance(time.Second)
+	store.takeErr = nil
+	store.grant = queue.Grant{N: 1}
+	takeNow(t, l, clock, far)
+	if s := l.step(clock.now(), far); s.send == nil {
+		t.Fatalf("the bucket answers again: %+v, want its send", s)
+	}
+}
+
+func TestLimiterDropsItsStockOnA429(t *testing.T) {
+	l, clock, far := stocked(t, 100, 10, queue.Grant{N: 10, Every: 10 * time.Millisecond, Slack: 5 * time.Millisecond})
+	l.slowDown(time.Second)
+	clock.advance(time.Second)
+	if s := l.step(clock.now(), far); !s.take {
+		t.Fatalf("after a 429's hold: %+v, want a fresh take at the deployment's new rate, not the old stock", s)
+	}
+}
+
+// The share is an estimate of what the bucket will give, following the lowest ceiling.
+func TestLimiterEstimatesItsShare(t *testing.T) {
+	l, store, _ := setupLimiter(t, 100, 10)
+	store.next = queue.Deployment{CeilingRPS: 50, Burst: 2, CurrentRPS: 100, Others: 1, OthersWeight: 1}
+	l.beat(context.Background())
+	if share := l.currentShare(); share != 25 {
+		t.Fatalf("share beside a busy replica with a lower limit: %v, want 25 (half of 50)", share)
+	}
+	if sendable := l.sendable(2 * time.Second); sendable != 50 {
+		t.Fatalf("sendable within 2s at 25/s: %v", sendable)
 	}
 }
 
@@ -158,28 +216,5 @@ func TestBackoffsStayWithinHalfAndAllOfTheirNominalLength(t *testing.T) {
 				t.Fatalf("retry delay after attempt %d: %v, want between %v and %v", attempt, d, nominal/2, nominal)
 			}
 		}
-	}
-}
-
-// A joiner grows at its third heartbeat, two intervals after its row appeared. A replica whose
-// heartbeats failed meanwhile never saw the joiner and still holds its old, larger share: it
-// must have stopped sending by then, or the two together exceed the limit.
-func TestLimiterStopsBeforeAnUnseenJoinerGrows(t *testing.T) {
-	l, store, clock := setupLimiter(t, 100, 10)
-	for range 3 {
-		beat(l, clock)
-	}
-	// Its last heartbeat that answered; the joiner's row appears just after it.
-	l.beat(context.Background())
-	last := clock.now()
-	if share := l.currentShare(); share != 100 {
-		t.Fatalf("share alone: %v", share)
-	}
-	store.err = errors.New("heartbeat timed out")
-	clock.advance(l.interval)
-	l.beat(context.Background())
-	clock.advance(l.interval)
-	if s := l.step(last.Add(2*l.interval), last.Add(time.Hour)); s.renewal == nil {
-		t.Fatalf("still sending at its old share two intervals after its last heartbeat, when a joiner may grow: %+v", s)
 	}
 }
