@@ -48,7 +48,7 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 		knotTimeout = s.add("KNOT_TIMEOUT", dur(worker.DefaultCallTimeout), "timeout of one call to Knot")
 		rps         = s.add("RATE_LIMIT_RPS", fmt.Sprint(worker.DefaultRateLimit), "most calls to Knot per second for the whole deployment, shared by the replicas through the database")
 		burst       = s.add("RATE_LIMIT_BURST", "", "calls the deployment may send at once after a lull (default: a tenth of RATE_LIMIT_RPS, at least 1)")
-		rateSync    = s.add("RATE_LIMIT_SYNC_INTERVAL", dur(worker.DefaultRateSyncInterval), "how often a replica renews its share of the rate limit; a dead replica's share passes to the others within three of these")
+		rateSync    = s.add("RATE_LIMIT_SYNC_INTERVAL", dur(worker.DefaultRateSyncInterval), "how often a replica heartbeats; a dead replica is counted gone, and its claims taken back, after three of these; sends are taken from the shared bucket a quarter of it ahead (250ms at most)")
 		concurrency = s.add("CONCURRENCY", "auto", "most calls to Knot in flight at once; auto sizes it from this replica's share of the rate times Knot's observed latency (4 to 256)")
 		listenAddr  = s.add("LISTEN_ADDR", ":9090", "address serving /metrics, /healthz and /readyz")
 		lease       = s.add("LEASE_DURATION", dur(worker.DefaultLeaseDuration), "how long a claimed request is held before another replica may take it over")
