@@ -166,7 +166,7 @@ func TestTakeKeepsAReserveForLateSends(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := take(t, q, b, queue.TakeRequest{Want: 100, CeilingRPS: 100, Burst: 10, FloorRPS: 1, Reserve: 50 * time.Millisecond})
-	if g.N != 5 || g.Slack != 15*time.Millisecond {
-		t.Fatalf("a burst of 10 at 100/s with a 50ms reserve: %+v, want 5 at once, each allowed 10ms (a fifth of the reserve) + 5ms (half of 10ms) late", g)
+	if g.N != 5 || g.Slack != 30*time.Millisecond {
+		t.Fatalf("a burst of 10 at 100/s with a 50ms reserve: %+v, want 5 at once, each allowed 25ms (half the reserve) + 5ms (half of 10ms) late", g)
 	}
 }

@@ -103,8 +103,8 @@ type TakeRequest struct {
 
 // Grant is the sends the bucket gave: the k-th (from 0) is due First + k·Every after the
 // database's clock read At (at once when that is negative), and may go out up to Slack after
-// that: a fifth of the reserve, and half an emission interval, which a count of whole calls in
-// any window absorbs. The rest of the reserve absorbs the trip from the send to Knot. A replica adds these
+// that: half the reserve, and half an emission interval, which a count of whole calls in any
+// window absorbs. The other half of the reserve absorbs the trip from the send to Knot. A replica adds these
 // durations to its own clock when the answer arrives, which is later than At: it never sends
 // early.
 type Grant struct {
@@ -171,7 +171,7 @@ FROM g`
 		return Grant{}, false, fmt.Errorf("take sends from the rate limit: %w", err)
 	}
 	g.First, g.Every = seconds(first), seconds(every)
-	g.Slack, g.Hold = seconds(slack)/5+g.Every/2, seconds(hold)
+	g.Slack, g.Hold = seconds(slack)/2+g.Every/2, seconds(hold)
 	return g, true, nil
 }
 

@@ -40,8 +40,8 @@ import (
 //     due: a replica adds the durations it is given to its own clock when the answer arrives,
 //     which is later, so it never sends early.
 //   - A send that reaches Knot late bunches with sends taken after it. The bucket keeps a
-//     reserve off its depth for that (up to 50ms of it); a send whose call wakes more than a
-//     fifth of it late is dropped, and the rest absorbs the trip to Knot.
+//     reserve off its depth for that (up to 100ms of it); a send whose call wakes more than
+//     half of it late is dropped, and the other half absorbs the trip to Knot.
 //   - A replica that cannot reach the database takes nothing: it sends at most what it holds,
 //     all due within the horizon.
 //   - While replicas disagree on RATE_LIMIT_RPS or RATE_LIMIT_BURST (a rollout), the bucket
@@ -57,7 +57,7 @@ const (
 	increaseFrac = 0.1  // additive increase per second, as a share of the ceiling
 	floorFrac    = 0.01 // the rate never falls below this share of the ceiling
 
-	maxReserve = 50 * time.Millisecond  // off the bucket's depth, for sends that reach Knot late
+	maxReserve = 100 * time.Millisecond // off the bucket's depth, for sends that reach Knot late
 	maxHorizon = 250 * time.Millisecond // how far ahead a replica takes its sends
 )
 
@@ -95,6 +95,7 @@ type limiter struct {
 	mu          sync.Mutex
 	stock       []send        // sends taken from the bucket, in the order they are due
 	waiting     int           // calls in wait without a send of their own
+	used        int           // sends used since the last take
 	taking      chan struct{} // closed when the take in flight answers; nil when none is
 	nextTake    time.Time     // no take before then: the bucket is taken up to the horizon, or it failed
 	renewed     chan struct{} // closed at each successful heartbeat
@@ -227,6 +228,9 @@ func (l *limiter) wait(ctx context.Context, by time.Time) error {
 				return err
 			}
 			if !l.now().After(s.send.useBy) {
+				l.mu.Lock()
+				l.used++
+				l.mu.Unlock()
 				return nil
 			} // woke too late to use it: it is lost, look again
 		case s.take:
@@ -250,11 +254,15 @@ func (l *limiter) wait(ctx context.Context, by time.Time) error {
 	}
 }
 
-// take takes sends from the deployment's bucket for every call waiting. One take is in flight
-// at a time; the calls that come meanwhile wait for its answer.
+// take takes sends from the deployment's bucket for every call waiting, and as many again as
+// this replica used since its last take: calls keep coming while one take is in flight (one at
+// a time; the calls that come meanwhile wait for its answer), and a take for the waiting alone
+// would make the replica's rate that of its round trips. Sends it does not use are lost to the
+// deployment, at most one take's worth when its work runs out.
 func (l *limiter) take(ctx context.Context) {
 	l.mu.Lock()
-	want := l.waiting
+	want := l.waiting + l.used
+	l.used = 0
 	l.mu.Unlock()
 	asked := l.now()
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.interval)
