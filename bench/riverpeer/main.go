@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -47,6 +48,7 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 	// (FetchCooldownMin). FetchPollInterval stays at its default: LISTEN/NOTIFY and finished jobs
 	// trigger fetches, the poll is only the fallback.
 	cooldown := fs.Duration("fetch-cooldown", river.FetchCooldownMin, "River's FetchCooldown")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the timed part to this file")
 	wait := fs.Bool("wait", false, "after inserting, wait for a line on stdin before starting; after finishing, wait for stdin to close")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -59,6 +61,7 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 		jobs:     *jobs,
 		workers:  *workers,
 		cooldown: *cooldown,
+		profile:  *cpuprofile,
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -78,6 +81,7 @@ type config struct {
 	dbURL, knotURL, clientID, secret string
 	jobs, workers                    int
 	cooldown                         time.Duration
+	profile                          string
 }
 
 // deleteArgs is one erasure request: whom to delete.
@@ -188,6 +192,17 @@ func peer(ctx context.Context, cfg config, in *bufio.Reader, stdout io.Writer, l
 		Kinds:    []river.EventKind{river.EventKindJobCompleted},
 	})
 	defer cancel()
+	if cfg.profile != "" {
+		f, err := os.Create(cfg.profile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	started := time.Now()
 	if err := client.Start(ctx); err != nil {
 		return err
@@ -201,6 +216,7 @@ func peer(ctx context.Context, cfg config, in *bufio.Reader, stdout io.Writer, l
 		}
 	}
 	took := time.Since(started)
+	pprof.StopCPUProfile() // no-op without -cpuprofile
 	out, err := json.Marshal(result{
 		Jobs: cfg.jobs, Seconds: took.Seconds(), Rate: float64(cfg.jobs) / took.Seconds(),
 		StartedAt: started.UnixNano(), FinishedAt: started.Add(took).UnixNano(),
