@@ -26,6 +26,7 @@ test: fmt-check vet
 vet:
 	$(GO) vet ./...
 	$(GO) -C deploy vet ./...
+	$(GO) -C bench/riverpeer vet ./...
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -61,9 +62,12 @@ bench-ratelimit:
 # The worker against its own limits (issue #6): pipeline throughput, database round trips per
 # request, claim cost up to 10 million finished rows (about 2 GB of disk while it runs), pickup
 # latency, memory, the rate at 200ms per call, the shared rate across replicas (7) and the fault
-# figures moved out of the pass/fail suites (8: backoff spread, kill -9 takeover). Prints each
-# figure beside its goal and writes BENCHMARKS.md (figures, not a pass/fail test; about eight
-# minutes). BENCH_ONLY=1,3 runs sections.
+# figures moved out of the pass/fail suites (8: backoff spread, kill -9 takeover), then the peer
+# (9, issue #13: the same job on River, bench/riverpeer, a module of its own that the test builds,
+# both run as processes three times over the same backlog: throughput, CPU per request from
+# /proc, first call) and the floor (10: a bare HTTP round trip to knotfake and a bare claim and
+# finish with pgbench). Prints each figure beside its goal and writes BENCHMARKS.md (figures, not
+# a pass/fail test; about ten minutes). BENCH_ONLY=1,3 runs sections.
 bench:
 	$(PG) $(GO) test -tags bench -run '^TestBench$$' -count=1 -v -timeout 15m ./cmd/erasure-worker
 

@@ -47,6 +47,8 @@ func TestBench(t *testing.T) {
 		{"6", "realistic", benchRealistic},
 		{"7", "shared_rate", benchSharedRate},
 		{"8", "faults", benchFaults},
+		{"9", "peer", benchPeer},    // the same job on River, both as processes (issue #13)
+		{"10", "floor", benchFloor}, // a bare HTTP round trip and a bare claim and finish
 	}
 	var only []string
 	if s := os.Getenv("BENCH_ONLY"); s != "" {
