@@ -170,3 +170,17 @@ func TestTakeKeepsAReserveForLateSends(t *testing.T) {
 		t.Fatalf("a burst of 10 at 100/s with a 50ms reserve: %+v, want 5 at once, each allowed 25ms (half the reserve) + 5ms (half of 10ms) late", g)
 	}
 }
+
+// A take that expects its answer to take a while gets no send due before it comes back.
+func TestTakeGivesNoSendDueBeforeItsAnswer(t *testing.T) {
+	q, b := setup(t)
+	h := beat("a", true)
+	h.Burst = 1
+	if _, err := q.Beat(b.ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	g := take(t, q, b, queue.TakeRequest{Want: 3, Within: time.Second, CeilingRPS: 100, Burst: 1, FloorRPS: 1, Lead: 5 * time.Millisecond})
+	if g.N != 3 || g.First != 5*time.Millisecond {
+		t.Fatalf("a take with a 5ms lead from a full bucket: %+v, want the first send due 5ms on", g)
+	}
+}

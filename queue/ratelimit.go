@@ -99,6 +99,9 @@ type TakeRequest struct {
 	// a send that goes out late bunches with sends taken after it, and the reserve is what
 	// keeps that within RATE_LIMIT_BURST.
 	Reserve time.Duration
+	// Lead is how long the answer is expected to take to come back: no send is due before it,
+	// so that the trip does not eat into a send's slack.
+	Lead time.Duration
 }
 
 // Grant is the sends the bucket gave: the k-th (from 0) is due First + k·Every after the
@@ -143,7 +146,7 @@ c AS (
     FROM cur, older
 ),
 d AS (
-    SELECT c.*, greatest(c.tat, c.ts) AS t0,
+    SELECT c.*, greatest(c.tat, c.ts + $7 * interval '1 second') AS t0,
            (c.burst - 1) / c.rps AS depth,
            greatest((c.burst - 1) / c.rps - $4, 0) AS tau
     FROM c
@@ -163,7 +166,7 @@ SELECT n, (extract(epoch FROM t0 - ts) - tau)::float8, (1 / rps)::float8, (depth
 FROM g`
 	var first, every, slack, hold float64
 	err = q.pool.QueryRow(ctx, takeSQL, r.CeilingRPS, max(r.Burst, 1), r.FloorRPS, r.Reserve.Seconds(),
-		r.Want, r.Within.Seconds()).Scan(&g.N, &first, &every, &slack, &hold, &g.At)
+		r.Want, r.Within.Seconds(), r.Lead.Seconds()).Scan(&g.N, &first, &every, &slack, &hold, &g.At)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Grant{}, false, nil
 	}

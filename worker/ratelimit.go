@@ -96,6 +96,7 @@ type limiter struct {
 	stock       []send        // sends taken from the bucket, in the order they are due
 	waiting     int           // calls in wait without a send of their own
 	used        int           // sends used since the last take
+	trip        time.Duration // how long the last take took to answer
 	taking      chan struct{} // closed when the take in flight answers; nil when none is
 	nextTake    time.Time     // no take before then: the bucket is taken up to the horizon, or it failed
 	renewed     chan struct{} // closed at each successful heartbeat
@@ -263,6 +264,7 @@ func (l *limiter) take(ctx context.Context) {
 	l.mu.Lock()
 	want := l.waiting + l.used
 	l.used = 0
+	lead := min(l.trip, l.horizon/2)
 	l.mu.Unlock()
 	asked := l.now()
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.interval)
@@ -273,6 +275,7 @@ func (l *limiter) take(ctx context.Context) {
 		Burst:      l.burst,
 		FloorRPS:   l.ceiling * floorFrac,
 		Reserve:    maxReserve,
+		Lead:       lead,
 	})
 	cancel()
 	arrived := l.now()
@@ -281,6 +284,7 @@ func (l *limiter) take(ctx context.Context) {
 	defer l.mu.Unlock()
 	close(l.taking)
 	l.taking = nil
+	l.trip = arrived.Sub(asked)
 	switch {
 	case err != nil:
 		if !l.unreachable {
