@@ -97,6 +97,7 @@ type limiter struct {
 	waiting     int           // calls in wait without a send of their own
 	used        int           // sends used since the last take
 	trip        time.Duration // how long the last take took to answer
+	slack       time.Duration // the slack of the last take's sends
 	taking      chan struct{} // closed when the take in flight answers; nil when none is
 	nextTake    time.Time     // no take before then: the bucket is taken up to the horizon, or it failed
 	renewed     chan struct{} // closed at each successful heartbeat
@@ -264,7 +265,12 @@ func (l *limiter) take(ctx context.Context) {
 	l.mu.Lock()
 	want := l.waiting + l.used
 	l.used = 0
-	lead := min(l.trip, l.horizon/2)
+	// Sends due before the answer is back lose the trip from their slack. Where the slack is
+	// wide (a deep bucket) that costs nothing, and a lead would make every take wait a trip.
+	var lead time.Duration
+	if l.slack < 2*l.trip {
+		lead = min(l.trip, l.horizon/2)
+	}
 	l.mu.Unlock()
 	asked := l.now()
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.interval)
@@ -301,6 +307,7 @@ func (l *limiter) take(ctx context.Context) {
 		l.unreachable = false
 		l.log.Info("shared rate limit answering: sending again")
 	}
+	l.slack = g.Slack
 	if g.Hold > 0 {
 		if until := arrived.Add(g.Hold); until.After(l.notUntil) {
 			l.notUntil = until
