@@ -62,8 +62,10 @@ func TestTakeGivesTheBurstAtOnceThenOneSendPerInterval(t *testing.T) {
 	// The bucket is empty: within a second, one send per 10ms, continuing where it stopped.
 	req.Within = time.Second
 	g2 := take(t, q, b, req)
-	if g2.N < 95 || g2.N > 101 || g2.First <= 0 {
-		t.Fatalf("an empty bucket over the next second: %+v, want about 100 sends, the first one interval on", g2)
+	// How much the bucket refilled between the two takes depends on the machine: the first
+	// send is at most one interval on, and the busiest second below is the real bound.
+	if g2.N < 95 || g2.N > 111 || g2.First > 10*time.Millisecond {
+		t.Fatalf("an empty bucket over the next second: %+v, want about 100 sends, the first at most one interval on", g2)
 	}
 	all := append(sends, due(g2)...)
 	if most := busiestWindow(all, time.Second); most > 100+10 {
