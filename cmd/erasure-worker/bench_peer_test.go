@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -269,45 +268,22 @@ func benchPeerRiver(t *testing.T, riverBin, fakeURL string, fakePid int, profile
 	return benchPeerRun{took: finished.Sub(started), fromFirst: finished.Sub(st.FirstCall), firstCall: st.FirstCall.Sub(started), cpu: cpu}
 }
 
-// benchStartPiped is start with a pipe to the process's standard input.
+// benchStartPiped is start with a pipe to the process's standard input. At the end of the
+// test the pipe is closed, and the process has ten seconds to exit by itself before it is killed.
 func benchStartPiped(t *testing.T, name string, env []string, bin string, args ...string) (*process, io.WriteCloser) {
 	t.Helper()
-	p := &process{cmd: exec.Command(bin, args...), out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd.Env = env
-	p.cmd.Stderr = p.out
-	stdin, err := p.cmd.StdinPipe()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = env
+	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	stdout, err := p.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := make(chan string, 100)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			p.out.Write([]byte(sc.Text() + "\n"))
-			lines <- sc.Text() // few lines: one waiting reader takes each
-		}
-		close(lines)
-		_ = p.cmd.Wait()
-		close(p.done)
-	}()
-	p.stdoutLines = lines
-	t.Cleanup(func() {
+	p := startCmd(t, name, cmd)
+	t.Cleanup(func() { // runs before startCmd's, which kills what is still running
 		stdin.Close()
 		select {
 		case <-p.done:
 		case <-time.After(10 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("--- %s output ---\n%s", name, p.out.String())
 		}
 	})
 	return p, stdin

@@ -93,8 +93,16 @@ func (s *syncBuffer) String() string {
 
 func start(t *testing.T, name string, env []string, bin string, args ...string) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(bin, args...), out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd.Env = env
+	cmd := exec.Command(bin, args...)
+	cmd.Env = env
+	return startCmd(t, name, cmd)
+}
+
+// startCmd starts cmd, collecting its output, and kills it at the end of the test if it is
+// still running.
+func startCmd(t *testing.T, name string, cmd *exec.Cmd) *process {
+	t.Helper()
+	p := &process{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stderr = p.out
 	stdout, err := p.cmd.StdoutPipe()
 	if err != nil {
