@@ -51,6 +51,7 @@ func (w *Worker) attempt(sendCtx, callCtx context.Context, job queue.Job, probe 
 			return w.unsent(res, reason, 0, log)
 		}
 
+		w.markStarted()
 		start := time.Now()
 		out, err := w.knot.DeleteUser(callCtx, job.ExternalUserID)
 		elapsed := time.Since(start)

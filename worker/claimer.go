@@ -88,6 +88,9 @@ func (w *Worker) claimLoop(sendCtx, callCtx context.Context, calls *sync.WaitGro
 					ready = append(ready, jobs...)
 					continue // start them, and claim again if the batch left the buffer low
 				}
+				if len(ready) == 0 && len(w.slots) == 0 {
+					w.markStarted() // nothing to do: start-up has nothing to hurry
+				}
 			}
 		}
 		if !poll.Stop() {

@@ -59,7 +59,16 @@ type Worker struct {
 	lastLoop atomic.Int64
 	lastWork atomic.Int64 // when a claim last returned work
 	latency  latencyEWMA
+
+	started     chan struct{} // closed by markStarted: the first call is out, or there is no work
+	startedOnce sync.Once
 }
+
+// startupGrace bounds how long LISTEN, recovery and the gauges wait for the first call.
+const startupGrace = time.Second
+
+// markStarted ends start-up: the background loops may take connections of their own.
+func (w *Worker) markStarted() { w.startedOnce.Do(func() { close(w.started) }) }
 
 // New returns a worker that claims from q and calls knot. Zero fields of cfg take defaults;
 // New fails if the result does not validate.
@@ -77,6 +86,7 @@ func New(q Queue, knot Knot, cfg Config) (*Worker, error) {
 		slots:   make(chan struct{}, max(cfg.Concurrency, maxAutoConcurrency)),
 		wake:    make(chan struct{}, 1),
 		results: make(chan queue.Result, maxPrefetch+maxAutoConcurrency),
+		started: make(chan struct{}),
 	}
 	w.limiter = newLimiter(q, cfg, w.busy)
 	w.lastLoop.Store(cfg.clock().UnixNano())
@@ -120,12 +130,25 @@ func (w *Worker) Run(ctx context.Context) {
 
 	var background sync.WaitGroup
 	bgCtx, stopBackground := context.WithCancel(ctx)
-	if !w.cfg.DisableListen {
-		background.Go(func() { w.listen(bgCtx) })
-	}
-	background.Go(func() { every(bgCtx, w.cfg.RecoverInterval, w.recoverClaims) })
-	background.Go(func() { every(bgCtx, w.cfg.StatsInterval, w.readStats) })
 	background.Go(func() { w.limiter.run(bgCtx) })
+	// A lone replica's first call goes first: the heartbeat, a claim and a take, on the
+	// connection the schema check left open. LISTEN, recovery and the gauges start once that
+	// call is out, or once there is nothing to claim, or after startupGrace, so that their
+	// connections and queries do not delay it; the claim loop polls as it starts, so no
+	// notification is missed meanwhile.
+	background.Go(func() {
+		select {
+		case <-bgCtx.Done():
+			return
+		case <-w.started:
+		case <-time.After(startupGrace):
+		}
+		if !w.cfg.DisableListen {
+			background.Go(func() { w.listen(bgCtx) })
+		}
+		background.Go(func() { every(bgCtx, w.cfg.RecoverInterval, w.recoverClaims) })
+		background.Go(func() { every(bgCtx, w.cfg.StatsInterval, w.readStats) })
+	})
 
 	recorderDone := make(chan struct{})
 	go func() {
