@@ -14,6 +14,17 @@ type NewRequest struct {
 	RequestRef     string
 	ExternalUserID string
 	DueAt          time.Time // zero: received_at + DefaultDeadline
+	// Reports are the outcome reports the request's source wants, written with the request
+	// and delivered once it finishes. None for the SQL contract and enqueue.
+	Reports []NewReport
+}
+
+// NewReport is one report to write beside a new request.
+type NewReport struct {
+	Connector string // ConnectorWebhook, ConnectorKetch or ConnectorTranscend
+	Target    int    // which of the request's receivers (Ketch's callbacks); 0 otherwise
+	// Credentials is what the delivery needs (JSON): kept until delivered, never shown.
+	Credentials []byte
 }
 
 // Admission is what intake did with one NewRequest.
@@ -28,6 +39,7 @@ const (
 // EnqueueResult pairs a NewRequest's admission with the reason for a rejection.
 type EnqueueResult struct {
 	Admission Admission
+	ID        int64 // Inserted only: the new row's id
 	Err       error // Rejected only: which rule the row broke
 }
 
@@ -67,31 +79,53 @@ func (q *Queue) enqueueBatch(ctx context.Context, reqs []NewRequest) ([]EnqueueR
 	refs := make([]string, len(reqs))
 	users := make([]string, len(reqs))
 	dues := make([]*time.Time, len(reqs))
+	var repRefs, repConnectors []string
+	var repTargets []int32
+	var repCredentials [][]byte
 	for i, r := range reqs {
 		refs[i], users[i] = r.RequestRef, r.ExternalUserID
 		if !r.DueAt.IsZero() {
 			dues[i] = &reqs[i].DueAt
 		}
+		for _, rep := range r.Reports {
+			repRefs = append(repRefs, r.RequestRef)
+			repConnectors = append(repConnectors, rep.Connector)
+			repTargets = append(repTargets, int32(rep.Target))
+			repCredentials = append(repCredentials, rep.Credentials)
+		}
 	}
+	// The reports go in with their request, in the same statement, or not at all: a request
+	// already present (a repeat) keeps the reports it came with.
 	const enqueueSQL = `
-INSERT INTO erasure_requests (request_ref, external_user_id, due_at)
-SELECT ref, uid, coalesce(due, now() + $4 * interval '1 second')
-FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS t(ref, uid, due, n)
-ORDER BY n
-ON CONFLICT (request_ref) DO NOTHING
-RETURNING request_ref`
-	rows, err := q.pool.Query(ctx, enqueueSQL, refs, users, dues, int64(DefaultDeadline/time.Second))
+WITH inserted AS (
+    INSERT INTO erasure_requests (request_ref, external_user_id, due_at)
+    SELECT ref, uid, coalesce(due, now() + $4 * interval '1 second')
+    FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS t(ref, uid, due, n)
+    ORDER BY n
+    ON CONFLICT (request_ref) DO NOTHING
+    RETURNING id, request_ref
+),
+reports AS (
+    INSERT INTO erasure_reports (request_id, connector, target, credentials)
+    SELECT i.id, r.connector, r.target, r.credentials
+    FROM unnest($5::text[], $6::text[], $7::int[], $8::jsonb[]) AS r(ref, connector, target, credentials)
+    JOIN inserted i ON i.request_ref = r.ref
+)
+SELECT id, request_ref FROM inserted`
+	rows, err := q.pool.Query(ctx, enqueueSQL, refs, users, dues, int64(DefaultDeadline/time.Second),
+		repRefs, repConnectors, repTargets, repCredentials)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	inserted := make(map[string]bool, len(reqs))
+	inserted := make(map[string]int64, len(reqs))
 	for rows.Next() {
+		var id int64
 		var ref string
-		if err := rows.Scan(&ref); err != nil {
+		if err := rows.Scan(&id, &ref); err != nil {
 			return nil, err
 		}
-		inserted[ref] = true
+		inserted[ref] = id
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
@@ -100,8 +134,8 @@ RETURNING request_ref`
 	// of an older row or of an earlier line in this batch.
 	results := make([]EnqueueResult, len(reqs))
 	for i, r := range reqs {
-		if inserted[r.RequestRef] {
-			results[i] = EnqueueResult{Admission: Inserted}
+		if id, ok := inserted[r.RequestRef]; ok {
+			results[i] = EnqueueResult{Admission: Inserted, ID: id}
 			delete(inserted, r.RequestRef)
 		} else {
 			results[i] = EnqueueResult{Admission: Duplicate}

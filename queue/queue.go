@@ -216,7 +216,14 @@ finished AS (
       AND r.status = 'running'
       AND r.lease_owner = $1
       AND r.claim_token = i.token
-    RETURNING r.id
+    RETURNING r.id, r.status
+),
+-- A finished request's reports become deliverable in the statement that finishes it.
+reported AS (
+    UPDATE erasure_reports rep
+    SET status = 'pending', run_after = now(), ready_at = now()
+    FROM finished f
+    WHERE rep.request_id = f.id AND f.status IN ('succeeded', 'failed') AND rep.status = 'waiting'
 ),
 calls AS (
     SELECT * FROM unnest($10::bigint[], $11::int[], $12::timestamptz[], $13::int[], $14::int[], $15::text[], $16::text[])
@@ -423,7 +430,13 @@ recovered AS (
         claim_token = NULL
     FROM expired
     WHERE r.id = expired.id
-    RETURNING r.status
+    RETURNING r.id, r.status
+),
+reported AS (
+    UPDATE erasure_reports rep
+    SET status = 'pending', run_after = now(), ready_at = now()
+    FROM recovered f
+    WHERE rep.request_id = f.id AND f.status = 'failed' AND rep.status = 'waiting'
 )
 SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed')
 FROM recovered`

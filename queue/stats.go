@@ -194,17 +194,30 @@ func (q *Queue) Requeue(ctx context.Context, f RequeueFilter) (int64, error) {
 	if len(f.Refs) > 0 {
 		refs = f.Refs
 	}
-	tag, err := q.pool.Exec(ctx, `
-UPDATE erasure_requests
-SET status = 'pending', outcome = NULL, completed_at = NULL, attempts = 0, run_after = now(), claim_token = NULL
-WHERE status = 'failed'
-  AND ($1 OR request_ref = ANY($2::text[]) OR last_error_code = $3 OR outcome = $4)`,
-		f.All, refs, nonEmpty(f.ErrorCode), nonEmpty(f.Outcome))
+	// Reports of the failure not yet delivered wait again for the new outcome; one already
+	// delivered stays delivered (Ketch takes no status after a final one).
+	var n int64
+	err := q.pool.QueryRow(ctx, `
+WITH requeued AS (
+    UPDATE erasure_requests
+    SET status = 'pending', outcome = NULL, completed_at = NULL, attempts = 0, run_after = now(), claim_token = NULL
+    WHERE status = 'failed'
+      AND ($1 OR request_ref = ANY($2::text[]) OR last_error_code = $3 OR outcome = $4)
+    RETURNING id
+),
+unreported AS (
+    UPDATE erasure_reports rep
+    SET status = 'waiting', run_after = NULL, ready_at = NULL, lease_owner = NULL, lease_token = NULL
+    FROM requeued r
+    WHERE rep.request_id = r.id AND rep.status IN ('pending', 'delivering', 'failed')
+)
+SELECT count(*) FROM requeued`,
+		f.All, refs, nonEmpty(f.ErrorCode), nonEmpty(f.Outcome)).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("requeue: %w", err)
 	}
-	if tag.RowsAffected() > 0 {
+	if n > 0 {
 		_ = q.notify(ctx)
 	}
-	return tag.RowsAffected(), nil
+	return n, nil
 }

@@ -1,0 +1,481 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Connectors: the privacy request systems a request's outcome can be reported to.
+const (
+	ConnectorWebhook   = "webhook"   // the generic HTTP API's outcome webhook (Standard Webhooks)
+	ConnectorKetch     = "ketch"     // Ketch Forwarder callbacks
+	ConnectorTranscend = "transcend" // Transcend's PUT /v1/data-silo
+)
+
+// Connectors lists every connector, in the order status shows them.
+var Connectors = []string{ConnectorWebhook, ConnectorKetch, ConnectorTranscend}
+
+// Report statuses.
+const (
+	ReportWaiting    = "waiting"    // the request has not finished
+	ReportPending    = "pending"    // deliverable from run_after
+	ReportDelivering = "delivering" // leased by a reporter
+	ReportDelivered  = "delivered"  // the receiver took it, or said the request was closed
+	ReportFailed     = "failed"     // the receiver refused it for good; waits for `reports requeue`
+)
+
+// Report is a claimed report with what its delivery needs: the request's outcome, and the
+// credentials, which no log or error may show.
+type Report struct {
+	ID          int64
+	Token       int64 // the claim's fence
+	Connector   string
+	Target      int
+	Attempts    int // earlier delivery attempts that counted
+	Credentials []byte
+
+	RequestID      int64
+	RequestRef     string
+	ExternalUserID string // Transcend's profileId; never logged
+	Status         string // the request's: succeeded or failed
+	Outcome        string
+	ErrorCode      string
+	CompletedAt    time.Time
+}
+
+// ClaimReports leases up to limit deliverable reports for leaseFor, skipping the connectors in
+// skip (paused ones). A delivering report whose lease ran out is deliverable again.
+func (q *Queue) ClaimReports(ctx context.Context, owner string, limit int, leaseFor time.Duration, skip []string) ([]Report, error) {
+	const claimReportsSQL = `
+WITH picked AS (
+    SELECT id FROM erasure_reports
+    WHERE status IN ('pending', 'delivering') AND run_after <= now()
+      AND NOT (connector = ANY($4::text[]))
+    ORDER BY run_after, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE erasure_reports rep
+SET status = 'delivering',
+    lease_owner = $1,
+    lease_token = nextval('erasure_claim_token_seq'),
+    run_after = now() + $3 * interval '1 millisecond'
+FROM picked, erasure_requests r
+WHERE rep.id = picked.id AND r.id = rep.request_id
+RETURNING rep.id, rep.lease_token, rep.connector, rep.target, rep.attempts, rep.credentials,
+          r.id, r.request_ref, r.external_user_id, r.status, coalesce(r.outcome, ''),
+          coalesce(r.last_error_code, ''), coalesce(r.completed_at, now())`
+	if skip == nil {
+		skip = []string{}
+	}
+	rows, err := q.pool.Query(ctx, claimReportsSQL, owner, limit, leaseFor.Milliseconds(), skip)
+	if err != nil {
+		return nil, fmt.Errorf("claim reports: %w", err)
+	}
+	reports, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Report, error) {
+		var r Report
+		err := row.Scan(&r.ID, &r.Token, &r.Connector, &r.Target, &r.Attempts, &r.Credentials,
+			&r.RequestID, &r.RequestRef, &r.ExternalUserID, &r.Status, &r.Outcome, &r.ErrorCode, &r.CompletedAt)
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim reports: %w", err)
+	}
+	return reports, nil
+}
+
+// ReportResult is what became of one delivery attempt of a claimed report.
+type ReportResult struct {
+	ID    int64
+	Token int64
+	// Result is one of delivered, closed, retry, rate_limited, unauthorized, rejected (the
+	// connector package's names). delivered and closed end the report; rejected fails it;
+	// the others make it pending again after Delay, and unauthorized does not count an attempt.
+	Result      string
+	Delay       time.Duration
+	AttemptedAt time.Time
+	Duration    time.Duration
+	HTTPStatus  int
+	Error       string // fit for the evidence: no credential in it
+}
+
+var reportResults = map[string]bool{
+	"delivered": true, "closed": true, "retry": true, "rate_limited": true, "unauthorized": true, "rejected": true,
+}
+
+// FinishReports records delivery attempts, in one statement: each report moves on only while
+// this claim still holds it, and each attempt is kept as evidence whatever the fence decides.
+// A delivered report's credentials are deleted. It returns the IDs it moved on.
+func (q *Queue) FinishReports(ctx context.Context, owner string, results []ReportResult) ([]int64, error) {
+	if len(results) == 0 {
+		return nil, nil
+	}
+	n := len(results)
+	var (
+		ids      = make([]int64, n)
+		tokens   = make([]int64, n)
+		outcome  = make([]string, n)
+		delays   = make([]int64, n)
+		started  = make([]time.Time, n)
+		millis   = make([]int32, n)
+		statuses = make([]*int32, n)
+		errs     = make([]*string, n)
+	)
+	for i, r := range results {
+		if !reportResults[r.Result] {
+			return nil, fmt.Errorf("finish reports: report %d: unknown result %q", r.ID, r.Result)
+		}
+		ids[i], tokens[i], outcome[i] = r.ID, r.Token, r.Result
+		delays[i] = max(r.Delay.Milliseconds(), 0)
+		started[i], millis[i] = r.AttemptedAt, int32(r.Duration.Milliseconds())
+		if r.HTTPStatus != 0 {
+			s := int32(r.HTTPStatus)
+			statuses[i] = &s
+		}
+		errs[i] = nonEmpty(truncate(storable(r.Error), maxErrorBytes))
+	}
+	const finishReportsSQL = `
+WITH input AS (
+    SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::timestamptz[],
+                         $7::int[], $8::int[], $9::text[])
+        AS t(id, token, result, delay_ms, attempted_at, duration_ms, http_status, error)
+),
+moved AS (
+    UPDATE erasure_reports rep
+    SET status = CASE WHEN i.result IN ('delivered', 'closed') THEN 'delivered'
+                      WHEN i.result = 'rejected' THEN 'failed'
+                      ELSE 'pending' END,
+        credentials = CASE WHEN i.result IN ('delivered', 'closed') THEN NULL ELSE rep.credentials END,
+        delivered_at = CASE WHEN i.result IN ('delivered', 'closed') THEN now() END,
+        attempts = rep.attempts + CASE WHEN i.result = 'unauthorized' THEN 0 ELSE 1 END,
+        run_after = CASE WHEN i.result IN ('retry', 'rate_limited', 'unauthorized')
+                         THEN now() + i.delay_ms * interval '1 millisecond' END,
+        lease_owner = NULL,
+        lease_token = NULL,
+        last_result = i.result,
+        last_http_status = i.http_status,
+        last_error = i.error
+    FROM input i
+    WHERE rep.id = i.id AND rep.status = 'delivering' AND rep.lease_owner = $1 AND rep.lease_token = i.token
+    RETURNING rep.id
+),
+evidence AS (
+    INSERT INTO erasure_report_attempts (report_id, attempted_at, worker, duration_ms, http_status, result, error)
+    SELECT i.id, i.attempted_at, $1, i.duration_ms, i.http_status, i.result, i.error
+    FROM input i
+    WHERE EXISTS (SELECT 1 FROM erasure_reports rep WHERE rep.id = i.id)
+)
+SELECT id FROM moved`
+	rows, err := q.pool.Query(ctx, finishReportsSQL, owner, ids, tokens, outcome, delays, started, millis, statuses, errs)
+	if err != nil {
+		return nil, fmt.Errorf("finish reports: %w", err)
+	}
+	moved, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("finish reports: %w", err)
+	}
+	return moved, nil
+}
+
+// ReleaseReports gives back claimed reports that were never sent (shutdown), deliverable at
+// once and without counting an attempt.
+func (q *Queue) ReleaseReports(ctx context.Context, owner string, reports []Report) error {
+	if len(reports) == 0 {
+		return nil
+	}
+	ids := make([]int64, len(reports))
+	tokens := make([]int64, len(reports))
+	for i, r := range reports {
+		ids[i], tokens[i] = r.ID, r.Token
+	}
+	_, err := q.pool.Exec(ctx, `
+UPDATE erasure_reports rep
+SET status = 'pending', run_after = now(), lease_owner = NULL, lease_token = NULL
+FROM unnest($2::bigint[], $3::bigint[]) AS t(id, token)
+WHERE rep.id = t.id AND rep.status = 'delivering' AND rep.lease_owner = $1 AND rep.lease_token = t.token`,
+		owner, ids, tokens)
+	if err != nil {
+		return fmt.Errorf("release reports: %w", err)
+	}
+	return nil
+}
+
+// ReportStats are the figures behind the report gauges, read through partial indexes over
+// undelivered and failed reports only.
+type ReportStats struct {
+	Pending map[string]int64 // undelivered (pending or delivering), by connector
+	Failed  map[string]int64 // refused for good, by connector
+	// OldestPending is when the request of the oldest undelivered report finished; zero when
+	// none is undelivered.
+	OldestPending time.Time
+	Now           time.Time
+}
+
+// OldestPendingAge is how long the oldest undelivered report has waited; zero when none.
+func (s ReportStats) OldestPendingAge() time.Duration {
+	if s.OldestPending.IsZero() {
+		return 0
+	}
+	return s.Now.Sub(s.OldestPending)
+}
+
+// ReportStats reads the report gauges in one statement.
+func (q *Queue) ReportStats(ctx context.Context) (ReportStats, error) {
+	const reportStatsSQL = `
+SELECT c.connector,
+       (SELECT count(*) FROM erasure_reports WHERE status IN ('pending', 'delivering') AND connector = c.connector),
+       (SELECT count(*) FROM erasure_reports WHERE status = 'failed' AND connector = c.connector),
+       (SELECT min(ready_at) FROM erasure_reports WHERE status IN ('pending', 'delivering')),
+       now()
+FROM unnest($1::text[]) AS c(connector)`
+	rows, err := q.pool.Query(ctx, reportStatsSQL, Connectors)
+	if err != nil {
+		return ReportStats{}, fmt.Errorf("report stats: %w", err)
+	}
+	defer rows.Close()
+	s := ReportStats{Pending: map[string]int64{}, Failed: map[string]int64{}}
+	for rows.Next() {
+		var connector string
+		var pending, failed int64
+		var oldest *time.Time
+		if err := rows.Scan(&connector, &pending, &failed, &oldest, &s.Now); err != nil {
+			return ReportStats{}, fmt.Errorf("report stats: %w", err)
+		}
+		s.Pending[connector], s.Failed[connector] = pending, failed
+		if oldest != nil {
+			s.OldestPending = *oldest
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return ReportStats{}, fmt.Errorf("report stats: %w", err)
+	}
+	return s, nil
+}
+
+// ReportSummary is what `erasure-worker status` shows of one connector's reports (exact
+// counts: a full scan of the reports, fine for a person asking).
+type ReportSummary struct {
+	Connector                  string
+	Waiting, Pending, Failed   int64
+	Delivered                  int64
+	Paused                     bool      // the latest attempt was refused as unauthorized
+	OldestPending              time.Time // zero when none is undelivered
+	LastError                  string    // of the latest failing attempt among undelivered or failed reports
+	Delivering, RetriesPending int64
+}
+
+// SummarizeReports reads every connector's ReportSummary, for connectors that have any report.
+func (q *Queue) SummarizeReports(ctx context.Context) ([]ReportSummary, time.Time, error) {
+	const summarizeReportsSQL = `
+SELECT connector,
+       count(*) FILTER (WHERE status = 'waiting'),
+       count(*) FILTER (WHERE status = 'pending'),
+       count(*) FILTER (WHERE status = 'delivering'),
+       count(*) FILTER (WHERE status = 'failed'),
+       count(*) FILTER (WHERE status = 'delivered'),
+       count(*) FILTER (WHERE status IN ('pending', 'delivering') AND attempts > 0),
+       min(ready_at) FILTER (WHERE status IN ('pending', 'delivering')),
+       (array_agg(last_error ORDER BY run_after DESC NULLS LAST)
+            FILTER (WHERE status IN ('pending', 'delivering', 'failed') AND last_error IS NOT NULL))[1],
+       (array_agg(last_result ORDER BY run_after DESC NULLS LAST)
+            FILTER (WHERE status IN ('pending', 'delivering') AND last_result IS NOT NULL))[1],
+       now()
+FROM erasure_reports
+GROUP BY connector
+ORDER BY connector`
+	rows, err := q.pool.Query(ctx, summarizeReportsSQL)
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("summarize reports: %w", err)
+	}
+	defer rows.Close()
+	var out []ReportSummary
+	var now time.Time
+	for rows.Next() {
+		var s ReportSummary
+		var oldest *time.Time
+		var lastErr, lastResult *string
+		if err := rows.Scan(&s.Connector, &s.Waiting, &s.Pending, &s.Delivering, &s.Failed, &s.Delivered,
+			&s.RetriesPending, &oldest, &lastErr, &lastResult, &now); err != nil {
+			return nil, time.Time{}, fmt.Errorf("summarize reports: %w", err)
+		}
+		if oldest != nil {
+			s.OldestPending = *oldest
+		}
+		if lastErr != nil {
+			s.LastError = *lastErr
+		}
+		s.Paused = lastResult != nil && *lastResult == "unauthorized"
+		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, time.Time{}, fmt.Errorf("summarize reports: %w", err)
+	}
+	return out, now, nil
+}
+
+// RequeueReports makes failed reports deliverable again, with a fresh count of attempts, and
+// returns how many: of one connector, or of every connector when connector is empty.
+func (q *Queue) RequeueReports(ctx context.Context, connector string) (int64, error) {
+	tag, err := q.pool.Exec(ctx, `
+UPDATE erasure_reports
+SET status = 'pending', run_after = now(), attempts = 0
+WHERE status = 'failed' AND ($1::text IS NULL OR connector = $1)`, nonEmpty(connector))
+	if err != nil {
+		return 0, fmt.Errorf("requeue reports: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// ErrNotFound is returned for a request_ref that no request has.
+var ErrNotFound = errors.New("no such request")
+
+// Record is one request's whole record: what was asked, every call made for it, and its
+// reports. ExternalUserID is for comparing a repeated request; no answer shows it.
+type Record struct {
+	ID             int64
+	RequestRef     string
+	ExternalUserID string
+	Status         string
+	Outcome        string
+	Attempts       int
+	ReceivedAt     time.Time
+	DueAt          time.Time
+	CompletedAt    time.Time // zero while unfinished
+	LastErrorCode  string
+	LastError      string
+	Calls          []CallRecord
+	Reports        []ReportRecord
+}
+
+// CallRecord is one row of erasure_attempts.
+type CallRecord struct {
+	Attempt    int
+	Worker     string
+	StartedAt  time.Time
+	Duration   time.Duration
+	HTTPStatus int // 0: no HTTP answer
+	ErrorCode  string
+	Result     string
+}
+
+// ReportRecord is one report of a request, without its credentials.
+type ReportRecord struct {
+	Connector   string
+	Target      int
+	Status      string
+	Attempts    int
+	DeliveredAt time.Time // zero until delivered
+	LastResult  string
+	HTTPStatus  int
+}
+
+// Lookup reads the Record of the request with this request_ref, or ErrNotFound.
+func (q *Queue) Lookup(ctx context.Context, requestRef string) (Record, error) {
+	const lookupSQL = `
+SELECT r.id, r.request_ref, r.external_user_id, r.status, coalesce(r.outcome, ''), r.attempts,
+       r.received_at, r.due_at, r.completed_at, coalesce(r.last_error_code, ''), coalesce(r.last_error, ''),
+       coalesce((SELECT json_agg(json_build_object(
+                    'attempt', a.attempt, 'worker', a.worker, 'started_at', a.started_at,
+                    'duration_ms', a.duration_ms, 'http_status', a.http_status,
+                    'error_code', a.error_code, 'result', a.result) ORDER BY a.started_at, a.id)
+                 FROM erasure_attempts a WHERE a.request_id = r.id), '[]'),
+       coalesce((SELECT json_agg(json_build_object(
+                    'connector', p.connector, 'target', p.target, 'status', p.status,
+                    'attempts', p.attempts, 'delivered_at', p.delivered_at,
+                    'last_result', p.last_result, 'http_status', p.last_http_status) ORDER BY p.connector, p.target)
+                 FROM erasure_reports p WHERE p.request_id = r.id), '[]')
+FROM erasure_requests r
+WHERE r.request_ref = $1`
+	var rec Record
+	var completed *time.Time
+	var calls []struct {
+		Attempt    int       `json:"attempt"`
+		Worker     string    `json:"worker"`
+		StartedAt  time.Time `json:"started_at"`
+		DurationMS int64     `json:"duration_ms"`
+		HTTPStatus *int      `json:"http_status"`
+		ErrorCode  *string   `json:"error_code"`
+		Result     string    `json:"result"`
+	}
+	var reports []struct {
+		Connector   string     `json:"connector"`
+		Target      int        `json:"target"`
+		Status      string     `json:"status"`
+		Attempts    int        `json:"attempts"`
+		DeliveredAt *time.Time `json:"delivered_at"`
+		LastResult  *string    `json:"last_result"`
+		HTTPStatus  *int       `json:"http_status"`
+	}
+	err := q.pool.QueryRow(ctx, lookupSQL, requestRef).Scan(&rec.ID, &rec.RequestRef, &rec.ExternalUserID,
+		&rec.Status, &rec.Outcome, &rec.Attempts, &rec.ReceivedAt, &rec.DueAt, &completed,
+		&rec.LastErrorCode, &rec.LastError, &calls, &reports)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Record{}, ErrNotFound
+	}
+	if err != nil {
+		return Record{}, fmt.Errorf("look up request: %w", err)
+	}
+	if completed != nil {
+		rec.CompletedAt = *completed
+	}
+	for _, c := range calls {
+		cr := CallRecord{Attempt: c.Attempt, Worker: c.Worker, StartedAt: c.StartedAt,
+			Duration: time.Duration(c.DurationMS) * time.Millisecond, Result: c.Result}
+		if c.HTTPStatus != nil {
+			cr.HTTPStatus = *c.HTTPStatus
+		}
+		if c.ErrorCode != nil {
+			cr.ErrorCode = *c.ErrorCode
+		}
+		rec.Calls = append(rec.Calls, cr)
+	}
+	for _, p := range reports {
+		rr := ReportRecord{Connector: p.Connector, Target: p.Target, Status: p.Status, Attempts: p.Attempts}
+		if p.DeliveredAt != nil {
+			rr.DeliveredAt = *p.DeliveredAt
+		}
+		if p.LastResult != nil {
+			rr.LastResult = *p.LastResult
+		}
+		if p.HTTPStatus != nil {
+			rr.HTTPStatus = *p.HTTPStatus
+		}
+		rec.Reports = append(rec.Reports, rr)
+	}
+	return rec, nil
+}
+
+// Lead makes holder the leader of duty name for ttl, or renews its term, and reports whether
+// holder leads: a term is taken over only once it has lapsed. Resign ends holder's term early.
+func (q *Queue) Lead(ctx context.Context, name, holder string, ttl time.Duration) (bool, error) {
+	const leadSQL = `
+INSERT INTO erasure_leaders AS l (name, holder, expires_at)
+VALUES ($1, $2, now() + $3 * interval '1 millisecond')
+ON CONFLICT (name) DO UPDATE
+SET holder = excluded.holder,
+    elected_at = CASE WHEN l.holder = excluded.holder THEN l.elected_at ELSE now() END,
+    expires_at = excluded.expires_at
+WHERE l.holder = excluded.holder OR l.expires_at < now()
+RETURNING holder`
+	var got string
+	err := q.pool.QueryRow(ctx, leadSQL, name, holder, ttl.Milliseconds()).Scan(&got)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil // someone else's term runs
+	}
+	if err != nil {
+		return false, fmt.Errorf("elect leader of %s: %w", name, err)
+	}
+	return got == holder, nil
+}
+
+// Resign ends holder's term as leader of name, so that another replica takes over at once.
+func (q *Queue) Resign(ctx context.Context, name, holder string) error {
+	if _, err := q.pool.Exec(ctx, `DELETE FROM erasure_leaders WHERE name = $1 AND holder = $2`, name, holder); err != nil {
+		return fmt.Errorf("resign as leader of %s: %w", name, err)
+	}
+	return nil
+}
