@@ -248,7 +248,9 @@ func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
 	case "hang":
 		s.count(func(c *counters) { c.faulted[kind]++ })
 		<-r.Context().Done()
-		return
+		// Returning would let net/http answer 200 for us when the hang ends at shutdown, and
+		// the sender would count as delivered what was never processed: drop the connection.
+		panic(http.ErrAbortHandler)
 	case "lost_answer":
 		// Processed, but the answer never reaches the sender: it will retry with the same
 		// webhook-id, and that repeat is legitimate.
