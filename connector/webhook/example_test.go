@@ -15,7 +15,7 @@ import (
 // A receiver of erasure-worker's outcome webhooks: verify the raw body before parsing it, refuse
 // a bad signature or a stale timestamp with 401, and use webhook-id to drop repeats.
 func ExampleVerify() {
-	const secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" // REPORT_WEBHOOK_SECRET, shared with the worker
+	const secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"     // REPORT_WEBHOOK_SECRET, shared with the worker
 	now := func() time.Time { return time.Unix(1614265330, 0) } // time.Now in a real receiver
 
 	receiver := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
