@@ -1,0 +1,258 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/erasure-worker/erasure-worker/connector"
+	"github.com/erasure-worker/erasure-worker/connector/webhook"
+)
+
+// syncBuffer collects stderr written by the server goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var testSecret = "whsec_" + base64.StdEncoding.EncodeToString([]byte("cmd-webhookfake-test-secret-key!"))
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+type testBundle struct {
+	base   string
+	stderr *syncBuffer
+	done   chan int
+}
+
+// start runs the binary in-process and returns the URL it printed.
+func start(t *testing.T, runFn func(stdout io.Writer, stderr io.Writer) int) *testBundle {
+	t.Helper()
+	pr, pw := io.Pipe()
+	b := &testBundle{stderr: &syncBuffer{}, done: make(chan int, 1)}
+	go func() {
+		code := runFn(pw, b.stderr)
+		pw.Close()
+		b.done <- code
+	}()
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading the listening line: %v; stderr:\n%s", err, b.stderr)
+	}
+	const prefix = "webhookfake listening on "
+	if !strings.HasPrefix(line, prefix+"http://127.0.0.1:") {
+		t.Fatalf("first line = %q", line)
+	}
+	go io.Copy(io.Discard, pr) // nothing more is expected, but never block the server
+	b.base = strings.TrimSpace(strings.TrimPrefix(line, prefix))
+	return b
+}
+
+func (b *testBundle) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case code := <-b.done:
+		return code
+	case <-time.After(15 * time.Second):
+		t.Fatal("webhookfake did not stop")
+		return -1
+	}
+}
+
+type stats struct {
+	Messages            int64            `json:"messages"`
+	Accepted            int64            `json:"accepted"`
+	BadSignatures       int64            `json:"bad_signatures"`
+	Violations          int64            `json:"violations"`
+	DuplicateWebhookIDs int64            `json:"duplicate_webhook_ids"`
+	Faulted             map[string]int64 `json:"faulted"`
+}
+
+func getStats(t *testing.T, base string) stats {
+	t.Helper()
+	resp, err := http.Get(base + "/_fake/stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st stats
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func TestServeReceivesAndStops(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	secretFile := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secretFile, []byte(testSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := start(t, func(stdout, stderr io.Writer) int {
+		return serve(ctx, []string{"-addr", "127.0.0.1:0", "-secret-file", secretFile, "-user-id-pattern", "^user-"}, env(nil), stdout, stderr)
+	})
+
+	good, err := webhook.NewSender(b.base+"/hooks", testSecret, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := webhook.Outcome{RequestRef: "ref-1", Outcome: "deleted", CompletedAt: time.Now()}
+	for range 2 { // the second is a retry: same id
+		if d := good.Send(context.Background(), "msg_1", o, time.Now()); d.Result != connector.Delivered {
+			t.Fatalf("send: %+v", d)
+		}
+	}
+	wrongKey := "whsec_" + base64.StdEncoding.EncodeToString([]byte("not-the-secret-the-fake-expects!"))
+	bad, _ := webhook.NewSender(b.base+"/hooks", wrongKey, nil)
+	if d := bad.Send(context.Background(), "msg_2", o, time.Now()); d.Result != connector.Unauthorized {
+		t.Errorf("a wrong secret: %+v", d)
+	}
+	leaky := webhook.Outcome{RequestRef: "user-4711", Outcome: "deleted", CompletedAt: time.Now()}
+	if d := good.Send(context.Background(), "msg_3", leaky, time.Now()); d.Result != connector.Rejected {
+		t.Errorf("a body with what looks like a user id: %+v", d)
+	}
+
+	st := getStats(t, b.base)
+	if st.Messages != 4 || st.Accepted != 2 || st.DuplicateWebhookIDs != 1 || st.BadSignatures != 1 || st.Violations != 1 {
+		t.Errorf("stats = %+v", st)
+	}
+
+	cancel()
+	if code := b.wait(t); code != 0 {
+		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.stderr)
+	}
+	logs := b.stderr.String()
+	if strings.Contains(logs, strings.TrimPrefix(testSecret, "whsec_")) || strings.Contains(logs, "user-4711") {
+		t.Errorf("logs show the secret or the id:\n%s", logs)
+	}
+	if !strings.Contains(logs, "stopped") || !strings.Contains(logs, "messages=4") {
+		t.Errorf("no stop log with the counts:\n%s", logs)
+	}
+}
+
+// TestRunStopsOnSIGTERM goes through run, the real signal path. A hung message is in flight:
+// shutdown must release it rather than wait for the sender.
+func TestRunStopsOnSIGTERM(t *testing.T) {
+	b := start(t, func(stdout, stderr io.Writer) int {
+		return run([]string{"-addr", "127.0.0.1:0", "-hang-rate", "1"}, env(map[string]string{"WEBHOOK_FAKE_SECRET": testSecret}), stdout, stderr)
+	})
+	sender, err := webhook.NewSender(b.base+"/", testSecret, &http.Client{}) // no timeout: only the server can end it
+	if err != nil {
+		t.Fatal(err)
+	}
+	hung := make(chan connector.Delivery, 1)
+	go func() {
+		hung <- sender.Send(context.Background(), "msg_1", webhook.Outcome{RequestRef: "r", Outcome: "exhausted", CompletedAt: time.Now()}, time.Now())
+	}()
+	// Let the message reach the handler before signalling.
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && getStats(t, b.base).Faulted["hang"] != 1 {
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	p, _ := os.FindProcess(os.Getpid())
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("cannot signal self: %v", err)
+	}
+	if code := b.wait(t); code != 0 {
+		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.stderr)
+	}
+	select {
+	case d := <-hung:
+		if d.Result != connector.Retry {
+			t.Errorf("the hung message ended as %+v, want retry", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("hung message still open after shutdown")
+	}
+}
+
+func TestFlagErrors(t *testing.T) {
+	t.Parallel()
+	full := map[string]string{"WEBHOOK_FAKE_SECRET": testSecret}
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "secret")
+	os.WriteFile(secretFile, []byte(testSecret), 0o600)
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantErr string
+	}{
+		{"no secret", []string{}, nil, "-secret-file (or WEBHOOK_FAKE_SECRET) is required"},
+		{"both secrets", []string{"-secret-file", secretFile}, full, "set WEBHOOK_FAKE_SECRET or -secret-file, not both"},
+		{"missing secret file", []string{"-secret-file", filepath.Join(dir, "nope")}, nil, "-secret-file: open"},
+		{"secret without whsec_", []string{}, map[string]string{"WEBHOOK_FAKE_SECRET": strings.TrimPrefix(testSecret, "whsec_")}, "must start with whsec_"},
+		{"short secret", []string{}, map[string]string{"WEBHOOK_FAKE_SECRET": "whsec_c2hvcnQtc2VjcmV0"}, "decodes to 12 bytes"},
+		{"rate out of range", []string{"-error-rate", "-0.1"}, full, "error_rate must be between 0 and 1"},
+		{"rates sum above 1", []string{"-conflict-rate", "0.7", "-hang-rate", "0.7"}, full, "must not exceed 1"},
+		{"negative outage", []string{"-outage", "-1s"}, full, "-outage must not be negative"},
+		{"zero tolerance", []string{"-tolerance", "0s"}, full, "-tolerance must be positive"},
+		{"bad pattern", []string{"-user-id-pattern", "(("}, full, "-user-id-pattern: error parsing regexp"},
+		{"bad duration", []string{"-retry-after", "soon"}, full, "invalid value"},
+		{"a secret flag does not exist", []string{"-secret", testSecret}, nil, "flag provided but not defined: -secret"},
+		{"stray argument", []string{"serve"}, full, "unexpected arguments"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var stdout, stderr strings.Builder
+			code := serve(context.Background(), append([]string{"-addr", "127.0.0.1:0"}, tt.args...), env(tt.env), &stdout, &stderr)
+			if code != 2 {
+				t.Errorf("exit code %d, want 2", code)
+			}
+			if !strings.Contains(stderr.String(), tt.wantErr) {
+				t.Errorf("stderr = %q, want it to mention %q", stderr.String(), tt.wantErr)
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("stdout = %q, want nothing", stdout.String())
+			}
+			if strings.Contains(stderr.String(), strings.TrimPrefix(testSecret, "whsec_")) || strings.Contains(stderr.String(), "c2hvcnQtc2VjcmV0") {
+				t.Errorf("stderr leaks the secret: %s", stderr.String())
+			}
+		})
+	}
+}
+
+func TestHelpShowsNoSecret(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr strings.Builder
+	code := serve(context.Background(), []string{"-h"}, env(map[string]string{"WEBHOOK_FAKE_SECRET": testSecret}), &stdout, &stderr)
+	if code != 0 || !strings.Contains(stderr.String(), "-secret-file") || strings.Contains(stderr.String(), strings.TrimPrefix(testSecret, "whsec_")) {
+		t.Errorf("code %d, usage:\n%s", code, stderr.String())
+	}
+}
+
+func TestListenFailure(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr strings.Builder
+	code := serve(context.Background(), []string{"-addr", "256.0.0.1:1"}, env(map[string]string{"WEBHOOK_FAKE_SECRET": testSecret}), &stdout, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "listen failed") {
+		t.Errorf("code %d, stderr %q", code, stderr.String())
+	}
+}

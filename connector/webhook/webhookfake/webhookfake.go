@@ -1,0 +1,629 @@
+// Package webhookfake is a receiver of erasure-worker's outcome webhooks, as knotfake is a
+// stand-in for Knot: an http.Handler that verifies every message as Standard Webhooks asks
+// (signature, timestamp within five minutes), checks the body against the contract of
+// connector/webhook, drops repeats by webhook-id, remembers the events of every request_ref,
+// injects faults on demand (500, 429, 409, 401, hangs, lost answers, outages) and counts what it
+// saw, so tests and demos can check that each outcome arrived once, signed, and without the
+// person's id.
+//
+// Every path outside /_fake/ is the receiver. Under /_fake/ it serves admin endpoints (stats,
+// faults, events, reset) without authentication: the fake is meant for loopback and test
+// networks only.
+package webhookfake
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/erasure-worker/erasure-worker/connector/webhook"
+)
+
+// Options configures a Server.
+type Options struct {
+	// Secret is the shared whsec_ secret the messages must be signed with.
+	Secret string
+	// Faults are the faults injected from the start.
+	Faults Faults
+	// Now is the clock for timestamps and outages; nil means time.Now.
+	Now func() time.Time
+	// Tolerance is how far webhook-timestamp may be from Now; 0 means the spec's 5 minutes.
+	Tolerance time.Duration
+	// LooksLikeUserID, when set, is asked about every string in a body (keys and values): a
+	// yes is a violation, since an outcome webhook must never carry the external_user_id.
+	// Without it only field names are checked (external_user_id, user_id, email, ...).
+	LooksLikeUserID func(string) bool
+}
+
+// Server is the fake receiver. It implements http.Handler and is safe for concurrent use.
+type Server struct {
+	secret          string
+	now             func() time.Time
+	tolerance       time.Duration
+	looksLikeUserID func(string) bool
+
+	mu     sync.Mutex
+	faults Faults
+	st     counters
+	// ids holds the first accepted event of every webhook-id; refs every accepted delivery per
+	// request_ref, repeats included.
+	ids  map[string]Event
+	refs map[string][]Event
+}
+
+type counters struct {
+	messages, valid, accepted                 int64
+	badSignatures, staleTimestamps, malformed int64
+	violations                                int64
+	duplicateIDs, conflictingIDs              int64
+	malformedReasons, byStatus, faulted       map[string]int64
+	byType, byOutcome                         map[string]int64
+	first, last                               time.Time
+}
+
+func newCounters() counters {
+	return counters{
+		malformedReasons: map[string]int64{}, byStatus: map[string]int64{}, faulted: map[string]int64{},
+		byType: map[string]int64{}, byOutcome: map[string]int64{},
+	}
+}
+
+// New returns a fake receiver. It fails when the secret is not a valid whsec_ secret or the
+// faults do not validate.
+func New(opts Options) (*Server, error) {
+	// Verify checks the secret before anything else; with no headers it goes no further.
+	if err := webhook.Verify(opts.Secret, http.Header{}, nil, time.Time{}, 0); errors.Is(err, webhook.ErrBadSecret) {
+		return nil, err
+	}
+	if err := opts.Faults.Validate(); err != nil {
+		return nil, fmt.Errorf("faults: %w", err)
+	}
+	s := &Server{
+		secret:          opts.Secret,
+		now:             opts.Now,
+		tolerance:       opts.Tolerance,
+		looksLikeUserID: opts.LooksLikeUserID,
+		faults:          opts.Faults,
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.tolerance <= 0 {
+		s.tolerance = webhook.DefaultTolerance
+	}
+	s.resetLocked()
+	return s, nil
+}
+
+func (s *Server) resetLocked() {
+	s.st = newCounters()
+	s.ids = map[string]Event{}
+	s.refs = map[string][]Event{}
+}
+
+// SetFaults replaces all faults.
+func (s *Server) SetFaults(f Faults) {
+	s.mu.Lock()
+	s.faults = f
+	s.mu.Unlock()
+}
+
+// Faults returns the faults in force.
+func (s *Server) Faults() Faults {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.faults
+}
+
+// Reset forgets every message and event; faults stay.
+func (s *Server) Reset() {
+	s.mu.Lock()
+	s.resetLocked()
+	s.mu.Unlock()
+}
+
+// Event is one accepted delivery of an outcome webhook.
+type Event struct {
+	WebhookID   string    `json:"webhook_id"`
+	Type        string    `json:"type"`
+	RequestRef  string    `json:"request_ref"`
+	Outcome     string    `json:"outcome"`
+	ErrorCode   string    `json:"error_code,omitempty"`
+	CompletedAt time.Time `json:"completed_at"`
+	// Timestamp is the payload's timestamp; SentAt the webhook-timestamp header.
+	Timestamp  time.Time `json:"timestamp"`
+	SentAt     time.Time `json:"sent_at"`
+	ReceivedAt time.Time `json:"received_at"`
+	// Repeat: this webhook-id had been accepted before (a retry after a lost answer).
+	Repeat bool `json:"repeat"`
+}
+
+// same tells whether two deliveries say the same thing (the times of sending aside).
+func (e Event) same(o Event) bool {
+	return e.Type == o.Type && e.RequestRef == o.RequestRef && e.Outcome == o.Outcome &&
+		e.ErrorCode == o.ErrorCode && e.CompletedAt.Equal(o.CompletedAt)
+}
+
+// Events returns every accepted delivery for a request_ref, in order of arrival.
+func (s *Server) Events(requestRef string) []Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.refs[requestRef])
+}
+
+const adminPath = "/_fake/"
+
+// maxBody bounds what is read; the spec recommends bodies under 20 kB.
+const maxBody = 1 << 20
+
+// ServeHTTP receives outcome webhooks on every path outside /_fake/, and serves the admin
+// endpoints under it.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, adminPath) {
+		s.serveAdmin(w, r)
+		return
+	}
+	s.serveMessage(w, r)
+}
+
+func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
+	arrived := s.now()
+	body, readErr := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	s.mu.Lock()
+	s.st.messages++
+	if s.st.first.IsZero() || arrived.Before(s.st.first) {
+		s.st.first = arrived
+	}
+	if arrived.After(s.st.last) {
+		s.st.last = arrived
+	}
+	f := s.faults
+	s.mu.Unlock()
+
+	switch {
+	case r.Method != http.MethodPost:
+		w.Header().Set("Allow", http.MethodPost)
+		s.refuseMalformed(w, http.StatusMethodNotAllowed, "method: must be POST")
+		return
+	case readErr != nil:
+		s.refuseMalformed(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body: unreadable or over %d bytes", maxBody))
+		return
+	}
+
+	now := s.now()
+	switch {
+	case now.Before(f.OutageUntil):
+		s.fault(w, "outage", http.StatusInternalServerError, "receiver unavailable")
+		return
+	case f.RejectSignatures:
+		s.fault(w, "reject_signatures", http.StatusUnauthorized, "signature refused")
+		return
+	}
+
+	if err := webhook.Verify(s.secret, r.Header, body, now, s.tolerance); err != nil {
+		stale := errors.Is(err, webhook.ErrStaleTimestamp)
+		s.count(func(c *counters) {
+			if stale {
+				c.staleTimestamps++
+			} else {
+				c.badSignatures++
+			}
+		})
+		// The reason names the header at fault; it holds no signature or secret.
+		s.respond(w, http.StatusUnauthorized, err.Error())
+		return
+	}
+	sentAt, _ := strconv.ParseInt(r.Header.Get(webhook.HeaderTimestamp), 10, 64) // Verify read it
+
+	ev, err := parseEvent(body, s.looksLikeUserID)
+	var v *violation
+	switch {
+	case errors.As(err, &v):
+		s.count(func(c *counters) { c.violations++ })
+		s.respond(w, http.StatusBadRequest, err.Error())
+		return
+	case err != nil:
+		s.refuseMalformed(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	ev.WebhookID = r.Header.Get(webhook.HeaderID)
+	ev.SentAt = time.Unix(sentAt, 0).UTC()
+	ev.ReceivedAt = arrived
+	s.count(func(c *counters) { c.valid++ })
+
+	// One draw decides among the random faults, so each rate is the share of valid messages
+	// that get that fault (as long as they sum to <= 1).
+	switch kind := f.roll(rand.Float64()); kind {
+	case "hang":
+		s.count(func(c *counters) { c.faulted[kind]++ })
+		<-r.Context().Done()
+		// Returning would let net/http answer 200 for us when the hang ends at shutdown, and
+		// the sender would count as delivered what was never processed: drop the connection.
+		panic(http.ErrAbortHandler)
+	case "lost_answer":
+		// Processed, but the answer never reaches the sender: it will retry with the same
+		// webhook-id, and that repeat is legitimate.
+		s.accept(ev)
+		s.count(func(c *counters) { c.faulted[kind]++ })
+		panic(http.ErrAbortHandler)
+	case "rate_limit":
+		w.Header().Set("Retry-After", strconv.FormatInt(f.retryAfterSeconds(), 10))
+		s.fault(w, kind, http.StatusTooManyRequests, "slow down")
+		return
+	case "conflict":
+		s.fault(w, kind, http.StatusConflict, "conflict")
+		return
+	case "error":
+		s.fault(w, kind, http.StatusInternalServerError, "receiver error")
+		return
+	}
+	s.accept(ev)
+	s.count(func(c *counters) { c.byStatus["204"]++ })
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// accept records a delivery the receiver processed.
+func (s *Server) accept(ev Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.st.accepted++
+	if first, seen := s.ids[ev.WebhookID]; seen {
+		ev.Repeat = true
+		s.st.duplicateIDs++
+		if !first.same(ev) {
+			s.st.conflictingIDs++
+		}
+	} else {
+		s.ids[ev.WebhookID] = ev
+		s.st.byType[ev.Type]++
+		s.st.byOutcome[ev.Outcome]++
+	}
+	s.refs[ev.RequestRef] = append(s.refs[ev.RequestRef], ev)
+}
+
+func (s *Server) count(f func(*counters)) {
+	s.mu.Lock()
+	f(&s.st)
+	s.mu.Unlock()
+}
+
+func (s *Server) refuseMalformed(w http.ResponseWriter, status int, reason string) {
+	s.count(func(c *counters) { c.malformed++; c.malformedReasons[reason]++ })
+	s.respond(w, status, reason)
+}
+
+func (s *Server) fault(w http.ResponseWriter, kind string, status int, message string) {
+	s.count(func(c *counters) { c.faulted[kind]++ })
+	s.respond(w, status, message)
+}
+
+// respond writes a JSON {"message": ...} and counts its status.
+func (s *Server) respond(w http.ResponseWriter, status int, message string) {
+	s.count(func(c *counters) { c.byStatus[strconv.Itoa(status)]++ })
+	writeJSON(w, status, map[string]string{"message": message})
+}
+
+func writeJSON(w http.ResponseWriter, status int, body any) {
+	b, err := json.Marshal(body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// The contract of connector/webhook, read independently of its encoder.
+var outcomeTypes = map[string]string{
+	"deleted": webhook.EventSucceeded, "not_found": webhook.EventSucceeded,
+	"rejected": webhook.EventFailed, "invalid": webhook.EventFailed, "exhausted": webhook.EventFailed,
+}
+
+// violation is a body that carries, or seems to carry, a user's id.
+type violation struct{ where string }
+
+func (v *violation) Error() string {
+	return v.where + ": looks like a user id; an outcome webhook must not carry one"
+}
+
+// userIDKeys are field names that would carry a person's id, compared without case, _ or -.
+var userIDKeys = []string{"externaluserid", "userid", "externalid", "email", "identity", "identities", "identifier", "subject"}
+
+func userIDKey(k string) bool {
+	n := strings.NewReplacer("_", "", "-", "").Replace(strings.ToLower(k))
+	return strings.HasSuffix(n, "userid") || slices.Contains(userIDKeys, n)
+}
+
+// findUserID walks a decoded body for a field name or string that looks like a user id.
+func findUserID(v any, path string, looks func(string) bool) *violation {
+	switch v := v.(type) {
+	case map[string]any:
+		for _, k := range slices.Sorted(maps.Keys(v)) {
+			p := k
+			if path != "" {
+				p = path + "." + k
+			}
+			if userIDKey(k) || (looks != nil && looks(k)) {
+				return &violation{where: p}
+			}
+			if found := findUserID(v[k], p, looks); found != nil {
+				return found
+			}
+		}
+	case []any:
+		for i, e := range v {
+			if found := findUserID(e, fmt.Sprintf("%s[%d]", path, i), looks); found != nil {
+				return found
+			}
+		}
+	case string:
+		if looks != nil && looks(v) {
+			return &violation{where: path}
+		}
+	}
+	return nil
+}
+
+// parseEvent checks a body against the contract exactly:
+// {"type","timestamp","data":{"request_ref","outcome","error_code","completed_at"}}, nothing
+// more, the type matching the outcome. Its errors name the field.
+func parseEvent(body []byte, looks func(string) bool) (Event, error) {
+	var generic any
+	if err := json.Unmarshal(body, &generic); err != nil {
+		return Event{}, errors.New("body: not JSON")
+	}
+	if v := findUserID(generic, "", looks); v != nil {
+		return Event{}, v
+	}
+	var in struct {
+		Type      *string `json:"type"`
+		Timestamp *string `json:"timestamp"`
+		Data      *struct {
+			RequestRef  *string         `json:"request_ref"`
+			Outcome     *string         `json:"outcome"`
+			ErrorCode   json.RawMessage `json:"error_code"` // null arrives as "null", absence as nothing
+			CompletedAt *string         `json:"completed_at"`
+		} `json:"data"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			return Event{}, fmt.Errorf("%s: not in the contract", strings.Trim(f, `"`))
+		}
+		return Event{}, errors.New("body: not an object of the contract's shape")
+	}
+	if dec.More() {
+		return Event{}, errors.New("body: trailing data")
+	}
+	var ev Event
+	var err error
+	switch {
+	case in.Type == nil:
+		return Event{}, errors.New("type: missing")
+	case in.Data == nil:
+		return Event{}, errors.New("data: missing")
+	case in.Data.RequestRef == nil || strings.TrimSpace(*in.Data.RequestRef) == "":
+		return Event{}, errors.New("data.request_ref: missing or empty")
+	case in.Data.Outcome == nil:
+		return Event{}, errors.New("data.outcome: missing")
+	case len(in.Data.ErrorCode) == 0:
+		return Event{}, errors.New("data.error_code: missing (null when there is none)")
+	}
+	ev.Type, ev.RequestRef, ev.Outcome = *in.Type, *in.Data.RequestRef, *in.Data.Outcome
+	want, known := outcomeTypes[ev.Outcome]
+	switch {
+	case ev.Type != webhook.EventSucceeded && ev.Type != webhook.EventFailed:
+		return Event{}, errors.New("type: not erasure.succeeded or erasure.failed")
+	case !known:
+		return Event{}, errors.New("data.outcome: not deleted, not_found, rejected, invalid or exhausted")
+	case want != ev.Type:
+		return Event{}, errors.New("type: does not match data.outcome")
+	}
+	if string(in.Data.ErrorCode) != "null" {
+		if err := json.Unmarshal(in.Data.ErrorCode, &ev.ErrorCode); err != nil || ev.ErrorCode == "" {
+			return Event{}, errors.New("data.error_code: not a non-empty string or null")
+		}
+	}
+	if ev.CompletedAt, err = rfc3339(in.Data.CompletedAt); err != nil {
+		return Event{}, fmt.Errorf("data.completed_at: %v", err)
+	}
+	if ev.Timestamp, err = rfc3339(in.Timestamp); err != nil {
+		return Event{}, fmt.Errorf("timestamp: %v", err)
+	}
+	return ev, nil
+}
+
+func rfc3339(s *string) (time.Time, error) {
+	if s == nil {
+		return time.Time{}, errors.New("missing")
+	}
+	t, err := time.Parse(time.RFC3339Nano, *s)
+	if err != nil {
+		return time.Time{}, errors.New("not an RFC 3339 timestamp")
+	}
+	return t, nil
+}
+
+// Faults are injected into messages. Rates are shares in [0, 1] of the messages that pass
+// verification; OutageUntil and RejectSignatures come before verification.
+type Faults struct {
+	// ErrorRate is the share answered 500; the message is not processed.
+	ErrorRate float64 `json:"error_rate"`
+	// RateLimitRate is the share answered 429 with Retry-After.
+	RateLimitRate float64 `json:"rate_limit_rate"`
+	// RetryAfter is sent on 429s, in whole seconds rounded up (at least 1).
+	RetryAfter Duration `json:"retry_after"`
+	// ConflictRate is the share answered 409 (which means nothing in Standard Webhooks: the
+	// sender must treat it as a failure, not as "already closed").
+	ConflictRate float64 `json:"conflict_rate"`
+	// HangRate is the share never answered; they block until the sender goes away.
+	HangRate float64 `json:"hang_rate"`
+	// LostAnswerRate is the share processed but whose connection is then dropped without an
+	// answer, so that the sender retries what was received.
+	LostAnswerRate float64 `json:"lost_answer_rate"`
+	// RejectSignatures: every message answered 401, as if the secret were wrong.
+	RejectSignatures bool `json:"reject_signatures"`
+	// OutageUntil: every message answered 500 until this time.
+	OutageUntil time.Time `json:"outage_until,omitzero"`
+}
+
+// Validate reports a rate outside [0, 1], rates that sum above 1, or a negative retry_after,
+// naming the field.
+func (f Faults) Validate() error {
+	sum := 0.0
+	for _, r := range f.rates() {
+		if math.IsNaN(r.rate) || r.rate < 0 || r.rate > 1 {
+			return fmt.Errorf("%s must be between 0 and 1, got %v", r.name, r.rate)
+		}
+		sum += r.rate
+	}
+	if sum > 1+1e-9 {
+		return fmt.Errorf("fault rates add up to %v; they are shares of the same messages and must not exceed 1", sum)
+	}
+	if f.RetryAfter < 0 {
+		return fmt.Errorf("retry_after must not be negative, got %v", time.Duration(f.RetryAfter))
+	}
+	return nil
+}
+
+type rate struct {
+	name, kind string
+	rate       float64
+}
+
+func (f Faults) rates() []rate {
+	return []rate{
+		{"hang_rate", "hang", f.HangRate}, {"lost_answer_rate", "lost_answer", f.LostAnswerRate},
+		{"rate_limit_rate", "rate_limit", f.RateLimitRate}, {"conflict_rate", "conflict", f.ConflictRate},
+		{"error_rate", "error", f.ErrorRate},
+	}
+}
+
+// roll maps a uniform draw u in [0,1) to a fault kind, or "" for none.
+func (f Faults) roll(u float64) string {
+	for _, r := range f.rates() {
+		if r.rate > 0 && u < r.rate {
+			return r.kind
+		}
+		u -= max(r.rate, 0)
+	}
+	return ""
+}
+
+func (f Faults) retryAfterSeconds() int64 {
+	return max(int64(math.Ceil(time.Duration(f.RetryAfter).Seconds())), 1)
+}
+
+// Duration is a time.Duration that reads and writes JSON as a Go duration string ("250ms").
+type Duration time.Duration
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads a Go duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"250ms\", got %s", b)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Stats is what the fake saw since New or the last Reset. Every message lands in exactly one of
+// valid, bad_signatures, stale_timestamps, malformed, violations, faulted["outage"] and
+// faulted["reject_signatures"].
+type Stats struct {
+	// Messages counts every request to the receiver.
+	Messages int64 `json:"messages"`
+	// Valid counts messages that passed signature, timestamp and body checks (faulted or not).
+	Valid int64 `json:"valid"`
+	// Accepted counts valid messages processed (answered 204, or dropped by lost_answer).
+	Accepted int64 `json:"accepted"`
+	// BadSignatures counts 401s for missing headers, a bad timestamp header or no matching
+	// signature; StaleTimestamps 401s for a webhook-timestamp outside the tolerance.
+	BadSignatures   int64 `json:"bad_signatures"`
+	StaleTimestamps int64 `json:"stale_timestamps"`
+	// Malformed counts signed messages whose body breaks the contract (and wrong methods,
+	// oversized bodies); MalformedReasons counts them by reason, which names the field.
+	Malformed        int64            `json:"malformed"`
+	MalformedReasons map[string]int64 `json:"malformed_reasons"`
+	// Violations counts signed bodies carrying something that looks like a user id.
+	Violations int64 `json:"violations"`
+	// ByStatus counts answers by HTTP status; hung and dropped messages have none.
+	ByStatus map[string]int64 `json:"by_status"`
+	// ByType and ByOutcome count distinct webhook-ids accepted.
+	ByType    map[string]int64 `json:"by_type"`
+	ByOutcome map[string]int64 `json:"by_outcome"`
+	// RequestRefs counts distinct request_refs accepted; RequestRefsRepeated those accepted
+	// more than once (retries included), RequestRefsSeveralIDs those that came under more than
+	// one webhook-id (two reports for one request), ConflictingOutcomes those told two
+	// different outcomes.
+	RequestRefs           int64 `json:"request_refs"`
+	RequestRefsRepeated   int64 `json:"request_refs_repeated"`
+	RequestRefsSeveralIDs int64 `json:"request_refs_several_ids"`
+	ConflictingOutcomes   int64 `json:"conflicting_outcomes"`
+	// DuplicateWebhookIDs counts accepted messages whose webhook-id had been accepted before;
+	// ConflictingWebhookIDs those among them that said something else under the same id.
+	DuplicateWebhookIDs   int64 `json:"duplicate_webhook_ids"`
+	ConflictingWebhookIDs int64 `json:"conflicting_webhook_ids"`
+	// Faulted counts injected faults by kind: "error", "rate_limit", "conflict", "hang",
+	// "lost_answer", "outage", "reject_signatures".
+	Faulted      map[string]int64 `json:"faulted"`
+	FirstMessage time.Time        `json:"first_message,omitzero"`
+	LastMessage  time.Time        `json:"last_message,omitzero"`
+}
+
+// Stats returns a snapshot.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.st
+	st := Stats{
+		Messages: c.messages, Valid: c.valid, Accepted: c.accepted,
+		BadSignatures: c.badSignatures, StaleTimestamps: c.staleTimestamps,
+		Malformed: c.malformed, MalformedReasons: maps.Clone(c.malformedReasons),
+		Violations: c.violations, ByStatus: maps.Clone(c.byStatus),
+		ByType: maps.Clone(c.byType), ByOutcome: maps.Clone(c.byOutcome),
+		RequestRefs:         int64(len(s.refs)),
+		DuplicateWebhookIDs: c.duplicateIDs, ConflictingWebhookIDs: c.conflictingIDs,
+		Faulted: maps.Clone(c.faulted), FirstMessage: c.first, LastMessage: c.last,
+	}
+	for _, evs := range s.refs {
+		if len(evs) > 1 {
+			st.RequestRefsRepeated++
+		}
+		ids := map[string]bool{}
+		outcomes := map[string]bool{}
+		for _, e := range evs {
+			ids[e.WebhookID] = true
+			outcomes[e.Outcome] = true
+		}
+		if len(ids) > 1 {
+			st.RequestRefsSeveralIDs++
+		}
+		if len(outcomes) > 1 {
+			st.ConflictingOutcomes++
+		}
+	}
+	return st
+}
