@@ -1,0 +1,236 @@
+package worker_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/erasure-worker/erasure-worker/connector"
+	"github.com/erasure-worker/erasure-worker/connector/webhook"
+	"github.com/erasure-worker/erasure-worker/connector/webhook/webhookfake"
+	"github.com/erasure-worker/erasure-worker/queue"
+	"github.com/erasure-worker/erasure-worker/queue/queuetest"
+	"github.com/erasure-worker/erasure-worker/worker"
+)
+
+// sendWebhook is the glue `run` puts between the reporter and the generic connector.
+type sendWebhook struct{ s *webhook.Sender }
+
+func (w sendWebhook) Deliver(ctx context.Context, r queue.Report) connector.Delivery {
+	return w.s.Send(ctx, "msg_"+strconv.FormatInt(r.ID, 10), webhook.Outcome{
+		RequestRef: r.RequestRef, Outcome: r.Outcome, ErrorCode: r.ErrorCode, CompletedAt: r.CompletedAt,
+	}, time.Now())
+}
+
+type reporterBundle struct {
+	ctx      context.Context
+	q        *queue.Queue
+	fake     *webhookfake.Server
+	metrics  *worker.ReportMetrics
+	cfg      worker.ReporterConfig
+	finished []string // request_refs finished with a report
+}
+
+// setupReporter returns a database holding n finished requests (half deleted, half rejected)
+// whose outcomes go to a webhook receiver, and a reporter config that delivers them there.
+func setupReporter(t *testing.T, n int, faults webhookfake.Faults) *reporterBundle {
+	t.Helper()
+	t.Parallel()
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	secret := "whsec_" + base64.StdEncoding.EncodeToString(key)
+	fake, err := webhookfake.New(webhookfake.Options{Secret: secret, Faults: faults})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	sender, err := webhook.NewSender(srv.URL+"/outcomes", secret, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := queuetest.Pool(t)
+	b := &reporterBundle{ctx: context.Background(), q: queue.New(pool), fake: fake,
+		metrics: worker.NewReportMetrics(prometheus.NewRegistry())}
+	reqs := make([]queue.NewRequest, n)
+	for i := range reqs {
+		ref := fmt.Sprintf("api-%d", i)
+		reqs[i] = queue.NewRequest{RequestRef: ref, ExternalUserID: fmt.Sprintf("user-%d", i),
+			Reports: []queue.NewReport{{Connector: queue.ConnectorWebhook}}}
+		b.finished = append(b.finished, ref)
+	}
+	if _, err := b.q.Enqueue(b.ctx, reqs); err != nil {
+		t.Fatal(err)
+	}
+	jobs, err := b.q.Claim(b.ctx, "w", n, time.Minute)
+	if err != nil || len(jobs) != n {
+		t.Fatalf("claim: %v", err)
+	}
+	results := make([]queue.Result, n)
+	for i, j := range jobs {
+		results[i] = j.Result()
+		results[i].Transition, results[i].Outcome = queue.Succeed, queue.OutcomeDeleted
+		if i%2 == 1 {
+			results[i].Transition, results[i].Outcome, results[i].ErrorCode = queue.Fail, queue.OutcomeRejected, "NO_ACCESS"
+		}
+	}
+	if _, err := b.q.Finish(b.ctx, "w", results); err != nil {
+		t.Fatal(err)
+	}
+	b.cfg = worker.ReporterConfig{
+		ID:            "reporter-1",
+		Deliverers:    map[string]worker.Deliverer{queue.ConnectorWebhook: sendWebhook{sender}},
+		PollInterval:  10 * time.Millisecond,
+		Timeout:       time.Second,
+		MinBackoff:    5 * time.Millisecond,
+		MaxBackoff:    20 * time.Millisecond,
+		ProbeInterval: 200 * time.Millisecond,
+		StatsInterval: 20 * time.Millisecond,
+		Logger:        testLogger(t),
+		Metrics:       b.metrics,
+	}
+	return b
+}
+
+// run runs reporters until stop.
+func (b *reporterBundle) run(t *testing.T, replicas int) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(b.ctx)
+	var wg sync.WaitGroup
+	for i := range replicas {
+		cfg := b.cfg
+		cfg.ID = fmt.Sprintf("reporter-%d", i)
+		r := worker.NewReporter(b.q, cfg)
+		wg.Go(func() { r.Run(ctx) })
+	}
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); wg.Wait() }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+func (b *reporterBundle) waitDelivered(t *testing.T, want int64, within time.Duration) queue.ReportStats {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		st, err := b.q.ReportStats(b.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.fake.Stats().RequestRefs >= want && st.Pending[queue.ConnectorWebhook] == 0 {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: receiver has %d of %d requests, %d reports pending", within, b.fake.Stats().RequestRefs, want, st.Pending[queue.ConnectorWebhook])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestReportersDeliverEveryOutcomeOnceThroughReceiverFaults(t *testing.T) {
+	const n = 120
+	b := setupReporter(t, n, webhookfake.Faults{ErrorRate: 0.3, HangRate: 0.02, LostAnswerRate: 0.05})
+	b.cfg.Timeout = 200 * time.Millisecond // hung deliveries time out and are retried
+	b.run(t, 3)
+	b.waitDelivered(t, n, 30*time.Second)
+
+	st := b.fake.Stats()
+	if st.RequestRefs != n || st.ConflictingOutcomes != 0 || st.ConflictingWebhookIDs != 0 || st.Violations != 0 || st.BadSignatures != 0 {
+		t.Fatalf("receiver saw %+v; want each of %d requests with one outcome, signed", st, n)
+	}
+	if st.ByType[webhook.EventSucceeded] != n/2 || st.ByType[webhook.EventFailed] != n/2 {
+		t.Fatalf("receiver saw events %v, want %d of each", st.ByType, n/2)
+	}
+	// Only a retry repeats a report: the same webhook-id, which the receiver drops.
+	if st.RequestRefsSeveralIDs != 0 {
+		t.Fatalf("%d requests were reported under several webhook-ids", st.RequestRefsSeveralIDs)
+	}
+	// Every attempt is evidence, and no delivered report keeps its credentials.
+	var attempts int64
+	for _, ref := range b.finished {
+		rec, err := b.q.Lookup(b.ctx, ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rec.Reports) != 1 || rec.Reports[0].Status != queue.ReportDelivered || rec.Reports[0].DeliveredAt.IsZero() {
+			t.Fatalf("%s: reports %+v, want one delivered", ref, rec.Reports)
+		}
+		attempts += int64(rec.Reports[0].Attempts)
+	}
+	if faulted := st.Faulted["error"]; faulted == 0 {
+		t.Fatal("the receiver injected no 500: the test proves nothing")
+	}
+	if attempts < n+st.Faulted["error"] {
+		t.Fatalf("%d delivery attempts recorded, want at least one per request plus one per 500 (%d)", attempts, n+st.Faulted["error"])
+	}
+	if got := testutil.ToFloat64(b.metrics.Delivered.WithLabelValues(queue.ConnectorWebhook, "retry")); got < float64(st.Faulted["error"]) {
+		t.Errorf("erasure_reports_delivered_total{result=retry} = %v, want at least the %d 500s", got, st.Faulted["error"])
+	}
+}
+
+func TestAConnectorWhoseReceiverRejectsOurCredentialsIsPausedThenResumes(t *testing.T) {
+	const n = 20
+	b := setupReporter(t, n, webhookfake.Faults{RejectSignatures: true})
+	b.run(t, 1)
+
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(b.metrics.Paused.WithLabelValues(queue.ConnectorWebhook)) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("erasure_reports_paused{connector=webhook} never became 1")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// While paused, one report is tried per probe interval, not all twenty again and again.
+	before := b.fake.Stats().Messages
+	time.Sleep(5 * b.cfg.ProbeInterval)
+	if probes := b.fake.Stats().Messages - before; probes > 6 {
+		t.Fatalf("%d deliveries in 5 probe intervals while paused, want about one per interval", probes)
+	}
+	b.fake.SetFaults(webhookfake.Faults{})
+	b.waitDelivered(t, n, 10*time.Second)
+	if got := testutil.ToFloat64(b.metrics.Paused.WithLabelValues(queue.ConnectorWebhook)); got != 0 {
+		t.Fatalf("erasure_reports_paused = %v after the receiver took our reports, want 0", got)
+	}
+}
+
+func TestAReportRefusedForGoodWaitsForRequeue(t *testing.T) {
+	const n = 4
+	b := setupReporter(t, n, webhookfake.Faults{ConflictRate: 1}) // 409 means nothing to Standard Webhooks
+	stop := b.run(t, 1)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := b.q.ReportStats(b.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Failed[queue.ConnectorWebhook] == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("report stats %+v, want %d failed", st, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	sent := b.fake.Stats().Messages
+	time.Sleep(100 * time.Millisecond)
+	if again := b.fake.Stats().Messages - sent; again != 0 {
+		t.Fatalf("a failed report was sent %d more times", again)
+	}
+	stop()
+
+	b.fake.SetFaults(webhookfake.Faults{})
+	if got, err := b.q.RequeueReports(b.ctx, queue.ConnectorWebhook); err != nil || got != n {
+		t.Fatalf("requeued %d (%v), want %d", got, err, n)
+	}
+	b.run(t, 1)
+	b.waitDelivered(t, n, 10*time.Second)
+}
