@@ -56,12 +56,15 @@ func readDashboard(t *testing.T) dashboard {
 	return d
 }
 
-// The metrics a dashboard user must see (DESIGN.md's contract and the shared rate limit's).
+// The metrics a dashboard user must see (DESIGN.md's contract, the shared rate limit's and the
+// reports' of issue 11).
 var dashboardMetrics = []string{
 	"erasure_requests_completed_total", "erasure_knot_requests_total", "erasure_knot_request_duration_seconds_bucket",
 	"erasure_queue_depth", "erasure_oldest_pending_age_seconds", "erasure_overdue_requests", "erasure_due_soon_requests",
 	"erasure_worker_paused", "erasure_rate_limit_wait_seconds_bucket", "erasure_inflight_requests",
 	"erasure_rate_limit_rps", "erasure_rate_limit_global_rps", "erasure_replicas",
+	"erasure_reports_pending", "erasure_reports_delivered_total", "erasure_report_oldest_pending_age_seconds",
+	"erasure_reports_paused", "erasure_reports_failed",
 }
 
 var templateVar = regexp.MustCompile(`\$(?:\{(\w+)(?::\w+)?\}|(\w+))`)

@@ -21,18 +21,28 @@ import (
 )
 
 // The overlays and what each promises.
-var overlays = []struct {
+type overlay struct {
 	name, namespace, knotURL string
 	replicas                 int32
-}{
+}
+
+var overlays = []overlay{
 	{"development", "erasure-worker-dev", "https://development.knotapi.com", 1},
 	{"production", "erasure-worker", "https://production.knotapi.com", 3},
 }
 
-const metricsPort = 9090
+const (
+	metricsPort = 9090
+	apiPort     = 8080 // API_LISTEN_ADDR: the HTTP doors the privacy request system calls
+)
 
 // Settings that are secret: never in a ConfigMap.
-var secretSettings = []string{"DATABASE_URL", "KNOT_CLIENT_ID", "KNOT_SECRET"}
+var secretSettings = []string{"DATABASE_URL", "KNOT_CLIENT_ID", "KNOT_SECRET",
+	"API_TOKEN", "REPORT_WEBHOOK_SECRET", "KETCH_AUTH_VALUE", "TRANSCEND_API_KEY", "TRANSCEND_SOMBRA_KEY"}
+
+// The secrets of the doors and connectors (issue 11): each off while its key is missing from the
+// Secret, so the base must apply without them.
+var optionalSecrets = []string{"API_TOKEN", "REPORT_WEBHOOK_SECRET", "KETCH_AUTH_VALUE", "TRANSCEND_API_KEY", "TRANSCEND_SOMBRA_KEY"}
 
 // --- rendering ---------------------------------------------------------------------------------
 
@@ -46,6 +56,7 @@ type rendered struct {
 	deployments     []*appsv1.Deployment
 	pdbs            []*policyv1.PodDisruptionBudget
 	netpols         []*networkingv1.NetworkPolicy
+	ingresses       []*networkingv1.Ingress
 	serviceMonitors []*serviceMonitor
 	prometheusRules []*prometheusRule
 	yaml            []byte
@@ -87,9 +98,16 @@ func overlayDir(name string) string { return filepath.Join("kubernetes", "overla
 // every object strictly.
 func render(t *testing.T, overlay string) *rendered {
 	t.Helper()
-	m, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), overlayDir(overlay))
+	return renderFS(t, filesys.MakeFsOnDisk(), overlayDir(overlay))
+}
+
+// renderFS builds the kustomization in dir of fs.
+func renderFS(t *testing.T, fs filesys.FileSystem, dir string) *rendered {
+	t.Helper()
+	overlay := dir
+	m, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(fs, dir)
 	if err != nil {
-		t.Fatalf("kustomize build %s: %v", overlayDir(overlay), err)
+		t.Fatalf("kustomize build %s: %v", dir, err)
 	}
 	out := &rendered{}
 	if out.yaml, err = m.AsYaml(); err != nil {
@@ -122,6 +140,8 @@ func render(t *testing.T, overlay string) *rendered {
 			obj = appendNew(&out.pdbs)
 		case "networking.k8s.io/v1 NetworkPolicy":
 			obj = appendNew(&out.netpols)
+		case "networking.k8s.io/v1 Ingress":
+			obj = appendNew(&out.ingresses)
 		case "monitoring.coreos.com/v1 ServiceMonitor":
 			obj = appendNew(&out.serviceMonitors)
 		case "monitoring.coreos.com/v1 PrometheusRule":
@@ -198,22 +218,32 @@ func TestOverlays(t *testing.T) {
 	for _, o := range overlays {
 		t.Run(o.name, func(t *testing.T) {
 			r := render(t, o.name)
-			if t.Failed() {
-				t.FailNow()
-			}
-			checkObjects(t, r, o.namespace)
-			d := one(t, "Deployment", r.deployments)
-			cm := settingsConfigMap(t, r, d)
-			checkDeployment(t, d, cm, settings)
-			checkConfigMap(t, cm, settings, o.knotURL)
-			checkService(t, r, d)
-			checkNetworkPolicy(t, one(t, "NetworkPolicy", r.netpols), d)
-			checkDisruptionBudget(t, one(t, "PodDisruptionBudget", r.pdbs), d)
-			checkRulesAndDashboard(t, r)
-			if got := *d.Spec.Replicas; got != o.replicas {
-				t.Errorf("replicas %d, want %d", got, o.replicas)
+			checkOverlay(t, r, o, settings)
+			// The Ingress is the operator's choice (components/api-ingress), never the default.
+			if len(r.ingresses) != 0 {
+				t.Errorf("%d Ingress objects rendered: the api port is exposed only by components/api-ingress, when an overlay turns it on", len(r.ingresses))
 			}
 		})
+	}
+}
+
+// checkOverlay checks what every rendering of an overlay promises.
+func checkOverlay(t *testing.T, r *rendered, o overlay, settings map[string]bool) {
+	t.Helper()
+	if t.Failed() {
+		t.FailNow()
+	}
+	checkObjects(t, r, o.namespace)
+	d := one(t, "Deployment", r.deployments)
+	cm := settingsConfigMap(t, r, d)
+	checkDeployment(t, d, cm, settings)
+	checkConfigMap(t, cm, settings, o.knotURL)
+	checkService(t, r, d)
+	checkNetworkPolicy(t, one(t, "NetworkPolicy", r.netpols), d)
+	checkDisruptionBudget(t, one(t, "PodDisruptionBudget", r.pdbs), d)
+	checkRulesAndDashboard(t, r)
+	if got := *d.Spec.Replicas; got != o.replicas {
+		t.Errorf("replicas %d, want %d", got, o.replicas)
 	}
 }
 
@@ -243,6 +273,9 @@ func checkObjects(t *testing.T, r *rendered, namespace string) {
 		all = append(all, s)
 	}
 	for _, s := range r.netpols {
+		all = append(all, s)
+	}
+	for _, s := range r.ingresses {
 		all = append(all, s)
 	}
 	for _, s := range r.serviceMonitors {

@@ -183,7 +183,8 @@ func TestAlertRulesAreComplete(t *testing.T) {
 	}
 	for _, want := range []string{"ErasureRequestsOverdue", "ErasureRequestsDueSoon", "ErasureOldestPendingAgeGrowing",
 		"ErasureWorkerPaused", "ErasureRequestsFailing", "ErasureKnotServerErrors", "ErasureKnotRateLimited",
-		"ErasureWorkerDown", "ErasureQueueNotDraining"} {
+		"ErasureWorkerDown", "ErasureQueueNotDraining",
+		"ErasureReportsUndelivered", "ErasureReportsPaused", "ErasureReportsFailed"} {
 		if !seen[want] {
 			t.Errorf("alert %s is missing", want)
 		}
