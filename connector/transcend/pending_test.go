@@ -207,7 +207,7 @@ func TestPendingPageFailures(t *testing.T) {
 	}{
 		{"401", serveBody(401, `{"message":"Unauthorized"}`), connector.Unauthorized, 401, 0, "TRANSCEND_API_KEY"},
 		{"429 with Retry-After", serveBody(429, `{}`, "Retry-After", "7"), connector.RateLimited, 429, 7 * time.Second, "429"},
-		{"500", serveBody(500, `{"message":"` + testIdentifier + `"}`), connector.Retry, 500, 0, "500"},
+		{"500", serveBody(500, `{"message":"`+testIdentifier+`"}`), connector.Retry, 500, 0, "500"},
 		{"503 with Retry-After", serveBody(503, ``, "Retry-After", "2"), connector.Retry, 503, 2 * time.Second, "503"},
 		{"404", serveBody(404, `{}`), connector.Rejected, 404, 0, "404"},
 		{"400", serveBody(400, `{}`), connector.Rejected, 400, 0, "400"},
