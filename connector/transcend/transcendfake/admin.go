@@ -21,8 +21,8 @@ const maxGenerated = 1_000_000
 //	GET  /_fake/faults  Faults as JSON
 //	PUT  /_fake/faults  replace all faults; "outage_for":"30s" in a door sets its outage_until
 //	POST /_fake/reset   forget every item, clear stats, keep faults
-//	POST /_fake/items   {"count":N,"prefix":"p","days_until_overdue":30,"type":"userId"}: add N
-//	                    pending items p-000001, …; answers {"added":N,"pending":M}
+//	POST /_fake/items   {"count":N,"prefix":"p","days_until_overdue":30}: add N pending items
+//	                    p-000001, …; answers {"added":N,"pending":M}
 //	GET  /_fake/items   every item with its state and reports
 func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 	route := map[string]string{
@@ -58,7 +58,7 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusBadRequest, message(err.Error()))
 			return
 		}
-		added := s.generate(req.Count, req.Prefix, req.Type, *req.DaysUntilOverdue)
+		added := s.Generate(req.Count, req.Prefix, *req.DaysUntilOverdue)
 		writeJSON(w, http.StatusOK, map[string]int64{"added": int64(len(added)), "pending": s.Stats().ItemsPending})
 	case "GET /_fake/items":
 		writeJSON(w, http.StatusOK, s.itemViews())
@@ -122,7 +122,6 @@ func (s *Server) decodeFaults(body io.Reader) (Faults, error) {
 type generateRequest struct {
 	Count            int      `json:"count"`
 	Prefix           string   `json:"prefix"`
-	Type             string   `json:"type"`
 	DaysUntilOverdue *float64 `json:"days_until_overdue"`
 }
 
@@ -143,8 +142,6 @@ func decodeGenerate(body io.Reader) (generateRequest, error) {
 		return req, fmt.Errorf("items: count must be between 1 and %d, got %d", maxGenerated, req.Count)
 	case len(req.Prefix) > 64 || strings.ContainsFunc(req.Prefix, isControl):
 		return req, errors.New("items: prefix must be at most 64 bytes without control characters")
-	case len(req.Type) > 64 || strings.ContainsFunc(req.Type, isControl):
-		return req, errors.New("items: type must be at most 64 bytes without control characters")
 	case *req.DaysUntilOverdue < -36500 || *req.DaysUntilOverdue > 36500:
 		return req, errors.New("items: days_until_overdue must be within 36500 days either way")
 	}

@@ -166,14 +166,15 @@ func (s *Server) Add(items ...Item) []Item {
 	return out
 }
 
-// generate adds count items with identifiers prefix-000001, … (numbering continues across
-// calls) due in daysUntilOverdue days.
-func (s *Server) generate(count int, prefix, typ string, daysUntilOverdue float64) []Item {
+// Generate adds count items with identifiers prefix-000001, … (the number is shared with Add's
+// generated identifiers and goes on across calls, so identifiers never repeat), due in
+// daysUntilOverdue days, and returns them.
+func (s *Server) Generate(count int, prefix string, daysUntilOverdue float64) []Item {
 	items := make([]Item, count)
 	s.mu.Lock()
 	for i := range items {
 		s.seq++
-		items[i] = Item{Identifier: fmt.Sprintf("%s-%06d", prefix, s.seq), Type: typ, DaysUntilOverdue: daysUntilOverdue}
+		items[i] = Item{Identifier: fmt.Sprintf("%s-%06d", prefix, s.seq), DaysUntilOverdue: daysUntilOverdue}
 	}
 	s.mu.Unlock()
 	return s.Add(items...)
