@@ -1,0 +1,267 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// syncBuffer collects stderr written by the server goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+const (
+	testKey    = "tk-SECRET-7781"
+	testSombra = "sk-SECRET-d41d"
+	testSilo   = "9d5a7a41-f102-435c-b80d-38c2b378ecac"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+type testBundle struct {
+	base   string
+	stderr *syncBuffer
+	done   chan int
+}
+
+// start runs the binary in-process and returns the URL it printed.
+func start(t *testing.T, runFn func(stdout io.Writer, stderr io.Writer) int) *testBundle {
+	t.Helper()
+	pr, pw := io.Pipe()
+	b := &testBundle{stderr: &syncBuffer{}, done: make(chan int, 1)}
+	go func() {
+		code := runFn(pw, b.stderr)
+		pw.Close()
+		b.done <- code
+	}()
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading the listening line: %v; stderr:\n%s", err, b.stderr)
+	}
+	const prefix = "transcendfake listening on "
+	if !strings.HasPrefix(line, prefix+"http://127.0.0.1:") {
+		t.Fatalf("first line = %q", line)
+	}
+	go io.Copy(io.Discard, pr) // nothing more is expected, but never block the server
+	b.base = strings.TrimSpace(strings.TrimPrefix(line, prefix))
+	return b
+}
+
+func (b *testBundle) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case code := <-b.done:
+		return code
+	case <-time.After(15 * time.Second):
+		t.Fatal("transcendfake did not stop")
+		return -1
+	}
+}
+
+func (b *testBundle) do(t *testing.T, method, path, body string, header map[string]string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, b.base+path, strings.NewReader(body))
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	rb, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(rb)
+}
+
+func TestServeSeedsPullsReportsAndStops(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b := start(t, func(stdout, stderr io.Writer) int {
+		return serve(ctx, []string{"-addr", "127.0.0.1:0", "-items", "3", "-items-prefix", "acct", "-data-silo-id", testSilo},
+			env(map[string]string{"TRANSCEND_FAKE_API_KEY": testKey, "TRANSCEND_FAKE_SOMBRA_KEY": testSombra}), stdout, stderr)
+	})
+	auth := map[string]string{"Authorization": "Bearer " + testKey, "X-Sombra-Authorization": "Bearer " + testSombra}
+
+	code, body := b.do(t, "GET", "/v1/data-silo/"+testSilo+"/pending-requests/ERASURE?limit=2", "", auth)
+	var page struct {
+		Items []struct{ Identifier, Nonce, RequestID string }
+	}
+	if err := json.Unmarshal([]byte(body), &page); code != 200 || err != nil || len(page.Items) != 2 || page.Items[0].Identifier != "acct-000001" {
+		t.Fatalf("pull: %d %s", code, body)
+	}
+	if code, _ := b.do(t, "GET", "/v1/data-silo/"+testSilo+"/pending-requests/ERASURE", "", map[string]string{"Authorization": "Bearer " + testKey}); code != 401 {
+		t.Errorf("a pull without the Sombra key: %d, want 401", code)
+	}
+
+	put := map[string]string{"Authorization": auth["Authorization"], "X-Sombra-Authorization": auth["X-Sombra-Authorization"],
+		"X-Transcend-Nonce": page.Items[0].Nonce, "Content-Type": "application/json"}
+	report := `{"profiles":[{"profileId":"acct-000001"}],"profileStatus":"SKIPPED"}`
+	if code, body := b.do(t, "PUT", "/v1/data-silo", report, put); code != 200 {
+		t.Fatalf("report: %d %s", code, body)
+	}
+	if code, _ := b.do(t, "PUT", "/v1/data-silo", report, put); code != 409 {
+		t.Errorf("second report: %d, want 409", code)
+	}
+
+	_, body = b.do(t, "GET", "/_fake/stats", "", nil)
+	var st struct {
+		Pulls                  int64            `json:"pulls"`
+		ItemsPending           int64            `json:"items_pending"`
+		ReportsByProfileStatus map[string]int64 `json:"reports_by_profile_status"`
+		DuplicateReports       int64            `json:"duplicate_reports"`
+		BadCredentials         int64            `json:"bad_credentials"`
+	}
+	json.Unmarshal([]byte(body), &st)
+	if st.Pulls != 1 || st.ItemsPending != 2 || st.ReportsByProfileStatus["SKIPPED"] != 1 || st.DuplicateReports != 1 || st.BadCredentials != 1 {
+		t.Errorf("stats = %s", body)
+	}
+
+	cancel()
+	if code := b.wait(t); code != 0 {
+		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.stderr)
+	}
+	logs := b.stderr.String()
+	for _, s := range []string{testKey, testSombra, "SECRET", "acct-000001", page.Items[0].Nonce, page.Items[1].Nonce} {
+		if strings.Contains(logs, s) {
+			t.Errorf("logs contain %q:\n%s", s, logs)
+		}
+	}
+	if !strings.Contains(logs, "stopped") || !strings.Contains(logs, "reports=1") {
+		t.Errorf("no stop log with the counts:\n%s", logs)
+	}
+}
+
+// TestRunStopsOnSIGTERM goes through run, the real signal path. A hung report is in flight:
+// shutdown must release it rather than wait for the client.
+func TestRunStopsOnSIGTERM(t *testing.T) {
+	b := start(t, func(stdout, stderr io.Writer) int {
+		return run([]string{"-addr", "127.0.0.1:0", "-items", "1", "-report-hang-rate", "1"},
+			env(map[string]string{"TRANSCEND_FAKE_API_KEY": testKey, "TRANSCEND_FAKE_DATA_SILO_ID": testSilo}), stdout, stderr)
+	})
+	_, body := b.do(t, "GET", "/_fake/items", "", nil)
+	var items []struct{ Nonce string }
+	if json.Unmarshal([]byte(body), &items) != nil || len(items) != 1 {
+		t.Fatalf("items: %s", body)
+	}
+	hung := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequest("PUT", b.base+"/v1/data-silo", strings.NewReader(`{}`))
+		req.Header.Set("Authorization", "Bearer "+testKey)
+		req.Header.Set("X-Transcend-Nonce", items[0].Nonce)
+		resp, err := http.DefaultClient.Do(req) // no timeout: only the server can end it
+		if err == nil {
+			resp.Body.Close()
+		}
+		hung <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		_, body := b.do(t, "GET", "/_fake/stats", "", nil)
+		var st struct {
+			Faulted map[string]int64 `json:"faulted"`
+		}
+		json.Unmarshal([]byte(body), &st)
+		if st.Faulted["report_hang"] == 1 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	p, _ := os.FindProcess(os.Getpid())
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("cannot signal self: %v", err)
+	}
+	if code := b.wait(t); code != 0 {
+		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.stderr)
+	}
+	select {
+	case <-hung:
+	case <-time.After(5 * time.Second):
+		t.Error("hung report still open after shutdown")
+	}
+}
+
+func TestFlagErrors(t *testing.T) {
+	t.Parallel()
+	full := map[string]string{"TRANSCEND_FAKE_API_KEY": testKey, "TRANSCEND_FAKE_DATA_SILO_ID": testSilo}
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantErr string
+	}{
+		{"no api key", []string{"-data-silo-id", testSilo}, nil, "-api-key (or TRANSCEND_FAKE_API_KEY) is required"},
+		{"no data silo", []string{}, map[string]string{"TRANSCEND_FAKE_API_KEY": testKey}, "-data-silo-id (or TRANSCEND_FAKE_DATA_SILO_ID) is required"},
+		{"negative items", []string{"-items", "-1"}, full, "-items must be between 0 and"},
+		{"too many items", []string{"-items", "2000000"}, full, "-items must be between 0 and"},
+		{"control in prefix", []string{"-items-prefix", "a\nb"}, full, "-items-prefix must be 1 to 64 bytes"},
+		{"deadline out of range", []string{"-days-until-overdue", "1e9"}, full, "-days-until-overdue must be within"},
+		{"rate out of range", []string{"-pull-error-rate", "1.5"}, full, "pull.error_rate must be between 0 and 1"},
+		{"rates of a door above 1", []string{"-report-error-rate", "0.7", "-report-conflict-rate", "0.7"}, full, "report: fault rates add up to"},
+		{"negative outage", []string{"-report-outage", "-1s"}, full, "-report-outage must not be negative"},
+		{"bad duration", []string{"-latency", "fast"}, full, "invalid value"},
+		{"unknown flag", []string{"-nope"}, full, "flag provided but not defined"},
+		{"stray argument", []string{"serve"}, full, "unexpected arguments"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var stdout, stderr strings.Builder
+			code := serve(context.Background(), append([]string{"-addr", "127.0.0.1:0"}, tt.args...), env(tt.env), &stdout, &stderr)
+			if code != 2 {
+				t.Errorf("exit code %d, want 2", code)
+			}
+			if !strings.Contains(stderr.String(), tt.wantErr) {
+				t.Errorf("stderr = %q, want it to mention %q", stderr.String(), tt.wantErr)
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("stdout = %q, want nothing", stdout.String())
+			}
+			if strings.Contains(stderr.String(), testKey) {
+				t.Errorf("stderr leaks the key")
+			}
+		})
+	}
+}
+
+func TestHelpShowsNoKey(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr strings.Builder
+	code := serve(context.Background(), []string{"-h"}, env(map[string]string{"TRANSCEND_FAKE_API_KEY": testKey, "TRANSCEND_FAKE_SOMBRA_KEY": testSombra}), &stdout, &stderr)
+	if code != 0 || !strings.Contains(stderr.String(), "-api-key") || strings.Contains(stderr.String(), "SECRET") {
+		t.Errorf("code %d, usage %q", code, stderr.String())
+	}
+}
+
+func TestListenFailure(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr strings.Builder
+	code := serve(context.Background(), []string{"-addr", "256.0.0.1:1", "-api-key", "k", "-data-silo-id", "s"}, env(nil), &stdout, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "listen failed") {
+		t.Errorf("code %d, stderr %q", code, stderr.String())
+	}
+}

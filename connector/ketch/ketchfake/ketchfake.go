@@ -1,0 +1,669 @@
+// Package ketchfake is a stand-in for Ketch, as knotfake is for Knot. It plays both of Ketch's
+// parts in the Ketch Forwarder protocol (repository ketch-com/ketch-forwarder, api/dsr/v1):
+//
+//   - it sends DeleteRequests as Ketch would (DeleteRequest, Push), each naming callbacks below
+//     the fake's own URL with a fresh credential per request and callback, and records the
+//     synchronous DeleteResponse it gets back;
+//   - it serves those callbacks (POST /callbacks/{name}): it checks the callback's credential,
+//     validates each DeleteStatusEvent against the spec, and counts events per request, so a
+//     test can tell that every callback got exactly one final event and none after it.
+//
+// It injects faults on the callbacks (5xx, 429, 401, 409, hangs, outages) and serves admin
+// endpoints under /_fake/ (stats, faults, reset, push, requests). They have no authentication:
+// the fake is meant for loopback and test networks only.
+//
+// The package knows nothing of package ketch on purpose: it reads the wire format on its own, so
+// a misreading of the spec in one does not hide in the other.
+package ketchfake
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"maps"
+	"math"
+	randv2 "math/rand/v2"
+	"mime"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Options configures a Server.
+type Options struct {
+	// CallbackBaseURL is the fake's own URL as the forwarder reaches it ("http://127.0.0.1:8081");
+	// the callbacks of the requests it builds are CallbackBaseURL + "/callbacks/{name}".
+	// SetCallbackBaseURL sets it later (httptest gives the URL only once the server runs).
+	CallbackBaseURL string
+	// IdentitySpace is the space of the identity that carries the Knot id; default "account_id".
+	IdentitySpace string
+	// Tenant is the metadata.tenant of every request; default "ketchfake".
+	Tenant string
+	// CallbacksPerRequest is how many callbacks each request names (default 2, at most 16). The first is
+	// called with "Authorization: Bearer cb-…", the others with "X-Ketch-Callback-Token: cb-…":
+	// each value is new per request and callback.
+	CallbacksPerRequest int
+	// Faults are the callback faults injected from the start.
+	Faults Faults
+	// Now is the clock for timestamps, outages and Retry-After bookkeeping; nil means time.Now.
+	Now func() time.Time
+	// Client sends pushed requests; nil means a client with a 30 s timeout.
+	Client *http.Client
+}
+
+// Server is the fake. It implements http.Handler and is safe for concurrent use.
+type Server struct {
+	space, tenant string
+	perRequest    int
+	now           func() time.Time
+	client        *http.Client
+
+	mu     sync.Mutex
+	base   string
+	faults Faults
+	reqs   map[string]*request
+	// tokens maps a callback credential to its request and callback.
+	tokens map[string]callbackRef
+	st     counters
+}
+
+type callbackRef struct {
+	uid   string
+	index int
+}
+
+// request is what the fake remembers of a DeleteRequest it built.
+type request struct {
+	uid, identityValue string
+	subject            Subject
+	callbacks          []*callback
+	response           *Response
+}
+
+// callback is one callback of one request, and what it received.
+type callback struct {
+	name, url      string
+	header, value  string // the credential: the header's name and its whole value
+	events, finals int64
+	afterFinal     int64
+	pairs          map[string]int64
+	notBefore      time.Time
+}
+
+type counters struct {
+	pushed             int64
+	responses          map[string]int64
+	malformedResponses int64
+	callbacks          int64
+	events             int64
+	eventsByPair       map[string]int64
+	finals             int64
+	duplicateFinals    int64
+	afterFinal         int64
+	badCredentials     int64
+	faulted            map[string]int64
+	earlyRetries       int64
+	malformed          int64
+	malformedByField   map[string]int64
+	firstEvent         time.Time
+	lastEvent          time.Time
+	firstPush          time.Time
+	lastPush           time.Time
+}
+
+func newCounters() counters {
+	return counters{responses: map[string]int64{}, eventsByPair: map[string]int64{},
+		faulted: map[string]int64{}, malformedByField: map[string]int64{}}
+}
+
+// New returns a fake Ketch.
+func New(opts Options) *Server {
+	s := &Server{
+		space:      opts.IdentitySpace,
+		tenant:     opts.Tenant,
+		perRequest: opts.CallbacksPerRequest,
+		now:        opts.Now,
+		client:     opts.Client,
+		base:       strings.TrimRight(opts.CallbackBaseURL, "/"),
+		faults:     opts.Faults,
+		reqs:       map[string]*request{},
+		tokens:     map[string]callbackRef{},
+		st:         newCounters(),
+	}
+	if s.space == "" {
+		s.space = "account_id"
+	}
+	if s.tenant == "" {
+		s.tenant = "ketchfake"
+	}
+	if s.perRequest <= 0 {
+		s.perRequest = 2
+	}
+	s.perRequest = min(s.perRequest, maxCallbacksPerRequest)
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.client == nil {
+		s.client = &http.Client{Timeout: 30 * time.Second}
+	}
+	return s
+}
+
+// SetCallbackBaseURL sets the URL the callbacks of requests built from now on point below.
+func (s *Server) SetCallbackBaseURL(base string) {
+	s.mu.Lock()
+	s.base = strings.TrimRight(base, "/")
+	s.mu.Unlock()
+}
+
+// SetFaults replaces all faults.
+func (s *Server) SetFaults(f Faults) {
+	s.mu.Lock()
+	s.faults = f
+	s.mu.Unlock()
+}
+
+// Faults returns the faults in force.
+func (s *Server) Faults() Faults {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.faults
+}
+
+// Reset forgets every request (their callbacks' credentials with them) and clears the stats;
+// faults stay.
+func (s *Server) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reqs = map[string]*request{}
+	s.tokens = map[string]callbackRef{}
+	s.st = newCounters()
+}
+
+// ServeHTTP serves the callbacks (POST /callbacks/{name}) and the unauthenticated /_fake/ admin
+// endpoints.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case strings.HasPrefix(r.URL.Path, callbackPath):
+		s.serveCallback(w, r, strings.TrimPrefix(r.URL.Path, callbackPath))
+	case strings.HasPrefix(r.URL.Path, adminPath):
+		s.serveAdmin(w, r)
+	default:
+		writeError(w, http.StatusNotFound, "not_found", "Not found", nil)
+	}
+}
+
+const (
+	// maxCallbacksPerRequest caps Options.CallbacksPerRequest at what package ketch accepts.
+	maxCallbacksPerRequest = 16
+	callbackPath           = "/callbacks/"
+	adminPath              = "/_fake/"
+	// maxEventBody bounds a callback body: Ketch limits the data of all callbacks to 1 MB.
+	maxEventBody = 1 << 20
+)
+
+// callbackName is the path name of callback i, and callbackHeader the header its credential
+// travels in.
+func callbackName(i int) string { return "cb" + strconv.Itoa(i+1) }
+
+func callbackHeader(i int) string {
+	if i == 0 {
+		return "Authorization"
+	}
+	return "X-Ketch-Callback-Token"
+}
+
+func callbackIndex(name string) (int, bool) {
+	n, err := strconv.Atoi(strings.TrimPrefix(name, "cb"))
+	if !strings.HasPrefix(name, "cb") || err != nil || n < 1 || n > maxCallbacksPerRequest || callbackName(n-1) != name {
+		return 0, false
+	}
+	return n - 1, true
+}
+
+// Ketch's answers: the reference callback receiver answers 204 to an accepted event and an Error
+// (api/runtime/v1/Error.md) otherwise.
+type ketchError struct {
+	APIVersion string    `json:"apiVersion"`
+	Kind       string    `json:"kind"`
+	Metadata   *metadata `json:"metadata,omitempty"`
+	Error      errorBody `json:"error"`
+}
+
+type errorBody struct {
+	Code    int    `json:"code"`
+	Status  string `json:"status"`
+	Message string `json:"message"`
+}
+
+type metadata struct {
+	UID    string `json:"uid"`
+	Tenant string `json:"tenant"`
+}
+
+func writeError(w http.ResponseWriter, code int, status, message string, md *metadata) {
+	writeJSON(w, code, ketchError{APIVersion: "dsr/v1", Kind: "Error", Metadata: md,
+		Error: errorBody{Code: code, Status: status, Message: message}})
+}
+
+func writeJSON(w http.ResponseWriter, status int, body any) {
+	b, err := json.Marshal(body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// span widens [first, last] to hold t; concurrent calls take the lock out of order.
+func span(first, last, t time.Time) (time.Time, time.Time) {
+	if first.IsZero() || t.Before(first) {
+		first = t
+	}
+	if t.After(last) {
+		last = t
+	}
+	return first, last
+}
+
+func (s *Server) count(f func(*counters)) {
+	s.mu.Lock()
+	f(&s.st)
+	s.mu.Unlock()
+}
+
+func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request, name string) {
+	arrived := s.now()
+	s.count(func(c *counters) {
+		c.callbacks++
+		c.firstEvent, c.lastEvent = span(c.firstEvent, c.lastEvent, arrived)
+	})
+	index, known := callbackIndex(name)
+	if !known {
+		writeError(w, http.StatusNotFound, "not_found", "no such callback", nil)
+		return
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeError(w, http.StatusMethodNotAllowed, "invalid", "callbacks take POST", nil)
+		return
+	}
+	body, bodyErr := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxEventBody))
+
+	s.mu.Lock()
+	f := s.faults
+	ref, tokenKnown := s.lookup(r.Header.Get(callbackHeader(index)))
+	authorized := tokenKnown && ref.index == index
+	if authorized {
+		if cb := s.reqs[ref.uid].callbacks[index]; !cb.notBefore.IsZero() {
+			if arrived.Before(cb.notBefore) {
+				s.st.earlyRetries++
+			} else {
+				cb.notBefore = time.Time{}
+			}
+		}
+	}
+	s.mu.Unlock()
+
+	if !sleep(r, f.latency()) {
+		return
+	}
+	now := s.now()
+	switch {
+	case now.Before(f.OutageUntil):
+		s.fault(w, "outage", http.StatusServiceUnavailable, "unavailable", "service is unavailable")
+		return
+	case f.RejectCredentials:
+		s.fault(w, "reject_credentials", http.StatusUnauthorized, "forbidden", "operation is not authorized")
+		return
+	case !authorized:
+		s.count(func(c *counters) { c.badCredentials++ })
+		writeError(w, http.StatusUnauthorized, "forbidden", "operation is not authorized", nil)
+		return
+	}
+
+	switch kind := f.roll(randv2.Float64()); kind {
+	case "hang":
+		s.count(func(c *counters) { c.faulted[kind]++ })
+		<-r.Context().Done()
+		return
+	case "rate_limit":
+		wait := f.retryAfterSeconds()
+		s.mu.Lock()
+		if rq := s.reqs[ref.uid]; rq != nil {
+			rq.callbacks[index].notBefore = now.Add(time.Duration(wait) * time.Second)
+		}
+		s.mu.Unlock()
+		w.Header().Set("Retry-After", strconv.FormatInt(wait, 10))
+		s.fault(w, kind, http.StatusTooManyRequests, "unavailable", "too many requests")
+		return
+	case "error":
+		s.fault(w, kind, http.StatusInternalServerError, "internal", "internal error")
+		return
+	case "conflict":
+		s.fault(w, kind, http.StatusConflict, "conflict", "action cannot be performed")
+		return
+	}
+
+	ev, field, reason := parseEvent(r.Header, body, bodyErr)
+	if field == "" && ev.Metadata.UID != ref.uid {
+		s.mu.Lock()
+		_, otherKnown := s.reqs[ev.Metadata.UID]
+		s.mu.Unlock()
+		if otherKnown {
+			// Another request's event with this request's credential: the forwarder mixed up
+			// whose headers go where.
+			s.count(func(c *counters) { c.badCredentials++ })
+			writeError(w, http.StatusUnauthorized, "forbidden", "operation is not authorized", nil)
+			return
+		}
+		field, reason = "metadata.uid", "not a request Ketch sent"
+	}
+	if field == "" && ev.Metadata.Tenant != s.tenant {
+		field, reason = "metadata.tenant", "not the request's tenant"
+	}
+	if field != "" {
+		s.count(func(c *counters) { c.malformed++; c.malformedByField[field]++ })
+		writeError(w, http.StatusBadRequest, "invalid", field+": "+reason, nil)
+		return
+	}
+
+	pair := pairKey(ev.Event.Status, ev.Event.Reason)
+	final := finalStatus(ev.Event.Status)
+	s.mu.Lock()
+	rq := s.reqs[ref.uid]
+	if rq == nil { // reset while this event was in flight: its credential is gone
+		s.st.badCredentials++
+		s.mu.Unlock()
+		writeError(w, http.StatusUnauthorized, "forbidden", "operation is not authorized", nil)
+		return
+	}
+	cb := rq.callbacks[index]
+	closed := cb.finals > 0 || (rq.response != nil && finalStatus(rq.response.Status))
+	cb.events++
+	cb.pairs[pair]++
+	s.st.events++
+	s.st.eventsByPair[pair]++
+	if closed {
+		cb.afterFinal++
+		s.st.afterFinal++
+	}
+	if final {
+		cb.finals++
+		s.st.finals++
+		if cb.finals > 1 {
+			s.st.duplicateFinals++
+		}
+	}
+	reject := closed && f.RejectAfterFinal
+	if reject {
+		s.st.faulted["reject_after_final"]++
+	}
+	s.mu.Unlock()
+
+	if reject {
+		writeError(w, http.StatusConflict, "conflict", "the request is closed", &ev.Metadata)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// lookup finds the callback a credential belongs to, comparing in constant time so that the fake
+// does not teach timing habits. Callers hold s.mu.
+func (s *Server) lookup(value string) (callbackRef, bool) {
+	if value == "" {
+		return callbackRef{}, false
+	}
+	ref, ok := s.tokens[value]
+	if !ok {
+		return callbackRef{}, false
+	}
+	cb := s.reqs[ref.uid].callbacks[ref.index]
+	return ref, subtle.ConstantTimeCompare([]byte(value), []byte(cb.value)) == 1
+}
+
+func (s *Server) fault(w http.ResponseWriter, kind string, code int, status, message string) {
+	s.count(func(c *counters) { c.faulted[kind]++ })
+	writeError(w, code, status, message, nil)
+}
+
+// sleep waits d, or until the client goes away (then it returns false).
+func sleep(r *http.Request, d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
+}
+
+// statusEvent is a DeleteStatusEvent as the fake reads it.
+type statusEvent struct {
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Metadata   metadata `json:"metadata"`
+	Event      struct {
+		Status   string `json:"status"`
+		Reason   string `json:"reason"`
+		Expected any    `json:"expectedCompletionTimestamp"`
+		ID       any    `json:"requestID"`
+	} `json:"event"`
+}
+
+// parseEvent checks a DeleteStatusEvent against Delete.md and Status.md; it returns the field at
+// fault and why, or "" for a valid event.
+func parseEvent(h http.Header, body []byte, readErr error) (statusEvent, string, string) {
+	var ev statusEvent
+	if mt, _, err := mime.ParseMediaType(h.Get("Content-Type")); err != nil || mt != "application/json" {
+		return ev, "Content-Type", "must be application/json"
+	}
+	if a := h.Get("Accept"); a != "" && !strings.Contains(a, "application/json") && !strings.Contains(a, "*/*") {
+		return ev, "Accept", "must accept application/json"
+	}
+	if readErr != nil {
+		return ev, "body", "unreadable or larger than 1 MiB"
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(body, &top); err != nil || top == nil {
+		return ev, "body", "not a JSON object"
+	}
+	// Keys must match exactly: encoding/json would fold "Kind" into "kind".
+	for _, k := range []string{"apiVersion", "kind", "metadata", "event"} {
+		if _, ok := top[k]; !ok {
+			return ev, k, "missing"
+		}
+	}
+	if err := json.Unmarshal(body, &ev); err != nil {
+		return ev, "body", "a field has the wrong type"
+	}
+	switch {
+	case ev.APIVersion != "dsr/v1":
+		return ev, "apiVersion", `must be "dsr/v1"`
+	case ev.Kind != "DeleteStatusEvent":
+		return ev, "kind", `must be "DeleteStatusEvent"`
+	case ev.Metadata.UID == "":
+		return ev, "metadata.uid", "missing"
+	case !validStatus(ev.Event.Status):
+		return ev, "event.status", "not a status of Status.md"
+	case !validPair(ev.Event.Status, ev.Event.Reason):
+		return ev, "event.reason", "not a reason Status.md gives this status"
+	}
+	if ev.Event.Expected != nil {
+		if n, ok := ev.Event.Expected.(float64); !ok || n < 0 || n != math.Trunc(n) {
+			return ev, "event.expectedCompletionTimestamp", "not Unix seconds"
+		}
+	}
+	if ev.Event.ID != nil {
+		if _, ok := ev.Event.ID.(string); !ok {
+			return ev, "event.requestID", "not a string"
+		}
+	}
+	return ev, "", ""
+}
+
+// Status.md, read on its own (see package doc). "other" is in the enum and the examples.
+var reasonsFor = map[string][]string{
+	"pending":   {"need_user_verification", "pending"},
+	"completed": {"requested", "no_match", "insufficient_identification", "executed", "executed_direct_subject_delivery"},
+	"denied": {"no_match", "insufficient_identification", "insufficient_verification", "claim_not_covered",
+		"outside_jurisdiction", "too_many_requests", "suspected_fraud", "invalid_credentials",
+		"insufficient_permission", "internal_app_error", "sla_expiry"},
+}
+
+func validStatus(s string) bool {
+	switch s {
+	case "unknown", "pending", "in_progress", "completed", "cancelled", "denied":
+		return true
+	}
+	return false
+}
+
+func validPair(status, reason string) bool {
+	if !validStatus(status) {
+		return false
+	}
+	return reason == "" || reason == "unknown" || reason == "other" || slices.Contains(reasonsFor[status], reason)
+}
+
+func finalStatus(s string) bool { return s == "completed" || s == "cancelled" || s == "denied" }
+
+// pairKey names a status and reason in the stats: "completed/executed", or the status alone
+// when no reason was given.
+func pairKey(status, reason string) string {
+	if reason == "" {
+		return status
+	}
+	return status + "/" + reason
+}
+
+// newUUID returns a random UUIDv4, as metadata.uid is (Metadata.md).
+func newUUID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+func newToken() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return "cb-" + hex.EncodeToString(b[:])
+}
+
+// Stats is what the fake saw. All counts are since New or the last Reset.
+type Stats struct {
+	// RequestsPushed counts DeleteRequests Push sent.
+	RequestsPushed int64 `json:"requests_pushed"`
+	// Responses counts the forwarder's answers to pushed requests: a valid DeleteResponse by
+	// "status/reason" (the status alone when it gave no reason), anything else as "http_<code>"
+	// (with a valid Ketch Error) or "no_answer".
+	Responses map[string]int64 `json:"responses"`
+	// MalformedResponses counts answers that broke the spec: a 200 that is no valid
+	// DeleteResponse for the request, or another status without a valid Ketch Error.
+	MalformedResponses int64 `json:"malformed_responses"`
+	// Callbacks counts every request to /callbacks/.
+	Callbacks int64 `json:"callbacks"`
+	// Events counts valid DeleteStatusEvents taken, EventsByPair by "status/reason".
+	Events       int64            `json:"events"`
+	EventsByPair map[string]int64 `json:"events_by_pair"`
+	// FinalEvents counts events with a final status (completed, cancelled, denied).
+	FinalEvents int64 `json:"final_events"`
+	// DuplicateFinals counts final events beyond the first at the same callback of a request.
+	DuplicateFinals int64 `json:"duplicate_finals"`
+	// EventsAfterFinal counts events, final or not, at a callback that already had a final
+	// event or whose request was answered with a final status: Ketch accepts none of them.
+	EventsAfterFinal int64 `json:"events_after_final"`
+	// Per request the fake built: UIDsAnsweredFinal were closed by their DeleteResponse (denied,
+	// say) and expect no event; UIDsRefused were answered with an error status and expect none
+	// either. Of the others (answered in_progress, not answered, or not pushed by the fake):
+	// UIDsOneFinal have exactly one final event at every callback, UIDsMultipleFinals more than
+	// one at some callback, UIDsAwaitingFinal none yet at some callback.
+	UIDsAnsweredFinal  int64 `json:"uids_answered_final"`
+	UIDsRefused        int64 `json:"uids_refused"`
+	UIDsOneFinal       int64 `json:"uids_one_final"`
+	UIDsMultipleFinals int64 `json:"uids_multiple_finals"`
+	UIDsAwaitingFinal  int64 `json:"uids_awaiting_final"`
+	// BadCredentials counts 401s for a missing or wrong callback credential (not the
+	// RejectCredentials fault), including another request's credential.
+	BadCredentials int64 `json:"bad_credentials"`
+	// Faulted counts injected faults by kind: "error", "rate_limit", "conflict", "hang",
+	// "outage", "reject_credentials", "reject_after_final".
+	Faulted map[string]int64 `json:"faulted"`
+	// EarlyRetries counts events at a callback told Retry-After that came back before that time.
+	EarlyRetries int64 `json:"early_retries"`
+	// MalformedEvents counts events answered 400, MalformedByField by the field at fault.
+	MalformedEvents  int64            `json:"malformed_events"`
+	MalformedByField map[string]int64 `json:"malformed_by_field"`
+	FirstCallback    time.Time        `json:"first_callback,omitzero"`
+	LastCallback     time.Time        `json:"last_callback,omitzero"`
+	FirstPush        time.Time        `json:"first_push,omitzero"`
+	LastPush         time.Time        `json:"last_push,omitzero"`
+}
+
+// Stats returns a snapshot.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.st
+	st := Stats{
+		RequestsPushed:     c.pushed,
+		Responses:          maps.Clone(c.responses),
+		MalformedResponses: c.malformedResponses,
+		Callbacks:          c.callbacks,
+		Events:             c.events,
+		EventsByPair:       maps.Clone(c.eventsByPair),
+		FinalEvents:        c.finals,
+		DuplicateFinals:    c.duplicateFinals,
+		EventsAfterFinal:   c.afterFinal,
+		BadCredentials:     c.badCredentials,
+		Faulted:            maps.Clone(c.faulted),
+		EarlyRetries:       c.earlyRetries,
+		MalformedEvents:    c.malformed,
+		MalformedByField:   maps.Clone(c.malformedByField),
+		FirstCallback:      c.firstEvent,
+		LastCallback:       c.lastEvent,
+		FirstPush:          c.firstPush,
+		LastPush:           c.lastPush,
+	}
+	for _, rq := range s.reqs {
+		switch {
+		case rq.response != nil && finalStatus(rq.response.Status):
+			st.UIDsAnsweredFinal++
+			continue
+		case rq.response != nil && rq.response.HTTPStatus != 0 && rq.response.HTTPStatus != http.StatusOK:
+			st.UIDsRefused++
+			continue
+		}
+		if len(rq.callbacks) == 0 {
+			continue
+		}
+		one, many := true, false
+		for _, cb := range rq.callbacks {
+			one = one && cb.finals == 1
+			many = many || cb.finals > 1
+		}
+		switch {
+		case many:
+			st.UIDsMultipleFinals++
+		case one:
+			st.UIDsOneFinal++
+		default:
+			st.UIDsAwaitingFinal++
+		}
+	}
+	return st
+}
