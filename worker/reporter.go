@@ -344,6 +344,17 @@ func NewReportMetrics(reg prometheus.Registerer) *ReportMetrics {
 			Help: "1 while the connector's receiver rejects our credentials (401) and this replica has paused its reports, else 0.",
 		}, []string{"connector"}),
 	}
+	// Every series exists from the start, at 0, so that dashboards and alerts see a deployment
+	// without connectors, or one that has not reported yet, as it is.
+	for _, c := range queue.Connectors {
+		m.Pending.WithLabelValues(c)
+		m.Failed.WithLabelValues(c)
+		m.Paused.WithLabelValues(c)
+		for _, r := range []connector.Result{connector.Delivered, connector.Closed, connector.Retry,
+			connector.RateLimited, connector.Unauthorized, connector.Rejected} {
+			m.Delivered.WithLabelValues(c, string(r))
+		}
+	}
 	if reg != nil {
 		reg.MustRegister(m.Pending, m.Failed, m.Delivered, m.OldestPendingAge, m.Paused)
 	}

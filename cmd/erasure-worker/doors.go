@@ -36,13 +36,13 @@ func (d doorsConfig) api() bool          { return d.apiToken != "" }
 func (d doorsConfig) ketch() bool        { return d.ketchValue != "" }
 func (d doorsConfig) webhook() bool      { return d.webhookURL != "" }
 func (d doorsConfig) transcendOn() bool  { return d.transcend.BaseURL != "" }
-func (d doorsConfig) listening() bool    { return d.apiAddr != "" }
+func (d doorsConfig) listening() bool    { return d.apiAddr != "" && (d.api() || d.ketch()) }
 func (d doorsConfig) anyReporting() bool { return d.webhook() || d.ketch() || d.transcendOn() }
 
 // declareDoors declares the doors' settings on s and returns what reads them once s is parsed.
 func declareDoors(s *settingSet) func() doorsConfig {
 	var (
-		apiAddr       = s.add("API_LISTEN_ADDR", "", "address serving the HTTP doors (POST /v1/erasure-requests, GET /v1/erasure-requests/{ref}, POST /v1/ketch), apart from LISTEN_ADDR; off when not set")
+		apiAddr       = s.add("API_LISTEN_ADDR", "", "address serving the HTTP doors (POST /v1/erasure-requests, GET /v1/erasure-requests/{ref}, POST /v1/ketch), apart from LISTEN_ADDR; nothing is served there until API_TOKEN or KETCH_AUTH_VALUE turns a door on")
 		apiToken      = s.secret("API_TOKEN", "bearer token that POST and GET /v1/erasure-requests require; the generic API is off when not set", "file holding API_TOKEN")
 		webhookURL    = s.add("REPORT_WEBHOOK_URL", "", "where the outcomes of requests that came through the HTTP API are sent, as Standard Webhooks messages; none are sent when not set")
 		webhookSecret = s.secret("REPORT_WEBHOOK_SECRET", "whsec_ and base64: the key that signs the outcome webhooks (required with REPORT_WEBHOOK_URL)", "file holding REPORT_WEBHOOK_SECRET")
@@ -70,12 +70,10 @@ func declareDoors(s *settingSet) func() doorsConfig {
 			transcendPoll: s.duration(tPoll),
 		}
 		switch {
-		case d.api() && !d.listening():
+		case d.api() && d.apiAddr == "":
 			s.fail(apiToken, "is set but API_LISTEN_ADDR is not: the HTTP API would not be served")
-		case d.ketch() && !d.listening():
+		case d.ketch() && d.apiAddr == "":
 			s.fail(ketchValue, "is set but API_LISTEN_ADDR is not: Ketch would have nowhere to push")
-		case d.listening() && !d.api() && !d.ketch():
-			s.fail(apiAddr, "is set but no door is: set API_TOKEN for the HTTP API, or KETCH_AUTH_VALUE for Ketch")
 		case d.webhook() && d.webhookSecret == "":
 			s.fail(webhookSecret, "is required with REPORT_WEBHOOK_URL: outcome webhooks are always signed")
 		case d.webhookSecret != "" && !d.webhook():

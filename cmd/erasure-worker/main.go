@@ -42,6 +42,7 @@ var commands = []command{
 	{"enqueue", "add erasure requests from JSON Lines or CSV (a file or standard input)", runEnqueue},
 	{"status", "show counts by status and outcome, the oldest pending request and recent failures", runStatus},
 	{"requeue", "put failed requests back to pending: all, by --ref, by --error-code or by --outcome", runRequeue},
+	{"reports", "reports requeue: send again the reports a privacy request system refused for good", runReports},
 }
 
 // environment is what a command may touch of the outside world, so that tests run the whole

@@ -60,3 +60,39 @@ func (r *refList) Set(v string) error {
 	*r = append(*r, v)
 	return nil
 }
+
+// runReports is `erasure-worker reports requeue [--connector C]`.
+func runReports(ctx context.Context, env *environment, args []string) int {
+	if len(args) == 0 || args[0] != "requeue" {
+		if len(args) > 0 && (args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+			fmt.Fprintln(env.stdout, "Usage: erasure-worker reports requeue [--connector webhook|ketch|transcend]\n\nSends again the reports that a privacy request system refused for good (erasure-worker status lists them).\nSee 'erasure-worker reports requeue --help' for its settings.")
+			return exitOK
+		}
+		env.errorf("reports: the only subcommand is requeue (erasure-worker reports requeue [--connector C])")
+		return exitUsage
+	}
+	s := newSettingSet("reports requeue", env)
+	dbURL := s.requireDatabaseURL()
+	var connector string
+	s.fs.StringVar(&connector, "connector", "", "")
+	s.flagExtra("connector NAME", "requeue only this connector's failed reports: webhook, ketch or transcend (default: all)")
+	if code, ok := parseOnly(s, env, args[1:]); !ok {
+		return code
+	}
+	if connector != "" && connector != queue.ConnectorWebhook && connector != queue.ConnectorKetch && connector != queue.ConnectorTranscend {
+		env.errorf("reports requeue: --connector %q is not one of webhook, ketch, transcend", connector)
+		return exitUsage
+	}
+	q, closeDB, code := connectQueue(ctx, env, s, dbURL)
+	if q == nil {
+		return code
+	}
+	defer closeDB()
+	n, err := q.RequeueReports(ctx, connector)
+	if err != nil {
+		env.errorf("%v", err)
+		return exitFailure
+	}
+	fmt.Fprintf(env.stdout, "requeued %d failed report(s); the reporters send them within a second\n", n)
+	return exitOK
+}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/erasure-worker/erasure-worker/connector/transcend"
 	"github.com/erasure-worker/erasure-worker/knotclient"
 	"github.com/erasure-worker/erasure-worker/queue"
 	"github.com/erasure-worker/erasure-worker/worker"
@@ -33,6 +35,7 @@ type runConfig struct {
 	logLevel    string
 	logFormat   string
 	worker      worker.Config
+	doors       doorsConfig
 }
 
 func dur(d time.Duration) string { return d.String() }
@@ -63,6 +66,7 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 		probe       = s.add("PAUSE_PROBE_INTERVAL", dur(worker.DefaultPauseProbeInterval), "how often a worker paused on rejected credentials tries one request")
 		stats       = s.add("STATS_INTERVAL", dur(worker.DefaultStatsInterval), "how often the queue gauges are read from the database")
 		noListen    = s.add("DISABLE_LISTEN", "false", "true to poll only, without LISTEN/NOTIFY (e.g. behind PgBouncer in transaction mode)")
+		doors       = declareDoors(s)
 	)
 	if _, err := s.parse(args); err != nil {
 		return runConfig{}, err
@@ -101,6 +105,7 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 	if burst.raw != "" {
 		c.worker.Burst = s.integer(burst, 1)
 	}
+	c.doors = doors()
 	if s.err != nil {
 		return runConfig{}, s.err
 	}
@@ -212,8 +217,79 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 		return err
 	}
 	st.started(w)
+
+	var services sync.WaitGroup
+	defer services.Wait()
+	reportMetrics := worker.NewReportMetrics(reg)
+	if cfg.doors.apiAddr != "" && !cfg.doors.listening() {
+		log.Warn("API_LISTEN_ADDR is set but no door is on (API_TOKEN, KETCH_AUTH_VALUE): nothing is served there")
+	}
+	if cfg.doors.anyReporting() {
+		deliverers, err := cfg.doors.deliverers(&http.Client{Timeout: worker.DefaultReportTimeout})
+		if err != nil {
+			return err
+		}
+		rep := worker.NewReporter(q, worker.ReporterConfig{
+			ID: cfg.worker.ID, Deliverers: deliverers, StatsInterval: cfg.worker.StatsInterval,
+			Logger: log, Metrics: reportMetrics,
+		})
+		services.Go(func() { rep.Run(ctx) })
+	}
+	if cfg.doors.transcendOn() {
+		tc := cfg.doors.transcend
+		tc.HTTP = &http.Client{Timeout: 30 * time.Second}
+		client, err := transcend.New(tc)
+		if err != nil {
+			return err
+		}
+		p := transcendPuller{c: client, q: q, log: log.With("connector", queue.ConnectorTranscend), pageSize: transcend.MaxPageSize}
+		services.Go(func() {
+			worker.RunDuty(ctx, q, cfg.worker.ID, worker.Duty{Name: "transcend", Interval: cfg.doors.transcendPoll, Do: p.pull}, log)
+		})
+	}
+	if cfg.doors.listening() {
+		stop, err := serveDoors(cfg.doors, q, log, reg)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	w.Run(ctx)
 	return nil
+}
+
+// serveDoors serves the HTTP doors on API_LISTEN_ADDR; stop ends them gracefully, letting
+// requests being answered finish.
+func serveDoors(cfg doorsConfig, q *queue.Queue, log *slog.Logger, reg prometheus.Registerer) (stop func(), err error) {
+	ln, err := net.Listen("tcp", cfg.apiAddr)
+	if err != nil {
+		return nil, fmt.Errorf("API_LISTEN_ADDR: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           newDoors(q, cfg, log, reg).handler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("the HTTP doors stopped", "err", err)
+		}
+	}()
+	var doorsOn []string
+	if cfg.api() {
+		doorsOn = append(doorsOn, "POST/GET /v1/erasure-requests")
+	}
+	if cfg.ketch() {
+		doorsOn = append(doorsOn, "POST /v1/ketch")
+	}
+	log.Info("serving the HTTP doors", "addr", ln.Addr().String(), "doors", strings.Join(doorsOn, ", "))
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), worker.AfterRunReserve)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}, nil
 }
 
 // schemaCheckInterval is how often `run` looks again at a database that does not hold this

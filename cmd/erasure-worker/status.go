@@ -54,16 +54,24 @@ func runStatus(ctx context.Context, env *environment, args []string) int {
 		env.errorf("status: %v", err)
 		return exitFailure
 	}
+	reports, now, err := q.SummarizeReports(ctx)
+	if err != nil {
+		env.errorf("status: %v", err)
+		return exitFailure
+	}
 	if asJSON {
 		enc := json.NewEncoder(env.stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(statusJSON(sum, rl)); err != nil {
+		doc := statusJSON(sum, rl)
+		doc.Reports = reportsJSON(reports, now)
+		if err := enc.Encode(doc); err != nil {
 			env.errorf("status: %v", err)
 			return exitFailure
 		}
 		return exitOK
 	}
 	printStatus(env.stdout, sum, rl)
+	printReports(env.stdout, reports, now)
 	return exitOK
 }
 
@@ -107,6 +115,51 @@ type statusDoc struct {
 	RecentPerSecond  float64                     `json:"recent_requests_per_second"`
 	RecentFailures   []failureDoc                `json:"recent_failures"`
 	RateLimit        rateLimitDoc                `json:"rate_limit"`
+	Reports          []reportsDoc                `json:"reports"`
+}
+
+// reportsDoc is one connector's reports: where the outcomes stand with the system they go to.
+type reportsDoc struct {
+	Connector        string  `json:"connector"`
+	Waiting          int64   `json:"waiting"` // the request has not finished
+	Pending          int64   `json:"pending"` // to deliver, or being delivered
+	Retrying         int64   `json:"retrying"`
+	Delivered        int64   `json:"delivered"`
+	Failed           int64   `json:"failed"`
+	Paused           bool    `json:"paused"`
+	OldestPendingAge float64 `json:"oldest_pending_age_seconds"`
+	LastError        string  `json:"last_error,omitempty"`
+}
+
+func reportsJSON(rs []queue.ReportSummary, now time.Time) []reportsDoc {
+	out := []reportsDoc{}
+	for _, r := range rs {
+		d := reportsDoc{Connector: r.Connector, Waiting: r.Waiting, Pending: r.Pending + r.Delivering, Retrying: r.RetriesPending,
+			Delivered: r.Delivered, Failed: r.Failed, Paused: r.Paused, LastError: r.LastError}
+		if !r.OldestPending.IsZero() {
+			d.OldestPendingAge = now.Sub(r.OldestPending).Seconds()
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+func printReports(w io.Writer, rs []queue.ReportSummary, now time.Time) {
+	if len(rs) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nREPORTS (outcomes told to the privacy request systems; erasure-worker reports requeue re-sends failed ones)")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CONNECTOR\tWAITING\tPENDING\tRETRYING\tDELIVERED\tFAILED\tOLDEST PENDING\tLAST ERROR")
+	for _, d := range reportsJSON(rs, now) {
+		last := oneLine(d.LastError, 80)
+		if d.Paused {
+			last = "PAUSED: the receiver rejects our credentials; " + last
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", d.Connector, d.Waiting, d.Pending, d.Retrying, d.Delivered, d.Failed,
+			(time.Duration(d.OldestPendingAge * float64(time.Second))).Round(time.Second), last)
+	}
+	tw.Flush()
 }
 
 type rateLimitDoc struct {
