@@ -19,7 +19,8 @@ type Faults struct {
 	RetryAfter Duration `json:"retry_after"`
 	// ConflictRate is the share answered 409 (status "conflict").
 	ConflictRate float64 `json:"conflict_rate"`
-	// HangRate is the share never answered: they block until the client goes away.
+	// HangRate is the share never answered: they block until the client goes away, and end
+	// without an answer (not an empty 200) when the server shuts down.
 	HangRate float64 `json:"hang_rate"`
 	// Latency is added to every callback; LatencyJitter adds a uniform 0..jitter.
 	Latency       Duration `json:"latency"`

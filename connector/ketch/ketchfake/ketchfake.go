@@ -313,7 +313,7 @@ func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request, name stri
 	s.mu.Unlock()
 
 	if !sleep(r, f.latency()) {
-		return
+		abort()
 	}
 	now := s.now()
 	switch {
@@ -333,7 +333,7 @@ func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request, name stri
 	case "hang":
 		s.count(func(c *counters) { c.faulted[kind]++ })
 		<-r.Context().Done()
-		return
+		abort()
 	case "rate_limit":
 		wait := f.retryAfterSeconds()
 		s.mu.Lock()
@@ -433,6 +433,10 @@ func (s *Server) fault(w http.ResponseWriter, kind string, code int, status, mes
 	s.count(func(c *counters) { c.faulted[kind]++ })
 	writeError(w, code, status, message, nil)
 }
+
+// abort ends a call without an answer. Returning from the handler instead would send an empty
+// 200, and a hang released by the server's shutdown would count as a delivered event.
+func abort() { panic(http.ErrAbortHandler) }
 
 // sleep waits d, or until the client goes away (then it returns false).
 func sleep(r *http.Request, d time.Duration) bool {

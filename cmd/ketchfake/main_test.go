@@ -1,0 +1,311 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/erasure-worker/erasure-worker/connector"
+	"github.com/erasure-worker/erasure-worker/connector/ketch"
+)
+
+// syncBuffer collects stderr written by the server goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+const testAuthValue = "Bearer forwarder-secret-3c9d1e"
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+type testBundle struct {
+	base   string
+	stderr *syncBuffer
+	done   chan int
+}
+
+// start runs the binary in-process and returns the URL it printed.
+func start(t *testing.T, runFn func(stdout io.Writer, stderr io.Writer) int) *testBundle {
+	t.Helper()
+	pr, pw := io.Pipe()
+	b := &testBundle{stderr: &syncBuffer{}, done: make(chan int, 1)}
+	go func() {
+		code := runFn(pw, b.stderr)
+		pw.Close()
+		b.done <- code
+	}()
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading the listening line: %v; stderr:\n%s", err, b.stderr)
+	}
+	const prefix = "ketchfake listening on "
+	if !strings.HasPrefix(line, prefix+"http://127.0.0.1:") {
+		t.Fatalf("first line = %q", line)
+	}
+	go io.Copy(io.Discard, pr) // nothing more is expected, but never block the server
+	b.base = strings.TrimSpace(strings.TrimPrefix(line, prefix))
+	return b
+}
+
+func (b *testBundle) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case code := <-b.done:
+		return code
+	case <-time.After(15 * time.Second):
+		t.Fatal("ketchfake did not stop")
+		return -1
+	}
+}
+
+func (b *testBundle) do(t *testing.T, method, path, body string, out any) int {
+	t.Helper()
+	req, _ := http.NewRequest(method, b.base+path, strings.NewReader(body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if out != nil {
+		json.NewDecoder(resp.Body).Decode(out)
+	}
+	return resp.StatusCode
+}
+
+// forwarder is a Ketch door built on package ketch, keeping the requests it took.
+type forwarder struct {
+	ts   *httptest.Server
+	mu   sync.Mutex
+	reqs []ketch.Request
+}
+
+func newForwarder(t *testing.T, space string) *forwarder {
+	f := &forwarder{}
+	f.ts = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.Header.Get("Authorization") != testAuthValue {
+			w.WriteHeader(401)
+			w.Write(ketch.ErrorBody(nil, 401, ketch.ErrorForbidden, "unauthorized"))
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		req, err := ketch.ParseDeleteRequest(body, space)
+		var re *ketch.RequestError
+		if errors.As(err, &re) {
+			code, b := re.Answer(time.Now())
+			w.WriteHeader(code)
+			w.Write(b)
+			return
+		}
+		f.mu.Lock()
+		f.reqs = append(f.reqs, req)
+		f.mu.Unlock()
+		w.Write(ketch.DeleteResponseBody(req.Metadata, ketch.StatusInProgress, "", "r-1", req.DueAt))
+	}))
+	t.Cleanup(f.ts.Close)
+	return f
+}
+
+func TestServePushesTakesCallbacksAndStops(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b := start(t, func(stdout, stderr io.Writer) int {
+		return serve(ctx, []string{"-addr", "127.0.0.1:0", "-callbacks", "1"},
+			env(map[string]string{"KETCH_IDENTITY_SPACE": "customer_id"}), stdout, stderr)
+	})
+	fwd := newForwarder(t, "customer_id")
+
+	var res struct {
+		Sent    int            `json:"sent"`
+		Answers map[string]int `json:"answers"`
+		UIDs    []string       `json:"uids"`
+	}
+	code := b.do(t, "POST", "/_fake/push", `{"target":"`+fwd.ts.URL+`","auth_value":"`+testAuthValue+`","count":3,"prefix":"knot-user-"}`, &res)
+	if code != 200 || res.Sent != 3 || res.Answers["in_progress"] != 3 {
+		t.Fatalf("push: %d %+v", code, res)
+	}
+	fwd.mu.Lock()
+	reqs := append([]ketch.Request(nil), fwd.reqs...)
+	fwd.mu.Unlock()
+	var secrets []string
+	for _, r := range reqs {
+		if len(r.Callbacks) != 1 || !strings.HasPrefix(r.Callbacks[0].URL, b.base+"/callbacks/") {
+			t.Fatalf("callbacks %v", r.Callbacks)
+		}
+		d := ketch.Notify(context.Background(), nil, r.Callbacks[0], r.Metadata, ketch.Event{Status: ketch.StatusCompleted, Reason: ketch.ReasonExecuted})
+		if d.Result != connector.Delivered {
+			t.Errorf("delivery %+v", d)
+		}
+		secrets = append(secrets, r.Callbacks[0].Headers["Authorization"], r.ExternalUserID)
+	}
+	var rec struct {
+		Subject struct {
+			Email string `json:"email"`
+		} `json:"subject"`
+	}
+	b.do(t, "GET", "/_fake/requests/"+res.UIDs[0], "", &rec)
+	secrets = append(secrets, rec.Subject.Email, testAuthValue)
+
+	var st struct {
+		RequestsPushed int64 `json:"requests_pushed"`
+		FinalEvents    int64 `json:"final_events"`
+		UIDsOneFinal   int64 `json:"uids_one_final"`
+	}
+	b.do(t, "GET", "/_fake/stats", "", &st)
+	if st.RequestsPushed != 3 || st.FinalEvents != 3 || st.UIDsOneFinal != 3 {
+		t.Errorf("stats = %+v", st)
+	}
+
+	cancel()
+	if code := b.wait(t); code != 0 {
+		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.stderr)
+	}
+	logs := b.stderr.String()
+	for _, s := range secrets {
+		if s == "" || strings.Contains(logs, s) {
+			t.Errorf("logs contain %q (or it is empty):\n%s", s, logs)
+		}
+	}
+	for _, s := range []string{"stopped", "uids_one_final=3", "identity_space=customer_id", "callback_base_url=" + b.base} {
+		if !strings.Contains(logs, s) {
+			t.Errorf("logs lack %q:\n%s", s, logs)
+		}
+	}
+}
+
+// TestRunStopsOnSIGTERM goes through run, the real signal path. A hung callback is in flight:
+// shutdown must release it rather than wait for the client.
+func TestRunStopsOnSIGTERM(t *testing.T) {
+	b := start(t, func(stdout, stderr io.Writer) int {
+		return run([]string{"-addr", "127.0.0.1:0", "-hang-rate", "1"}, env(nil), stdout, stderr)
+	})
+	fwd := newForwarder(t, "account_id")
+	if code := b.do(t, "POST", "/_fake/push", `{"target":"`+fwd.ts.URL+`","auth_value":"`+testAuthValue+`","count":1}`, nil); code != 200 {
+		t.Fatalf("push: %d", code)
+	}
+	fwd.mu.Lock()
+	r := fwd.reqs[0]
+	fwd.mu.Unlock()
+	hung := make(chan connector.Delivery, 1)
+	go func() {
+		// No timeout: only the server can end it.
+		hung <- ketch.Notify(context.Background(), nil, r.Callbacks[0], r.Metadata, ketch.Event{Status: ketch.StatusCompleted, Reason: ketch.ReasonExecuted})
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		var st struct {
+			Faulted map[string]int64 `json:"faulted"`
+		}
+		b.do(t, "GET", "/_fake/stats", "", &st)
+		if st.Faulted["hang"] == 1 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	p, _ := os.FindProcess(os.Getpid())
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("cannot signal self: %v", err)
+	}
+	if code := b.wait(t); code != 0 {
+		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.stderr)
+	}
+	select {
+	case d := <-hung:
+		if d.Result.Done() {
+			t.Errorf("a hung callback was delivered: %+v", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("hung callback still open after shutdown")
+	}
+}
+
+func TestFlags(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		args    []string
+		code    int
+		wantErr string
+	}{
+		{"callbacks zero", []string{"-callbacks", "0"}, 2, "-callbacks must be between 1 and 16"},
+		{"callbacks too many", []string{"-callbacks", "17"}, 2, "-callbacks must be between 1 and 16"},
+		{"rate out of range", []string{"-conflict-rate", "1.1"}, 2, "conflict_rate must be between 0 and 1"},
+		{"rates sum above 1", []string{"-error-rate", "0.7", "-rate-limit-rate", "0.7"}, 2, "must not exceed 1"},
+		{"negative outage", []string{"-outage", "-1s"}, 2, "-outage must not be negative"},
+		{"negative latency", []string{"-latency", "-1s"}, 2, "latency must not be negative"},
+		{"bad base URL", []string{"-callback-base-url", "localhost:8081"}, 2, "-callback-base-url must be an absolute http or https URL"},
+		{"empty tenant", []string{"-tenant", ""}, 2, "-tenant must not be empty"},
+		{"bad duration", []string{"-retry-after", "soon"}, 2, "invalid value"},
+		{"unknown flag", []string{"-nope"}, 2, "flag provided but not defined"},
+		{"stray argument", []string{"serve"}, 2, "unexpected arguments"},
+		{"help", []string{"-h"}, 0, "-callback-base-url"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var stdout, stderr strings.Builder
+			code := serve(context.Background(), append([]string{"-addr", "127.0.0.1:0"}, tt.args...), env(nil), &stdout, &stderr)
+			if code != tt.code {
+				t.Errorf("exit code %d, want %d", code, tt.code)
+			}
+			if !strings.Contains(stderr.String(), tt.wantErr) {
+				t.Errorf("stderr = %q, want it to mention %q", stderr.String(), tt.wantErr)
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("stdout = %q, want nothing", stdout.String())
+			}
+		})
+	}
+}
+
+func TestCallbackBaseURLFlag(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b := start(t, func(stdout, stderr io.Writer) int {
+		return serve(ctx, []string{"-addr", "127.0.0.1:0", "-callback-base-url", "http://ketchfake.test:9000/"}, env(nil), stdout, stderr)
+	})
+	fwd := newForwarder(t, "account_id")
+	b.do(t, "POST", "/_fake/push", `{"target":"`+fwd.ts.URL+`","auth_value":"`+testAuthValue+`","count":1}`, nil)
+	fwd.mu.Lock()
+	defer fwd.mu.Unlock()
+	if len(fwd.reqs) != 1 || fwd.reqs[0].Callbacks[0].URL != "http://ketchfake.test:9000/callbacks/cb1" {
+		t.Errorf("requests %v", fwd.reqs)
+	}
+	cancel()
+	b.wait(t)
+}
+
+func TestListenFailure(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr strings.Builder
+	code := serve(context.Background(), []string{"-addr", "256.0.0.1:1"}, env(nil), &stdout, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "listen failed") {
+		t.Errorf("code %d, stderr %q", code, stderr.String())
+	}
+}
