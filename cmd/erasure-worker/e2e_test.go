@@ -256,13 +256,19 @@ func (e *e2e) startWorker(t *testing.T, extra ...string) (*process, string) {
 	return start(t, "erasure-worker run", append(env, extra...), e.workerBin, "run"), addr
 }
 
-func (e *e2e) counts(t *testing.T) map[string]int64 {
+func (e *e2e) conn(t *testing.T) *pgx.Conn {
 	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, e.dbURL)
+	conn, err := pgx.Connect(context.Background(), e.dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return conn
+}
+
+func (e *e2e) counts(t *testing.T) map[string]int64 {
+	t.Helper()
+	ctx := context.Background()
+	conn := e.conn(t)
 	defer conn.Close(ctx)
 	rows, err := conn.Query(ctx, `SELECT status || coalesce('/' || outcome, ''), count(*) FROM erasure_requests GROUP BY 1`)
 	if err != nil {

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/erasure-worker/erasure-worker/queue/queuetest"
+)
+
+// Issue 11's first promise: requests through each of the three doors, against a Knot failing
+// 5% of calls, all succeed and each is reported exactly as its system's contract says, once.
+func TestEndToEndThreeDoorsReportEveryOutcome(t *testing.T) {
+	t.Parallel()
+	const n = 300
+	e := setupE2E(t, 0, "-error-rate", "0.05", "-missing", "0.1")
+	rig := startDoorsRig(t, n, nil)
+	w, _ := e.startWorker(t, append(rig.env, "RATE_LIMIT_RPS=2000", "RATE_LIMIT_BURST=50", "CONCURRENCY=16",
+		"RETRY_MIN_BACKOFF=100ms", "RETRY_MAX_BACKOFF=1s", "POLL_INTERVAL=200ms")...)
+	rig.waitAPI(t, 30*time.Second)
+	rig.submitAPI(t, n)
+	rig.pushKetch(t, n)
+
+	const callbacks = 2 // ketchfake's default per request
+	queuetest.WaitFor(t, 3*time.Minute, "every request finished and every report delivered", func() bool {
+		c, r := e.counts(t), e.reportCounts(t)
+		return c["succeeded/deleted"]+c["succeeded/not_found"] == 3*n &&
+			r["webhook/delivered"] == n && r["ketch/delivered"] == callbacks*n && r["transcend/delivered"] == n
+	})
+	c := e.counts(t)
+	if c["failed"] != 0 || c["pending"]+c["running"] != 0 {
+		t.Fatalf("counts %v, want all %d succeeded", c, 3*n)
+	}
+
+	// Outcomes by door, from the table, to hold each fake's counts against.
+	byDoor := func(prefix, outcome string) int64 {
+		conn := e.conn(t)
+		defer conn.Close(context.Background())
+		var k int64
+		if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM erasure_requests WHERE request_ref LIKE $1 AND outcome = $2`,
+			prefix+"%", outcome).Scan(&k); err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+
+	wh := rig.webhookStats(t)
+	if wh.RequestRefs != n || wh.BadSignatures+wh.StaleTimestamps+wh.Malformed+wh.Violations != 0 ||
+		wh.RequestRefsSeveralIDs != 0 || wh.ConflictingOutcomes != 0 || wh.ByType["erasure.succeeded"] != n {
+		t.Errorf("webhook receiver: %+v; want %d requests, each succeeded once, validly signed", wh, n)
+	}
+	if wh.ByOutcome["deleted"] != byDoor("api-", "deleted") || wh.ByOutcome["not_found"] != byDoor("api-", "not_found") {
+		t.Errorf("webhook outcomes %v, table has deleted %d, not_found %d", wh.ByOutcome, byDoor("api-", "deleted"), byDoor("api-", "not_found"))
+	}
+
+	k := rig.ketchStats(t)
+	if k.UIDsOneFinal != n || k.UIDsMultipleFinals != 0 || k.EventsAfterFinal != 0 || k.BadCredentials != 0 || k.MalformedEvents != 0 ||
+		k.FinalEvents != callbacks*n || k.DuplicateFinals != 0 {
+		t.Errorf("ketch: %+v; want every request's callbacks told one final event with their own headers", k)
+	}
+	if k.EventsByPair["completed/executed"] != callbacks*byDoor("ketch:", "deleted") || k.EventsByPair["completed/no_match"] != callbacks*byDoor("ketch:", "not_found") {
+		t.Errorf("ketch events %v, table has deleted %d, not_found %d", k.EventsByPair, byDoor("ketch:", "deleted"), byDoor("ketch:", "not_found"))
+	}
+
+	tr := rig.transcendStats(t)
+	if tr.ItemsReported != n || tr.ItemsPending != 0 || tr.BadNonces != 0 || tr.MismatchedProfileIDs != 0 || tr.DuplicateReports != 0 || tr.BadCredentials != 0 {
+		t.Errorf("transcend: %+v; want every item reported once with its own nonce", tr)
+	}
+	if tr.ReportsByProfileStatus["SKIPPED"] != byDoor("transcend:", "not_found") {
+		t.Errorf("transcend reports %v, table has not_found %d", tr.ReportsByProfileStatus, byDoor("transcend:", "not_found"))
+	}
+
+	t.Logf("webhook: %d requests, %d messages, %d faulted; ketch: %d finals over %d uids; transcend: %d reported (%v); knot: %v",
+		wh.RequestRefs, wh.Messages, wh.DuplicateWebhookIDs, k.FinalEvents, k.UIDsOneFinal, tr.ItemsReported, tr.ReportsByProfileStatus, c)
+
+	// Delivered reports keep no credentials; no log line holds one, or an id.
+	conn := e.conn(t)
+	defer conn.Close(context.Background())
+	var kept int64
+	if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM erasure_reports WHERE credentials IS NOT NULL`).Scan(&kept); err != nil || kept != 0 {
+		t.Errorf("%d delivered reports keep their credentials (%v)", kept, err)
+	}
+	logs := w.out.String()
+	for _, secret := range []string{rigAPIToken, rigKetchValue, rigTranscendKey, strings.TrimPrefix(rigWebhookSecret, "whsec_"), "cb-", "api-person-", "ketch-person-", rigTranscendItems + "-"} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("the worker's log holds %q", secret)
+		}
+	}
+}
