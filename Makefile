@@ -44,6 +44,9 @@ FUZZTIME ?= 15s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzClassify$$' -fuzztime $(FUZZTIME) ./knotclient
 	$(GO) test -run '^$$' -fuzz '^FuzzParseLine$$' -fuzztime $(FUZZTIME) ./cmd/erasure-worker
+	$(GO) test -run '^$$' -fuzz '^FuzzParseSubmission$$' -fuzztime $(FUZZTIME) ./connector/webhook
+	$(GO) test -run '^$$' -fuzz '^FuzzParseDeleteRequest$$' -fuzztime $(FUZZTIME) ./connector/ketch
+	$(GO) test -run '^$$' -fuzz '^FuzzPendingPage$$' -fuzztime $(FUZZTIME) ./connector/transcend
 
 # 3000 requests against a local fake Knot (deploy/local/demo). With DATABASE_URL set the demo
 # uses that database as is (its rows, demo-<timestamp>-<i>, stay); else a throwaway cluster.
