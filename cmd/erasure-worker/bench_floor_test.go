@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,6 +47,7 @@ func benchFloor(t *testing.T, r *benchReport) {
 			fmt.Sprintf("%.2f× (%s); %.2f×", benchPeerOursCPU/floor, benchMicros(benchPeerOursCPU), benchPeerOursCPU/floorEvidence))
 		r.info("10", "River's CPU per request (section 9) / floor; / floor with evidence",
 			fmt.Sprintf("%.2f× (%s); %.2f×", benchPeerRiverCPU/floor, benchMicros(benchPeerRiverCPU), benchPeerRiverCPU/floorEvidence))
+		r.bound(benchPeerBounds(h.cpu, ce.cpu, floorEvidence))
 	}
 	r.note("**10.** (a) runs in the test process: %d calls of knotclient's DeleteUser (the request both peers send, "+
 		"signed the same way) from 100 goroutines over kept-alive connections to a knotfake process of its own (`-missing 0`); "+
@@ -403,4 +405,37 @@ func benchMachineBusy(t *testing.T) int64 {
 		busy += n
 	}
 	return busy
+}
+
+// benchPeerBounds says, from section 9's medians and this run's floor, how far each missed goal
+// of section 9 is from what the parts alone cost on this machine.
+func benchPeerBounds(http, claimFinish benchCPU, floorEvidence float64) string {
+	f := benchPeerFigures
+	cores := float64(runtime.NumCPU())
+	goalCPU := 0.6 * benchPeerRiverCPU
+	goalRate := 1.5 * f.riverRate
+	var b strings.Builder
+	fmt.Fprintf(&b, "### 9 and 10. What the parts alone cost, set beside the goals\n\n")
+	fmt.Fprintf(&b, "- **CPU per request.** The goal, 0.6 × River's %s, is %s. The floor measured in this run, "+
+		"a bare HTTP round trip to knotfake (%s) plus a bare batched claim and finish that keeps the evidence row (%s), "+
+		"is %s: %s the goal. erasure-worker spends %s, %.2f× that floor; the rest is the worker process beyond a bare "+
+		"client (%s against the bare loop's %s, the profile above: the rate limiter's waits and the per-call goroutine, "+
+		"pgx encoding the batches) and PostgreSQL beyond the bare statements (%s against %s: the fence on each row's "+
+		"claim token, the report CTE, five partial indexes kept on every status change, the plans below).\n",
+		benchMicros(benchPeerRiverCPU), benchMicros(goalCPU),
+		benchMicros(http.total()/benchBacklog), benchMicros(claimFinish.total()/benchBacklog), benchMicros(floorEvidence),
+		map[bool]string{true: "above", false: "below"}[floorEvidence > goalCPU],
+		benchMicros(benchPeerOursCPU), benchPeerOursCPU/floorEvidence,
+		benchMicros(f.oursParts["worker"]), benchMicros(http.parts["test process"]/benchBacklog),
+		benchMicros(f.oursParts["postgres"]), benchMicros(claimFinish.parts["postgres"]/benchBacklog))
+	most := cores / f.oursMachine
+	fmt.Fprintf(&b, "- **Throughput.** The goal, 1.5 × River's %.0f/s, is %.0f/s. On these %.0f cores, at the %s of "+
+		"machine-wide CPU erasure-worker's requests cost (PostgreSQL, knotfake and whatever else the machine ran included), "+
+		"the most the machine can finish is %.0f/s; erasure-worker reached %.0f/s, %.0f%% of it. Reaching the goal needs "+
+		"at most %s of machine CPU per request, %.2f× what it costs now; the floor's parts alone (%s, machine-wide more) "+
+		"leave %s for everything else.\n",
+		f.riverRate, goalRate, cores, benchMicros(f.oursMachine), most, f.oursRate, 100*f.oursRate/most,
+		benchMicros(cores/goalRate), (cores/goalRate)/f.oursMachine, benchMicros(floorEvidence),
+		benchMicros(max(cores/goalRate-floorEvidence, 0)))
+	return b.String()
 }

@@ -32,6 +32,14 @@ const benchPeerRuns = 3
 // section 10 to set beside the floor; zero when section 9 did not run.
 var benchPeerOursCPU, benchPeerRiverCPU float64
 
+// benchPeerFigures are the rest of section 9's medians that section 10 sets beside the floor:
+// requests per second from start, and CPU per request (seconds) of each process and machine-wide.
+var benchPeerFigures struct {
+	oursRate, riverRate       float64
+	oursMachine, riverMachine float64
+	oursParts                 map[string]float64
+}
+
 // benchPeerRun is one peer's run over the backlog.
 type benchPeerRun struct {
 	took      time.Duration // from process start (ours) or Client.Start (River) to the last completion
@@ -82,6 +90,11 @@ func benchPeer(t *testing.T, r *benchReport) {
 		return func(p benchPeerRun) float64 { return p.cpu.parts[name] / benchBacklog }
 	}
 	benchPeerOursCPU, benchPeerRiverCPU = med(ours, cpu), med(rivers, cpu)
+	benchPeerFigures.oursRate, benchPeerFigures.riverRate = med(ours, rate), med(rivers, rate)
+	benchPeerFigures.oursMachine, benchPeerFigures.riverMachine = med(ours, machine), med(rivers, machine)
+	benchPeerFigures.oursParts = map[string]float64{
+		"worker": med(ours, part("worker")), "postgres": med(ours, part("postgres")), "knotfake": med(ours, part("knotfake")),
+	}
 
 	r.info("9", fmt.Sprintf("erasure-worker run, CONCURRENCY=100: requests/s from process start (from the first call), median of %d", benchPeerRuns),
 		fmt.Sprintf("%.0f/s (%.0f/s)", med(ours, rate), med(ours, rateFirst)))

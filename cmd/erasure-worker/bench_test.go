@@ -90,6 +90,7 @@ type benchReport struct {
 	rows       []benchRow
 	notes      []string
 	profiles   []string // markdown sections: the profile of each phase whose goal was missed
+	bounds     []string // paragraphs that set missed goals beside the figures that bound them
 	profileDir string
 }
 
@@ -139,6 +140,14 @@ func (r *benchReport) note(format string, args ...any) {
 	r.notes = append(r.notes, fmt.Sprintf(format, args...))
 }
 
+// bound puts a paragraph that explains a missed goal, from the figures, at the head of "What
+// bounds the goals missed".
+func (r *benchReport) bound(text string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.bounds = append(r.bounds, text)
+}
+
 // missed puts what bounds a missed goal into the report: the top of a CPU profile, or for the
 // database, the plan.
 func (r *benchReport) missed(title, body string) {
@@ -179,8 +188,11 @@ func (r *benchReport) markdown() string {
 			fmt.Fprintf(&b, "- %s\n", n)
 		}
 	}
-	if len(r.profiles) > 0 {
+	if len(r.profiles)+len(r.bounds) > 0 {
 		b.WriteString("\n## What bounds the goals missed\n\n")
+		for _, p := range r.bounds {
+			b.WriteString(p + "\n")
+		}
 		for _, p := range r.profiles {
 			b.WriteString(p + "\n")
 		}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -73,6 +75,21 @@ func TestEndToEndThreeDoorsReportEveryOutcome(t *testing.T) {
 
 	t.Logf("webhook: %d requests, %d messages, %d faulted; ketch: %d finals over %d uids; transcend: %d reported (%v); knot: %v",
 		wh.RequestRefs, wh.Messages, wh.DuplicateWebhookIDs, k.FinalEvents, k.UIDsOneFinal, tr.ItemsReported, tr.ReportsByProfileStatus, c)
+
+	// What an operator sees.
+	out, errOut, code := cli(t, e.workerBin, e.env, "", "status")
+	if code != 0 || !strings.Contains(out, "REPORTS") {
+		t.Fatalf("status: exit %d: %s %s", code, out, errOut)
+	}
+	for _, row := range []string{"webhook", "ketch", "transcend"} {
+		want := n
+		if row == "ketch" {
+			want = callbacks * n
+		}
+		if !strings.Contains(out, fmt.Sprintf("%s  ", row)) || !regexp.MustCompile(row+`\s+0\s+0\s+0\s+`+fmt.Sprint(want)+`\s+0\s`).MatchString(out) {
+			t.Errorf("status does not show %d %s reports delivered and none waiting, pending or failed:\n%s", want, row, out)
+		}
+	}
 
 	// Delivered reports keep no credentials; no log line holds one, or an id.
 	conn := e.conn(t)
