@@ -38,6 +38,9 @@ const (
 	DefaultReportProbeInterval = 30 * time.Second
 )
 
+// reportStopGrace is how long deliveries in flight may finish once the reporter is stopped.
+const reportStopGrace = 2 * time.Second
+
 // ReporterConfig configures a Reporter. Zero fields take the defaults above.
 type ReporterConfig struct {
 	ID string // the replica's id, as the worker's: the lease owner and the evidence's worker
@@ -153,8 +156,12 @@ func (r *Reporter) round(ctx context.Context) int {
 	if len(back) > 0 {
 		_ = r.q.ReleaseReports(context.WithoutCancel(ctx), r.cfg.ID, back)
 	}
-	// Deliveries outlive ctx by at most their timeout: a report sent is recorded.
-	dctx := context.WithoutCancel(ctx)
+	// Deliveries outlive ctx by reportStopGrace at most, so that a hung receiver cannot hold
+	// up a shutdown; one cut short is recorded as a retry and sent again.
+	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(reportStopGrace, cancel) })
+	defer stop()
 	results := make([]queue.ReportResult, len(claimed))
 	var wg sync.WaitGroup
 	for i, rep := range claimed {
