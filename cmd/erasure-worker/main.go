@@ -43,6 +43,7 @@ var commands = []command{
 	{"status", "show counts by status and outcome, the oldest pending request and recent failures", runStatus},
 	{"requeue", "put failed requests back to pending: all, by --ref, by --error-code or by --outcome", runRequeue},
 	{"reports", "reports requeue: send again the reports a privacy request system refused for good", runReports},
+	{"evidence", "print a request's record: by --ref, by --external-user-id, or a period's as JSON Lines (--since/--until)", runEvidence},
 }
 
 // environment is what a command may touch of the outside world, so that tests run the whole
