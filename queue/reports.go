@@ -375,76 +375,12 @@ type ReportRecord struct {
 
 // Lookup reads the Record of the request with this request_ref, or ErrNotFound.
 func (q *Queue) Lookup(ctx context.Context, requestRef string) (Record, error) {
-	const lookupSQL = `
-SELECT r.id, r.request_ref, r.external_user_id, r.status, coalesce(r.outcome, ''), r.attempts,
-       r.received_at, r.due_at, r.completed_at, coalesce(r.last_error_code, ''), coalesce(r.last_error, ''),
-       coalesce((SELECT json_agg(json_build_object(
-                    'attempt', a.attempt, 'worker', a.worker, 'started_at', a.started_at,
-                    'duration_ms', a.duration_ms, 'http_status', a.http_status,
-                    'error_code', a.error_code, 'result', a.result) ORDER BY a.started_at, a.id)
-                 FROM erasure_attempts a WHERE a.request_id = r.id), '[]'),
-       coalesce((SELECT json_agg(json_build_object(
-                    'connector', p.connector, 'target', p.target, 'status', p.status,
-                    'attempts', p.attempts, 'delivered_at', p.delivered_at,
-                    'last_result', p.last_result, 'http_status', p.last_http_status) ORDER BY p.connector, p.target)
-                 FROM erasure_reports p WHERE p.request_id = r.id), '[]')
-FROM erasure_requests r
-WHERE r.request_ref = $1`
-	var rec Record
-	var completed *time.Time
-	var calls []struct {
-		Attempt    int       `json:"attempt"`
-		Worker     string    `json:"worker"`
-		StartedAt  time.Time `json:"started_at"`
-		DurationMS int64     `json:"duration_ms"`
-		HTTPStatus *int      `json:"http_status"`
-		ErrorCode  *string   `json:"error_code"`
-		Result     string    `json:"result"`
-	}
-	var reports []struct {
-		Connector   string     `json:"connector"`
-		Target      int        `json:"target"`
-		Status      string     `json:"status"`
-		Attempts    int        `json:"attempts"`
-		DeliveredAt *time.Time `json:"delivered_at"`
-		LastResult  *string    `json:"last_result"`
-		HTTPStatus  *int       `json:"http_status"`
-	}
-	err := q.pool.QueryRow(ctx, lookupSQL, requestRef).Scan(&rec.ID, &rec.RequestRef, &rec.ExternalUserID,
-		&rec.Status, &rec.Outcome, &rec.Attempts, &rec.ReceivedAt, &rec.DueAt, &completed,
-		&rec.LastErrorCode, &rec.LastError, &calls, &reports)
+	rec, err := scanRecord(q.pool.QueryRow(ctx, recordSQL+`WHERE r.request_ref = $1`, requestRef))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Record{}, ErrNotFound
 	}
 	if err != nil {
 		return Record{}, fmt.Errorf("look up request: %w", err)
-	}
-	if completed != nil {
-		rec.CompletedAt = *completed
-	}
-	for _, c := range calls {
-		cr := CallRecord{Attempt: c.Attempt, Worker: c.Worker, StartedAt: c.StartedAt,
-			Duration: time.Duration(c.DurationMS) * time.Millisecond, Result: c.Result}
-		if c.HTTPStatus != nil {
-			cr.HTTPStatus = *c.HTTPStatus
-		}
-		if c.ErrorCode != nil {
-			cr.ErrorCode = *c.ErrorCode
-		}
-		rec.Calls = append(rec.Calls, cr)
-	}
-	for _, p := range reports {
-		rr := ReportRecord{Connector: p.Connector, Target: p.Target, Status: p.Status, Attempts: p.Attempts}
-		if p.DeliveredAt != nil {
-			rr.DeliveredAt = *p.DeliveredAt
-		}
-		if p.LastResult != nil {
-			rr.LastResult = *p.LastResult
-		}
-		if p.HTTPStatus != nil {
-			rr.HTTPStatus = *p.HTTPStatus
-		}
-		rec.Reports = append(rec.Reports, rr)
 	}
 	return rec, nil
 }
