@@ -48,7 +48,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseDeleteRequest$$' -fuzztime $(FUZZTIME) ./connector/ketch
 	$(GO) test -run '^$$' -fuzz '^FuzzPendingPage$$' -fuzztime $(FUZZTIME) ./connector/transcend
 
-# 3000 requests against a local fake Knot (deploy/local/demo). With DATABASE_URL set the demo
+# 3000 requests against a local fake Knot, and 300 through each door (the HTTP API, a fake Ketch,
+# a fake Transcend) with every outcome reported back (deploy/local/demo). With DATABASE_URL set the demo
 # uses that database as is (its rows, demo-<timestamp>-<i>, stay); else a throwaway cluster.
 demo: build
 	@if [ -n "$$DATABASE_URL" ]; then \

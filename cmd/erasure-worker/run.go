@@ -218,8 +218,19 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 	}
 	st.started(w)
 
+	// The doors bind first: a taken API_LISTEN_ADDR stops start-up before anything runs. Any
+	// return from here on stops the services started below, then waits for them.
+	if cfg.doors.listening() {
+		stop, err := serveDoors(cfg.doors, q, log, reg)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	var services sync.WaitGroup
 	defer services.Wait()
+	ctx, stopServices := context.WithCancel(ctx)
+	defer stopServices()
 	reportMetrics := worker.NewReportMetrics(reg)
 	if cfg.doors.apiAddr != "" && !cfg.doors.listening() {
 		log.Warn("API_LISTEN_ADDR is set but no door is on (API_TOKEN, KETCH_AUTH_VALUE): nothing is served there")
@@ -246,13 +257,6 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 		services.Go(func() {
 			worker.RunDuty(ctx, q, cfg.worker.ID, worker.Duty{Name: "transcend", Interval: cfg.doors.transcendPoll, Do: p.pull}, log)
 		})
-	}
-	if cfg.doors.listening() {
-		stop, err := serveDoors(cfg.doors, q, log, reg)
-		if err != nil {
-			return err
-		}
-		defer stop()
 	}
 	w.Run(ctx)
 	return nil
