@@ -459,7 +459,7 @@ FROM a`, c.connector, retryAfter.Milliseconds()).Scan(&after, &early, &least); e
 				break
 			}
 		}
-		t.Logf("%s: %d 429s, none answered early", c.connector, limited)
+		t.Logf("%s: %d 429s, %d retries before their Retry-After, at least %d 429s per report", c.connector, limited, early, least)
 	}
 	r.noLeaks(t, w)
 }
