@@ -168,6 +168,9 @@ evidence AS (
     SELECT i.id, i.attempted_at, $1, i.duration_ms, i.http_status, i.result, i.error
     FROM input i
     WHERE EXISTS (SELECT 1 FROM erasure_reports rep WHERE rep.id = i.id)
+      -- A retry of a finish whose commit's answer was lost must not write the attempt twice.
+      AND NOT EXISTS (SELECT 1 FROM erasure_report_attempts a
+                      WHERE a.report_id = i.id AND a.attempted_at = i.attempted_at AND a.worker = $1)
 )
 SELECT id FROM moved`
 	rows, err := q.pool.Query(ctx, finishReportsSQL, owner, ids, tokens, outcome, delays, started, millis, statuses, errs)

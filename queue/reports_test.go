@@ -351,3 +351,27 @@ func TestOneLeaderAtATimeAndATakeoverOnceTheTermLapses(t *testing.T) {
 		t.Fatalf("no takeover after a resignation: %v %v", ok, err)
 	}
 }
+
+func TestAFinishOfReportsRetriedAfterALostAnswerKeepsEachAttemptOnce(t *testing.T) {
+	q, b := setup(t)
+	b.enqueueReported(t, q, queue.ConnectorWebhook, 3)
+	finishAll(t, q, b, queue.Succeed, queue.OutcomeDeleted)
+	claimed, err := q.ClaimReports(b.ctx, "r1", 10, time.Minute, nil)
+	if err != nil || len(claimed) != 3 {
+		t.Fatalf("claimed %d (%v)", len(claimed), err)
+	}
+	results := make([]queue.ReportResult, len(claimed))
+	for i, r := range claimed {
+		results[i] = queue.ReportResult{ID: r.ID, Token: r.Token, Result: "delivered", AttemptedAt: time.Now(), HTTPStatus: 204}
+	}
+	// The first finish commits, its answer is lost, the reporter sends it again.
+	for range 2 {
+		if _, err := q.FinishReports(b.ctx, "r1", results); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var n int
+	if err := b.pool.QueryRow(b.ctx, `SELECT count(*) FROM erasure_report_attempts`).Scan(&n); err != nil || n != 3 {
+		t.Fatalf("%d attempts kept (%v), want one per delivery", n, err)
+	}
+}
