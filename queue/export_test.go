@@ -1,0 +1,8 @@
+package queue
+
+// The retention statements, for tests that read their plans.
+const (
+	RetentionStatsSQL = retentionStatsSQL
+	ToPseudonymiseSQL = toPseudonymiseSQL
+	DeleteEvidenceSQL = deleteEvidenceSQL
+)
