@@ -29,7 +29,7 @@ const maxRetentionDays = 36500
 func declareRetention(s *settingSet) func() retentionConfig {
 	var (
 		identifier = s.add("IDENTIFIER_RETENTION", "7d", "how long after a request finished its raw external_user_id is kept; then it is replaced by its HMAC-SHA256 under the newest key of IDENTIFIER_KEY_FILE, which still finds the request by id but cannot be reversed. Whole days (30d) or a Go duration (36h); off keeps raw ids until EVIDENCE_RETENTION deletes the request")
-		keyFile    = s.add("IDENTIFIER_KEY_FILE", "", "file of the keys that pseudonymise external_user_ids: one per line, newest first (the newest pseudonymises, look-ups try each), each at least 32 bytes, e.g. from openssl rand -base64 32; required unless IDENTIFIER_RETENTION is off. Read at start")
+		keyFile    = s.add("IDENTIFIER_KEY_FILE", "", "file of the keys that pseudonymise external_user_ids: one per line, newest first (the newest pseudonymises, look-ups try each), each at least 32 bytes, e.g. from openssl rand -base64 32; required unless IDENTIFIER_RETENTION is off (then not read). Read at start: restart after rotating")
 		evidence   = s.add("EVIDENCE_RETENTION", "730d", "how long after a request finished it is kept, with its calls and reports, as the evidence of what was done; then it is deleted. At least 365d (the CCPA asks for 24 months of records) unless EVIDENCE_RETENTION_BELOW_CCPA is true, and longer than IDENTIFIER_RETENTION. Whole days or a Go duration")
 		belowCCPA  = s.add("EVIDENCE_RETENTION_BELOW_CCPA", "false", "true allows an EVIDENCE_RETENTION under 365d: only where the CCPA's 24 months of request records (11 CCR §7101) do not apply to you")
 		interval   = s.add("RETENTION_INTERVAL", dur(worker.DefaultRetentionInterval), "how often one replica purges what is past its retention; at most 1m")
@@ -57,15 +57,17 @@ func declareRetention(s *settingSet) func() retentionConfig {
 			s.fail(evidence, "%s must be longer than IDENTIFIER_RETENTION (%s): the evidence outlives the raw id", days(c.evidence), days(c.identifier))
 			return c
 		}
+		if off {
+			return c // run pseudonymises nothing: no key needed, none read
+		}
 		path := s.str(keyFile)
 		switch {
-		case path == "" && !off:
+		case path == "":
 			s.fail(keyFile, "is required while IDENTIFIER_RETENTION is on (%s): it holds the keys that pseudonymise finished requests' ids, kept outside the database. "+
 				"Make one with `(umask 077; openssl rand -base64 32 > identifier-keys)` and keep it as you keep KNOT_SECRET (on Kubernetes, the key IDENTIFIER_KEY of the Secret erasure-worker); "+
 				"or set IDENTIFIER_RETENTION=off to keep raw ids until EVIDENCE_RETENTION deletes the request",
 				days(c.identifier))
-		case path != "":
-			// Read even when off: a bad file is better found now than by the look-up that needs it.
+		default:
 			keys, err := worker.ReadIdentifierKeys(path)
 			if err != nil {
 				s.fail(keyFile, "%v", err)

@@ -55,6 +55,8 @@ func TestRetentionSettingsTakeDaysAndDurations(t *testing.T) {
 			retentionConfig{identifier: 30 * day, evidence: 730 * day, interval: time.Minute}},
 		{"off, without a key", map[string]string{"IDENTIFIER_RETENTION": "OFF"}, nil,
 			retentionConfig{evidence: 730 * day, interval: time.Minute}},
+		{"off, the manifests' key file missing", map[string]string{"IDENTIFIER_RETENTION": "off", "IDENTIFIER_KEY_FILE": filepath.Join(t.TempDir(), "nowhere")}, nil,
+			retentionConfig{evidence: 730 * day, interval: time.Minute}},
 		{"below the CCPA's year, said so", map[string]string{"IDENTIFIER_KEY_FILE": keyFile, "EVIDENCE_RETENTION": "90d", "EVIDENCE_RETENTION_BELOW_CCPA": "true"}, nil,
 			retentionConfig{identifier: 7 * day, evidence: 90 * day, interval: time.Minute}},
 	} {
@@ -67,7 +69,7 @@ func TestRetentionSettingsTakeDaysAndDurations(t *testing.T) {
 			t.Errorf("%s: identifier %s, evidence %s, interval %s; want %s, %s, %s", tc.name,
 				got.identifier, got.evidence, got.interval, tc.want.identifier, tc.want.evidence, tc.want.interval)
 		}
-		if tc.env["IDENTIFIER_KEY_FILE"] != "" && got.keys.Len() != 2 {
+		if got.identifier > 0 && got.keys.Len() != 2 {
 			t.Errorf("%s: %d keys read, want the file's 2", tc.name, got.keys.Len())
 		}
 	}
