@@ -19,10 +19,12 @@ ALTER TABLE erasure_requests ADD CONSTRAINT pseudonymised_holds_a_pseudonym
     CHECK (pseudonymised_at IS NULL OR external_user_id ~ '^hmac-sha256:[0-9a-f]{64}$') NOT VALID;
 
 -- The pseudonymisation's work list, and the deletion's while IDENTIFIER_RETENTION is off:
--- finished rows that still hold their raw id, oldest first. It is the one index a finish adds an
--- entry to (a finish already writes a new entry into the primary key and request_ref's index),
--- and it stays small: a row leaves it IDENTIFIER_RETENTION after it finished.
-CREATE INDEX erasure_requests_identified ON erasure_requests (completed_at)
+-- finished rows that still hold their raw id, oldest first (id orders the rows of one finish,
+-- which share its instant, so that a batch can start where the last one ended). It is the one
+-- index a finish adds an entry to (a finish already writes a new entry into the primary key and
+-- request_ref's index), and it stays small: a row leaves it IDENTIFIER_RETENTION after it
+-- finished.
+CREATE INDEX erasure_requests_identified ON erasure_requests (completed_at, id)
     WHERE pseudonymised_at IS NULL AND status IN ('succeeded', 'failed');
 
 -- The deletion's work list: pseudonymised rows, oldest first. Written by the pseudonymisation,
@@ -32,3 +34,8 @@ CREATE INDEX erasure_requests_pseudonymised ON erasure_requests (completed_at)
 
 COMMENT ON COLUMN erasure_requests.pseudonymised_at IS
     'When external_user_id was replaced by hmac-sha256:<hex> (IDENTIFIER_RETENTION after completion); NULL while it holds the raw id.';
+
+-- Until it is analysed, the planner knows nothing of the new column and takes
+-- "pseudonymised_at IS NULL" for rare: the first purge's statements would be planned for a
+-- handful of rows over what may be millions.
+ANALYZE erasure_requests (pseudonymised_at);

@@ -4,5 +4,6 @@ package queue
 const (
 	RetentionStatsSQL = retentionStatsSQL
 	ToPseudonymiseSQL = toPseudonymiseSQL
+	PseudonymiseSQL   = pseudonymiseSQL
 	DeleteEvidenceSQL = deleteEvidenceSQL
 )

@@ -91,7 +91,10 @@ SELECT 'b-' || $1::int || '-' || j, 'new-user-' || $1::int || '-' || j FROM gene
 			before := lsn(c)
 			c.finish = append(c.finish, timed(func() error { _, err := c.q.Finish(ctx, "w1", results); return err }))
 			c.wal = append(c.wal, lsn(c)-before)
-			c.purge = append(c.purge, timed(func() error { _, err := c.q.ToPseudonymise(ctx, 7*24*time.Hour, 1000); return err }))
+			c.purge = append(c.purge, timed(func() error {
+				_, err := c.q.ToPseudonymise(ctx, 7*24*time.Hour, queue.RetentionCursor{}, 1000)
+				return err
+			}))
 			c.stats = append(c.stats, timed(func() error { _, err := c.q.RetentionStats(ctx, 7*24*time.Hour, 730*24*time.Hour); return err }))
 		}
 	}

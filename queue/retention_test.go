@@ -74,20 +74,22 @@ func (b *testBundle) userID(t *testing.T, id int64) (string, bool) {
 // pseudonyms, write them.
 func pseudonymiseDue(t *testing.T, q *queue.Queue, b *testBundle, after time.Duration, keys worker.IdentifierKeys) int64 {
 	t.Helper()
-	due, err := q.ToPseudonymise(b.ctx, after, 1000)
+	due, err := q.ToPseudonymise(b.ctx, after, queue.RetentionCursor{}, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	batch := make([]queue.Pseudonym, len(due))
-	for i, d := range due {
-		batch[i] = queue.Pseudonym{ID: d.ID, Raw: d.ExternalUserID, Pseudonym: keys.Pseudonym(d.ExternalUserID)}
+	var batch []queue.Pseudonym
+	for _, d := range due {
+		if !d.Held {
+			batch = append(batch, queue.Pseudonym{ID: d.ID, Raw: d.ExternalUserID, Pseudonym: keys.Pseudonym(d.ExternalUserID)})
+		}
 	}
 	n, err := q.Pseudonymise(b.ctx, after, batch)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != int64(len(due)) {
-		t.Fatalf("pseudonymised %d of the %d due", n, len(due))
+	if n != int64(len(batch)) {
+		t.Fatalf("pseudonymised %d of the %d due", n, len(batch))
 	}
 	return n
 }
@@ -185,7 +187,7 @@ func TestPseudonymiseSkipsRowsThatChangedSinceTheyWereRead(t *testing.T) {
 	for _, id := range done {
 		b.finishedAgo(t, id, retainIDs+aMinute)
 	}
-	due, err := q.ToPseudonymise(b.ctx, retainIDs, 10)
+	due, err := q.ToPseudonymise(b.ctx, retainIDs, queue.RetentionCursor{}, 10)
 	if err != nil || len(due) != 3 {
 		t.Fatalf("due %v, %v; want the three", due, err)
 	}
@@ -224,8 +226,9 @@ func TestAnUndeliveredReportKeepsItsRequestsID(t *testing.T) {
 	b.finishedAgo(t, ids[0], retainIDs+aMinute)
 
 	// Transcend's report names the person by the raw id: it stays until the report is out.
-	if due, err := q.ToPseudonymise(b.ctx, retainIDs, 10); err != nil || len(due) != 0 {
-		t.Fatalf("due %v, %v; want none while the report is pending", due, err)
+	due, err := q.ToPseudonymise(b.ctx, retainIDs, queue.RetentionCursor{}, 10)
+	if err != nil || len(due) != 1 || !due[0].Held || due[0].ExternalUserID != "" {
+		t.Fatalf("due %+v, %v; want it held while the report is pending, its id not read", due, err)
 	}
 	n, err := q.Pseudonymise(b.ctx, retainIDs, []queue.Pseudonym{{ID: ids[0], Raw: "user-0", Pseudonym: testKeys.Pseudonym("user-0")}})
 	if err != nil || n != 0 {
@@ -445,7 +448,7 @@ ANALYZE erasure_requests`); err != nil {
 	}{
 		{"stats", queue.RetentionStatsSQL, []any{retainIDs.Milliseconds(), twoYears.Milliseconds(), queue.RetentionCountCap},
 			[]string{"erasure_requests_identified", "erasure_requests_pseudonymised"}},
-		{"to pseudonymise", queue.ToPseudonymiseSQL, []any{retainIDs.Milliseconds(), 1000}, []string{"erasure_requests_identified"}},
+		{"to pseudonymise", queue.ToPseudonymiseSQL, []any{retainIDs.Milliseconds(), 1000, time.Time{}, 0}, []string{"erasure_requests_identified"}},
 		{"delete", queue.DeleteEvidenceSQL, []any{twoYears.Milliseconds(), 1000},
 			[]string{"erasure_requests_identified", "erasure_requests_pseudonymised"}},
 	} {
@@ -479,7 +482,23 @@ ANALYZE erasure_requests`); err != nil {
 // explain returns the plan of sql with args, as Postgres runs it for them.
 func (b *testBundle) explain(t *testing.T, sql string, args ...any) string {
 	t.Helper()
-	rows, err := b.pool.Query(b.ctx, "EXPLAIN "+sql, args...) // plans only: nothing runs
+	return b.explainUnder(t, "", sql, args...)
+}
+
+// explainUnder is explain under a setting (SET LOCAL ...).
+func (b *testBundle) explainUnder(t *testing.T, setting, sql string, args ...any) string {
+	t.Helper()
+	tx, err := b.pool.Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(b.ctx)
+	if setting != "" {
+		if _, err := tx.Exec(b.ctx, setting); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows, err := tx.Query(b.ctx, "EXPLAIN "+sql, args...) // plans only: nothing runs
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -496,4 +515,34 @@ func (b *testBundle) explain(t *testing.T, sql string, args ...any) string {
 		t.Fatal(err)
 	}
 	return plan.String()
+}
+
+// A backlog that autoanalyze has not seen yet (an upgrade onto years of finished requests, a
+// shortened IDENTIFIER_RETENTION) must not make each batch's update read every due row.
+func TestPseudonymiseFindsEachRowByItsIDWhateverTheStatistics(t *testing.T) {
+	q, b := setup(t)
+	if _, err := b.pool.Exec(b.ctx, `
+INSERT INTO erasure_requests (request_ref, external_user_id, status, outcome, attempts, completed_at)
+SELECT 'recent-' || i, 'user-' || i, 'succeeded', 'deleted', 1, now() - i * interval '1 second' FROM generate_series(1, 1000) AS i;
+ANALYZE erasure_requests;
+INSERT INTO erasure_requests (request_ref, external_user_id, status, outcome, attempts, completed_at)
+SELECT 'old-' || i, 'old-user-' || i, 'succeeded', 'deleted', 1, now() - interval '30 days' - i * interval '1 second'
+FROM generate_series(1, 100000) AS i`); err != nil {
+		t.Fatal(err)
+	}
+	due, err := q.ToPseudonymise(b.ctx, retainIDs, queue.RetentionCursor{}, 1000)
+	if err != nil || len(due) != 1000 {
+		t.Fatalf("%d due (%v), want a full batch", len(due), err)
+	}
+	ids, raws, pseudonyms := make([]int64, len(due)), make([]string, len(due)), make([]string, len(due))
+	for i, d := range due {
+		ids[i], raws[i], pseudonyms[i] = d.ID, d.ExternalUserID, testKeys.Pseudonym(d.ExternalUserID)
+	}
+	// On a table this small a scan of all of it costs less than a thousand look-ups by id; on
+	// the tables this is for (a million rows: 29ms by id, 750ms through the index of every due
+	// row, measured) it does not. Take the scan away, as the size would.
+	plan := b.explainUnder(t, "SET LOCAL enable_seqscan = off", queue.PseudonymiseSQL, retainIDs.Milliseconds(), ids, raws, pseudonyms)
+	if !strings.Contains(plan, "erasure_requests_pkey") || strings.Contains(plan, "erasure_requests_identified") {
+		t.Errorf("the update does not find its rows by id:\n%s", plan)
+	}
 }

@@ -17,7 +17,7 @@ import (
 // RetentionQueue is what the purge needs of the queue.
 type RetentionQueue interface {
 	LeaderQueue
-	ToPseudonymise(ctx context.Context, after time.Duration, limit int) ([]queue.Identified, error)
+	ToPseudonymise(ctx context.Context, after time.Duration, from queue.RetentionCursor, limit int) ([]queue.Identified, error)
 	Pseudonymise(ctx context.Context, after time.Duration, batch []queue.Pseudonym) (int64, error)
 	DeleteEvidence(ctx context.Context, after time.Duration, limit int) (int64, error)
 	RetentionStats(ctx context.Context, identifier, evidence time.Duration) (queue.RetentionStats, error)
@@ -128,7 +128,10 @@ func (r *Retention) Round(ctx context.Context) error {
 	var pseudonymised int64
 	if r.cfg.Identifier > 0 {
 		var err error
-		pseudonymised, err = r.drain(ctx, deadline, r.pseudonymiseBatch)
+		var from queue.RetentionCursor // each batch starts where the last ended
+		pseudonymised, err = r.drain(ctx, deadline, func(ctx context.Context) (int64, bool, error) {
+			return r.pseudonymiseBatch(ctx, &from)
+		})
 		if err != nil {
 			return fmt.Errorf("pseudonymising finished requests' ids: %w", err)
 		}
@@ -162,15 +165,18 @@ func (r *Retention) drain(ctx context.Context, deadline time.Time, batch func(co
 	}
 }
 
-func (r *Retention) pseudonymiseBatch(ctx context.Context) (int64, bool, error) {
-	due, err := r.q.ToPseudonymise(ctx, r.cfg.Identifier, r.cfg.BatchSize)
+func (r *Retention) pseudonymiseBatch(ctx context.Context, from *queue.RetentionCursor) (int64, bool, error) {
+	due, err := r.q.ToPseudonymise(ctx, r.cfg.Identifier, *from, r.cfg.BatchSize)
 	if err != nil || len(due) == 0 {
 		return 0, false, err
 	}
+	*from = due[len(due)-1].Next()
 	// The HMAC is computed here: the key never reaches the database, nor its logs.
-	batch := make([]queue.Pseudonym, len(due))
-	for i, d := range due {
-		batch[i] = queue.Pseudonym{ID: d.ID, Raw: d.ExternalUserID, Pseudonym: r.cfg.Keys.Pseudonym(d.ExternalUserID)}
+	batch := make([]queue.Pseudonym, 0, len(due))
+	for _, d := range due {
+		if !d.Held {
+			batch = append(batch, queue.Pseudonym{ID: d.ID, Raw: d.ExternalUserID, Pseudonym: r.cfg.Keys.Pseudonym(d.ExternalUserID)})
+		}
 	}
 	n, err := r.q.Pseudonymise(ctx, r.cfg.Identifier, batch)
 	r.m.Pseudonymised.Add(float64(n))
