@@ -530,6 +530,11 @@ SELECT 'old-' || i, 'old-user-' || i, 'succeeded', 'deleted', 1, now() - interva
 FROM generate_series(1, 100000) AS i`); err != nil {
 		t.Fatal(err)
 	}
+	// The batch is read in the index's order, a thousand entries and no more.
+	plan := b.explain(t, queue.ToPseudonymiseSQL, retainIDs.Milliseconds(), 1000, time.Time{}, 0)
+	if !strings.Contains(plan, "Index Scan using erasure_requests_identified") || strings.Contains(plan, "Bitmap") || strings.Contains(plan, "Hash") {
+		t.Errorf("the batch is not read in the index's order:\n%s", plan)
+	}
 	due, err := q.ToPseudonymise(b.ctx, retainIDs, queue.RetentionCursor{}, 1000)
 	if err != nil || len(due) != 1000 {
 		t.Fatalf("%d due (%v), want a full batch", len(due), err)
@@ -541,7 +546,7 @@ FROM generate_series(1, 100000) AS i`); err != nil {
 	// On a table this small a scan of all of it costs less than a thousand look-ups by id; on
 	// the tables this is for (a million rows: 29ms by id, 750ms through the index of every due
 	// row, measured) it does not. Take the scan away, as the size would.
-	plan := b.explainUnder(t, "SET LOCAL enable_seqscan = off", queue.PseudonymiseSQL, retainIDs.Milliseconds(), ids, raws, pseudonyms)
+	plan = b.explainUnder(t, "SET LOCAL enable_seqscan = off", queue.PseudonymiseSQL, retainIDs.Milliseconds(), ids, raws, pseudonyms)
 	if !strings.Contains(plan, "erasure_requests_pkey") || strings.Contains(plan, "erasure_requests_identified") {
 		t.Errorf("the update does not find its rows by id:\n%s", plan)
 	}
