@@ -37,11 +37,12 @@ const (
 )
 
 const (
-	// retentionBatchTimeout bounds one batch's statement.
-	retentionBatchTimeout = 10 * time.Second
-	// retentionRoundBudget bounds one round, so that it ends, and RunDuty renews the duty's
-	// term, well within the term: a round that outlived it would let a second replica purge at
-	// the same time. What is left is purged in the next round.
+	// retentionBatchTimeout bounds one batch (a thousand rows take tens of milliseconds).
+	retentionBatchTimeout = 5 * time.Second
+	// retentionRoundBudget bounds one round: no batch starts after it, so a round ends within
+	// it and one batch's timeout (20s), and RunDuty renews the duty's term (30s) in time. A
+	// round that outlived the term would let a second replica purge alongside. What is left is
+	// purged in the next round.
 	retentionRoundBudget = 15 * time.Second
 	// A short random pause between batches leaves the database to the claims and finishes for
 	// a while, as River's job cleaner does.
@@ -124,19 +125,25 @@ func (r *Retention) Run(ctx context.Context) {
 // Round is one round of the purge: pseudonymise, then delete, each until nothing is due or
 // the round's time is up. Only the duty's leader calls it (and tests).
 func (r *Retention) Round(ctx context.Context) error {
-	deadline := time.Now().Add(r.cfg.roundBudget)
+	start := time.Now()
+	deadline := start.Add(r.cfg.roundBudget)
 	var pseudonymised int64
 	if r.cfg.Identifier > 0 {
 		var err error
 		var from queue.RetentionCursor // each batch starts where the last ended
-		pseudonymised, err = r.drain(ctx, deadline, func(ctx context.Context) (int64, bool, error) {
+		// Two thirds of the round at most, so that a backlog of ids never starves the deletion.
+		pseudonymised, err = r.drain(ctx, start.Add(r.cfg.roundBudget*2/3), func(ctx context.Context) (int64, bool, error) {
 			return r.pseudonymiseBatch(ctx, &from)
 		})
 		if err != nil {
 			return fmt.Errorf("pseudonymising finished requests' ids: %w", err)
 		}
 	}
-	deleted, err := r.drain(ctx, deadline, r.deleteBatch)
+	var deleted int64
+	var err error
+	if time.Now().Before(deadline) {
+		deleted, err = r.drain(ctx, deadline, r.deleteBatch)
+	}
 	if pseudonymised > 0 || deleted > 0 {
 		r.log.Info("retention: purged", "pseudonymised", pseudonymised, "deleted", deleted)
 	}
