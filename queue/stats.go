@@ -184,15 +184,23 @@ func (f RequeueFilter) validate() error {
 	return nil
 }
 
+// requeueMatches is a RequeueFilter as SQL: $1 all, $2 refs, $3 error code, $4 outcome.
+const requeueMatches = `($1 OR request_ref = ANY($2::text[]) OR last_error_code = $3 OR outcome = $4)`
+
+func (f RequeueFilter) refs() []string {
+	if len(f.Refs) > 0 {
+		return f.Refs
+	}
+	return nil
+}
+
 // Requeue puts failed requests back to pending with a fresh set of attempts and returns how
-// many. Their last_error stays for the record; erasure_attempts keeps every earlier call.
+// many. Their last_error stays for the record; erasure_attempts keeps every earlier call. A
+// failed request whose raw id was pseudonymised stays failed (the schema refuses it as pending):
+// RequeueSkipped counts those.
 func (q *Queue) Requeue(ctx context.Context, f RequeueFilter) (int64, error) {
 	if err := f.validate(); err != nil {
 		return 0, err
-	}
-	var refs []string
-	if len(f.Refs) > 0 {
-		refs = f.Refs
 	}
 	// Reports of the failure not yet delivered wait again for the new outcome; one already
 	// delivered stays delivered (Ketch takes no status after a final one).
@@ -201,8 +209,7 @@ func (q *Queue) Requeue(ctx context.Context, f RequeueFilter) (int64, error) {
 WITH requeued AS (
     UPDATE erasure_requests
     SET status = 'pending', outcome = NULL, completed_at = NULL, attempts = 0, run_after = now(), claim_token = NULL
-    WHERE status = 'failed'
-      AND ($1 OR request_ref = ANY($2::text[]) OR last_error_code = $3 OR outcome = $4)
+    WHERE status = 'failed' AND pseudonymised_at IS NULL AND `+requeueMatches+`
     RETURNING id
 ),
 unreported AS (
@@ -212,7 +219,7 @@ unreported AS (
     WHERE rep.request_id = r.id AND rep.status IN ('pending', 'delivering', 'failed')
 )
 SELECT count(*) FROM requeued`,
-		f.All, refs, nonEmpty(f.ErrorCode), nonEmpty(f.Outcome)).Scan(&n)
+		f.All, f.refs(), nonEmpty(f.ErrorCode), nonEmpty(f.Outcome)).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("requeue: %w", err)
 	}

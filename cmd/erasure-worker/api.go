@@ -18,6 +18,7 @@ import (
 	"github.com/erasure-worker/erasure-worker/connector/ketch"
 	"github.com/erasure-worker/erasure-worker/connector/webhook"
 	"github.com/erasure-worker/erasure-worker/queue"
+	"github.com/erasure-worker/erasure-worker/worker"
 )
 
 // maxAPIBody bounds a body on every door: an erasure request is a few hundred bytes.
@@ -29,12 +30,13 @@ const maxAPIBody = 64 << 10
 type doors struct {
 	q        *queue.Queue
 	cfg      doorsConfig
+	keys     worker.IdentifierKeys // to recognise a repeat of a request whose id was pseudonymised
 	log      *slog.Logger
 	requests *prometheus.CounterVec // erasure_api_requests_total{door,code}
 }
 
-func newDoors(q *queue.Queue, cfg doorsConfig, log *slog.Logger, reg prometheus.Registerer) *doors {
-	d := &doors{q: q, cfg: cfg, log: log, requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+func newDoors(q *queue.Queue, cfg doorsConfig, keys worker.IdentifierKeys, log *slog.Logger, reg prometheus.Registerer) *doors {
+	d := &doors{q: q, cfg: cfg, keys: keys, log: log, requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "erasure_api_requests_total",
 		Help: "Requests to the HTTP doors on API_LISTEN_ADDR, by door (api, ketch) and HTTP status of the answer.",
 	}, []string{"door", "code"})}
@@ -203,6 +205,24 @@ func intOrNil(n int) *int {
 	return &n
 }
 
+// sameID tells whether a repeated request names the id the stored one does: the raw id, or once
+// IDENTIFIER_RETENTION has passed, its pseudonym under any key. Without keys a pseudonym cannot be
+// checked, and the repeat is taken for what it says it is.
+func (d *doors) sameID(stored, given string) bool {
+	if !strings.HasPrefix(stored, worker.PseudonymPrefix) {
+		return equalSecret(stored, given)
+	}
+	if d.keys.Len() == 0 {
+		return true
+	}
+	for _, p := range d.keys.Pseudonyms(given) {
+		if equalSecret(stored, p) {
+			return true
+		}
+	}
+	return false
+}
+
 // submit is POST /v1/erasure-requests.
 func (d *doors) submit(w http.ResponseWriter, r *http.Request) {
 	if !isJSON(r) {
@@ -257,7 +277,7 @@ func (d *doors) submit(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case res[0].Admission == queue.Inserted:
 		writeJSONBody(w, http.StatusAccepted, stateOf(rec))
-	case !equalSecret(rec.ExternalUserID, sub.ExternalUserID):
+	case !d.sameID(rec.ExternalUserID, sub.ExternalUserID):
 		writeAPIError(w, http.StatusConflict, "request_ref", "request_ref: already used by a request for another external_user_id")
 	default:
 		writeJSONBody(w, http.StatusOK, stateOf(rec))
@@ -346,7 +366,7 @@ func (d *doors) ketch(w http.ResponseWriter, r *http.Request) {
 		d.unavailable(w, r, "ketch", err)
 		return
 	}
-	if res[0].Admission == queue.Duplicate && !equalSecret(rec.ExternalUserID, req.ExternalUserID) {
+	if res[0].Admission == queue.Duplicate && !d.sameID(rec.ExternalUserID, req.ExternalUserID) {
 		writeKetch(w, http.StatusConflict, ketch.ErrorBody(&req.Metadata, http.StatusConflict, ketch.ErrorConflict,
 			"metadata.uid: already used by a request for another identity"))
 		return

@@ -18,6 +18,7 @@ import (
 	"github.com/erasure-worker/erasure-worker/connector/ketch/ketchfake"
 	"github.com/erasure-worker/erasure-worker/queue"
 	"github.com/erasure-worker/erasure-worker/queue/queuetest"
+	"github.com/erasure-worker/erasure-worker/worker"
 )
 
 const (
@@ -25,6 +26,8 @@ const (
 	testKetchValue = "Bearer ketch-secret-77ab"
 	testKetchSpace = "account_id"
 )
+
+var testKeys = worker.NewIdentifierKeys([]byte("identifier-key-new-0123456789abcdef0123"), []byte("identifier-key-old-0123456789abcdef0123"))
 
 type doorBundle struct {
 	url  string
@@ -44,7 +47,7 @@ func setupDoors(t *testing.T) *doorBundle {
 		webhookURL: "http://127.0.0.1:1/outcomes", webhookSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
 		ketchHeader: "Authorization", ketchValue: testKetchValue, ketchSpace: testKetchSpace,
 	}
-	srv := httptest.NewServer(newDoors(b.q, cfg, slog.New(slog.NewJSONHandler(b.logs, nil)), nil).handler())
+	srv := httptest.NewServer(newDoors(b.q, cfg, testKeys, slog.New(slog.NewJSONHandler(b.logs, nil)), nil).handler())
 	t.Cleanup(srv.Close)
 	b.url = srv.URL
 	return b
@@ -272,5 +275,25 @@ SELECT (SELECT string_agg(r::text, ' ') FROM erasure_requests r) || (SELECT stri
 	}
 	if strings.Contains(b.logs.String(), "acct-") || strings.Contains(b.logs.String(), "ketch-secret") {
 		t.Fatalf("the logs hold an identity or the credential:\n%s", b.logs.String())
+	}
+}
+
+func TestARepeatOfARequestWhoseIDWasPseudonymisedIsStillARepeat(t *testing.T) {
+	b := setupDoors(t)
+	const js = "application/json"
+	if a := b.submit(t, testAPIToken, js, `{"request_ref":"old-1","external_user_id":"person-1"}`); a.status != 202 {
+		t.Fatalf("submit: %d %s", a.status, a.raw)
+	}
+	// The request finished long ago and its id was pseudonymised, under the key now second.
+	old := worker.NewIdentifierKeys([]byte("identifier-key-old-0123456789abcdef0123")).Pseudonym("person-1")
+	if _, err := b.pool.Exec(context.Background(), `UPDATE erasure_requests SET status = 'succeeded', outcome = 'deleted',
+		completed_at = now(), external_user_id = $1, pseudonymised_at = now() WHERE request_ref = 'old-1'`, old); err != nil {
+		t.Fatal(err)
+	}
+	if a := b.submit(t, testAPIToken, js, `{"request_ref":"old-1","external_user_id":"person-1"}`); a.status != 200 || a.body["status"] != "succeeded" {
+		t.Fatalf("a repeat after pseudonymisation: %d %s, want 200 with the state", a.status, a.raw)
+	}
+	if a := b.submit(t, testAPIToken, js, `{"request_ref":"old-1","external_user_id":"person-2"}`); a.status != 409 {
+		t.Fatalf("another id for that ref after pseudonymisation: %d %s, want 409", a.status, a.raw)
 	}
 }

@@ -212,7 +212,7 @@ func benchPeerOurs(t *testing.T, workerBin, fakeURL string, fakePid int) benchPe
 	benchFakeReset(t, fakeURL)
 	addr := freeAddr(t)
 	env := []string{"DATABASE_URL=" + dbURL, "KNOT_BASE_URL=" + fakeURL, "KNOT_CLIENT_ID=e2e-client", "KNOT_SECRET=e2e-secret",
-		"LOG_FORMAT=json", "LISTEN_ADDR=" + addr, "CONCURRENCY=100",
+		"LOG_FORMAT=json", "LISTEN_ADDR=" + addr, "CONCURRENCY=100", "IDENTIFIER_RETENTION=off",
 		"RATE_LIMIT_RPS=" + fmt.Sprint(benchNoLimitRPS), "RATE_LIMIT_BURST=" + fmt.Sprint(benchNoLimitBurst),
 		"PATH=" + os.Getenv("PATH")}
 

@@ -54,7 +54,7 @@ func newChaosRig(t *testing.T, dbURL, fakeURL string, fakeArgs ...string) *chaos
 	}
 	r := &chaosRig{workerBin: workerBin, fakeURL: fakeURL, dbURL: dbURL}
 	r.env = []string{"DATABASE_URL=" + dbURL, "KNOT_BASE_URL=" + fakeURL, "KNOT_CLIENT_ID=e2e-client",
-		"LOG_FORMAT=json", "PATH=" + os.Getenv("PATH")}
+		"IDENTIFIER_KEY_FILE=" + identifierKeyFile(t), "LOG_FORMAT=json", "PATH=" + os.Getenv("PATH")}
 	out, errOut, code := cli(t, workerBin, r.env, "", "migrate")
 	if code != 0 {
 		t.Fatalf("migrate: exit %d: %s %s", code, out, errOut)

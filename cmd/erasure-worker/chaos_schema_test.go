@@ -19,7 +19,7 @@ func newUnmigratedChaosRig(t *testing.T) *chaosRig {
 	_, fakeURL := startFake(t, fakeBin)
 	r := &chaosRig{workerBin: workerBin, fakeURL: fakeURL, dbURL: queuetest.EmptyURL(t)}
 	r.env = []string{"DATABASE_URL=" + r.dbURL, "KNOT_BASE_URL=" + fakeURL, "KNOT_CLIENT_ID=e2e-client",
-		"LOG_FORMAT=json", "PATH=" + os.Getenv("PATH")}
+		"LOG_FORMAT=json", "IDENTIFIER_RETENTION=off", "PATH=" + os.Getenv("PATH")}
 	return r
 }
 

@@ -232,7 +232,7 @@ func setupE2E(t *testing.T, n int, fakeArgs ...string) *e2e {
 	_, fakeURL := startFake(t, fakeBin, fakeArgs...)
 	e := &e2e{workerBin: workerBin, fakeURL: fakeURL, dbURL: queuetest.EmptyURL(t)}
 	e.env = []string{"DATABASE_URL=" + e.dbURL, "KNOT_BASE_URL=" + fakeURL, "KNOT_CLIENT_ID=e2e-client", "KNOT_SECRET=e2e-secret",
-		"LOG_FORMAT=json", "PATH=" + os.Getenv("PATH")}
+		"IDENTIFIER_KEY_FILE=" + identifierKeyFile(t), "LOG_FORMAT=json", "PATH=" + os.Getenv("PATH")}
 
 	out, errOut, code := cli(t, workerBin, e.env, "", "migrate")
 	if code != 0 || !strings.Contains(out, "schema migrated from version 0 to") {
@@ -247,6 +247,17 @@ func setupE2E(t *testing.T, n int, fakeArgs ...string) *e2e {
 		t.Fatalf("enqueue: exit %d: %s %s", code, out, errOut)
 	}
 	return e
+}
+
+// identifierKeyFile writes a key file for IDENTIFIER_KEY_FILE, which `run` needs while
+// IDENTIFIER_RETENTION is on (its default), and returns its path.
+func identifierKeyFile(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "identifier-keys")
+	if err := os.WriteFile(path, []byte("e2e-identifier-key-0123456789abcdef0123\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 func (e *e2e) startWorker(t *testing.T, extra ...string) (*process, string) {

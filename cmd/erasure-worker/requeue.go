@@ -41,9 +41,17 @@ func runRequeue(ctx context.Context, env *environment, args []string) int {
 		return exitUsage
 	}
 	fmt.Fprintf(env.stdout, "requeued %d failed request(s)\n", n)
-	if len(refs) > 0 && n < int64(len(refs)) {
+	skipped, err := q.RequeueSkipped(ctx, f)
+	if err != nil {
+		env.errorf("%v", err)
+		return exitFailure
+	}
+	if skipped > 0 {
+		fmt.Fprintf(env.stderr, "erasure-worker: requeue: skipped %d failed request(s) whose external_user_id was pseudonymised (IDENTIFIER_RETENTION passed): there is no id left to send Knot; ask the privacy request system to send them again\n", skipped)
+	}
+	if len(refs) > 0 && n+skipped < int64(len(refs)) {
 		fmt.Fprintf(env.stderr, "erasure-worker: requeue: %d of the %d refs named were not failed requests (unknown, or pending, running or succeeded)\n",
-			int64(len(refs))-n, len(refs))
+			int64(len(refs))-n-skipped, len(refs))
 	}
 	return exitOK
 }

@@ -36,6 +36,7 @@ type runConfig struct {
 	logFormat   string
 	worker      worker.Config
 	doors       doorsConfig
+	retention   retentionConfig
 }
 
 func dur(d time.Duration) string { return d.String() }
@@ -67,6 +68,7 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 		stats       = s.add("STATS_INTERVAL", dur(worker.DefaultStatsInterval), "how often the queue gauges are read from the database")
 		noListen    = s.add("DISABLE_LISTEN", "false", "true to poll only, without LISTEN/NOTIFY (e.g. behind PgBouncer in transaction mode)")
 		doors       = declareDoors(s)
+		retention   = declareRetention(s)
 	)
 	if _, err := s.parse(args); err != nil {
 		return runConfig{}, err
@@ -115,6 +117,11 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 	c.worker.ID = workerID()
 	if err := c.worker.Validate(); err != nil {
 		return runConfig{}, err
+	}
+	// Last, so that any other mistake is named first: IDENTIFIER_KEY_FILE is what a deployment
+	// set up before retention lacks.
+	if c.retention = retention(); s.err != nil {
+		return runConfig{}, s.err
 	}
 	return c, nil
 }
@@ -173,6 +180,7 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg.worker.Metrics = worker.NewMetrics(reg)
+	retentionMetrics := worker.NewRetentionMetrics(reg)
 	cfg.worker.Logger = log
 	if cfg.secretFile != "" {
 		cfg.worker.BeforeProbe = func(context.Context) {
@@ -221,7 +229,7 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 	// The doors bind first: a taken API_LISTEN_ADDR stops start-up before anything runs. Any
 	// return from here on stops the services started below, then waits for them.
 	if cfg.doors.listening() {
-		stop, err := serveDoors(cfg.doors, q, log, reg)
+		stop, err := serveDoors(cfg.doors, cfg.retention.keys, q, log, reg)
 		if err != nil {
 			return err
 		}
@@ -258,19 +266,24 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 			worker.RunDuty(ctx, q, cfg.worker.ID, worker.Duty{Name: "transcend", Interval: cfg.doors.transcendPoll, Do: p.pull}, log)
 		})
 	}
+	purge, err := cfg.retention.purge(q, cfg.worker.ID, cfg.worker.StatsInterval, log, retentionMetrics)
+	if err != nil {
+		return err
+	}
+	services.Go(func() { purge.Run(ctx) })
 	w.Run(ctx)
 	return nil
 }
 
 // serveDoors serves the HTTP doors on API_LISTEN_ADDR; stop ends them gracefully, letting
 // requests being answered finish.
-func serveDoors(cfg doorsConfig, q *queue.Queue, log *slog.Logger, reg prometheus.Registerer) (stop func(), err error) {
+func serveDoors(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, log *slog.Logger, reg prometheus.Registerer) (stop func(), err error) {
 	ln, err := net.Listen("tcp", cfg.apiAddr)
 	if err != nil {
 		return nil, fmt.Errorf("API_LISTEN_ADDR: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           newDoors(q, cfg, log, reg).handler(),
+		Handler:           newDoors(q, cfg, keys, log, reg).handler(),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,

@@ -77,7 +77,7 @@ func startRun(t *testing.T, env map[string]string) *inProcessRun {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &inProcessRun{addr: freeAddr(t), log: &syncBuffer{}, stop: cancel, exited: make(chan int, 1)}
-	e := map[string]string{"LISTEN_ADDR": r.addr, "LOG_FORMAT": "json"}
+	e := map[string]string{"LISTEN_ADDR": r.addr, "LOG_FORMAT": "json", "IDENTIFIER_RETENTION": "off"}
 	for k, v := range env {
 		e[k] = v
 	}

@@ -1,0 +1,9 @@
+package queue
+
+// The retention statements, for tests that read their plans.
+const (
+	RetentionStatsSQL = retentionStatsSQL
+	ToPseudonymiseSQL = toPseudonymiseSQL
+	PseudonymiseSQL   = pseudonymiseSQL
+	DeleteEvidenceSQL = deleteEvidenceSQL
+)
