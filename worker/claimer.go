@@ -121,8 +121,20 @@ func (w *Worker) claimable(buffered int) int {
 	}
 	held := buffered + len(w.slots)
 	room := int(math.Floor(w.limiter.sendable(w.cfg.sendWindow()))) - held
-	return min(target-buffered, room)
+	n := min(target-buffered, room)
+	if !w.hasStarted() {
+		// Start-up: one small claim, then none until its first call is out, so that the first
+		// batch is quick to write and the first take finds the connection free.
+		if held > 0 {
+			return 0
+		}
+		return min(n, startupClaim)
+	}
+	return n
 }
+
+// startupClaim is the most a replica claims before its first call is out.
+const startupClaim = 16
 
 func (w *Worker) dispatch(sendCtx, callCtx context.Context, calls *sync.WaitGroup, job queue.Job, probe bool) {
 	w.slots <- struct{}{}

@@ -68,7 +68,21 @@ type Worker struct {
 const startupGrace = time.Second
 
 // markStarted ends start-up: the background loops may take connections of their own.
-func (w *Worker) markStarted() { w.startedOnce.Do(func() { close(w.started) }) }
+func (w *Worker) markStarted() {
+	w.startedOnce.Do(func() {
+		close(w.started)
+		w.nudge() // the claim loop held back its claims until now
+	})
+}
+
+func (w *Worker) hasStarted() bool {
+	select {
+	case <-w.started:
+		return true
+	default:
+		return false
+	}
+}
 
 // New returns a worker that claims from q and calls knot. Zero fields of cfg take defaults;
 // New fails if the result does not validate.
