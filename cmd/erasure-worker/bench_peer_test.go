@@ -134,8 +134,9 @@ func benchPeer(t *testing.T, r *benchReport) {
 			"/metrics (starting the binary, whose floor here is %.0f ms for `erasure-worker --version`: fork, exec, the Go "+
 			"runtime and every package's init; then opening the pool, whose floor is a new PostgreSQL connection, %.0f ms), "+
 			"%.0f ms to check the schema, and %.0f ms from the worker's start to the call: the first heartbeat, the first "+
-			"claim and the first take from the shared bucket, three statements on a new connection, one after the other, "+
-			"since no call may go before the bucket's row exists. River's %.0f ms is timed from Client.Start, in a process "+
+			"claim and the first take from the shared bucket, one after the other (no call may go before the bucket's row "+
+			"exists), over a backlog inserted just before the start, which PostgreSQL has no statistics for yet: it plans the "+
+			"claim as a bitmap scan and a sort of every pending row instead of reading the claim index in order. River's %.0f ms is timed from Client.Start, in a process "+
 			"already started, whose pool is already open and whose jobs were just inserted: its figure holds none of the "+
 			"first %.0f ms.\n",
 			firstMs, servingMs, float64(execFloor.Microseconds())/1000, float64(connFloor.Microseconds())/1000,
