@@ -99,11 +99,7 @@ type Reporter struct {
 // NewReporter returns a reporter over q.
 func NewReporter(q ReportQueue, cfg ReporterConfig) *Reporter {
 	cfg.setDefaults()
-	r := &Reporter{cfg: cfg, q: q, log: cfg.Logger.With("worker", cfg.ID), m: cfg.Metrics, paused: map[string]time.Time{}}
-	for c := range cfg.Deliverers {
-		r.m.Paused.WithLabelValues(c).Set(0)
-	}
-	return r
+	return &Reporter{cfg: cfg, q: q, log: cfg.Logger.With("worker", cfg.ID), m: cfg.Metrics, paused: map[string]time.Time{}}
 }
 
 // Run delivers reports until ctx ends, then waits for deliveries in flight (each bounded by

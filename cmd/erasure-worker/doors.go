@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -192,7 +193,7 @@ func (t transcendDeliverer) Deliver(ctx context.Context, r queue.Report) connect
 type transcendPuller struct {
 	c        *transcend.Client
 	q        *queue.Queue
-	log      interface{ Warn(string, ...any) }
+	log      *slog.Logger
 	pageSize int
 	pulled   func(admission queue.Admission)
 }

@@ -16,10 +16,7 @@ import (
 // while every request is still there, under its pseudonym.
 func TestEndToEndADumpHoldsNoRawIDOnceItsRetentionPassed(t *testing.T) {
 	t.Parallel()
-	pgDump, err := exec.LookPath("pg_dump")
-	if err != nil {
-		t.Skip("pg_dump is not installed (it comes with the PostgreSQL client: apt-get install postgresql-client)")
-	}
+	pgDump := requireTool(t, "pg_dump", "it comes with the PostgreSQL client: apt-get install postgresql-client")
 	const n = 20
 	e := setupE2E(t, n, "-missing", "0.2") // person-0.. through the table's contract
 	rig := startDoorsRig(t, n, nil)
