@@ -20,9 +20,11 @@ type LeaderQueue interface {
 type Duty struct {
 	Name     string
 	Interval time.Duration
-	// Do is one round of the work. It is called only while this replica leads, at most every
-	// Interval; its error is logged, and the next round comes an Interval later.
-	Do func(ctx context.Context) error
+	// Do is one round of the work. It is called only while this replica leads, every Interval;
+	// its error is logged, and the next round comes an Interval later. A round that stopped
+	// with work left says more: the next one follows at once, once the term is renewed, so that
+	// a backlog goes at the pace of the work rather than one round per Interval.
+	Do func(ctx context.Context) (more bool, err error)
 }
 
 // dutyTerm bounds how long a dead leader holds a duty: it renews every third of a term.
@@ -38,6 +40,7 @@ func RunDuty(ctx context.Context, q LeaderQueue, id string, d Duty, log *slog.Lo
 	var (
 		leading  bool
 		lastRun  time.Time
+		more     bool
 		failing  bool
 		leadFail bool
 	)
@@ -78,9 +81,13 @@ func RunDuty(ctx context.Context, q LeaderQueue, id string, d Duty, log *slog.Lo
 				log.Info("no longer leading")
 			}
 		}
-		if leading && (lastRun.IsZero() || time.Since(lastRun) >= d.Interval) {
+		more = more && leading
+		if leading && (more || lastRun.IsZero() || time.Since(lastRun) >= d.Interval) {
 			lastRun = time.Now()
-			if err := d.Do(ctx); err != nil && ctx.Err() == nil {
+			var err error
+			more, err = d.Do(ctx)
+			more = more && err == nil
+			if err != nil && ctx.Err() == nil {
 				if !failing {
 					log.Error("duty failed; trying again at its next interval", "err", err, "interval", d.Interval)
 				}
@@ -90,6 +97,10 @@ func RunDuty(ctx context.Context, q LeaderQueue, id string, d Duty, log *slog.Lo
 				failing = false
 			}
 		}
-		t.Reset(renew)
+		if more {
+			t.Reset(0)
+		} else {
+			t.Reset(renew)
+		}
 	}
 }

@@ -42,7 +42,7 @@ const (
 	// retentionRoundBudget bounds one round: no batch starts after it, so a round ends within
 	// it and one batch's timeout (20s), and RunDuty renews the duty's term (30s) in time. A
 	// round that outlived the term would let a second replica purge alongside. What is left is
-	// purged in the next round.
+	// purged in the next round, which follows at once.
 	retentionRoundBudget = 15 * time.Second
 	// A short random pause between batches leaves the database to the claims and finishes for
 	// a while, as River's job cleaner does.
@@ -72,8 +72,9 @@ type RetentionConfig struct {
 // Retention purges what the service keeps past its time, as a Duty that one replica at a time
 // does: each round first pseudonymises the raw ids past Identifier, then deletes the requests
 // past Evidence, in batches, each a short statement under its own timeout with a short pause
-// after it, until nothing is due or the round's time is up. Every replica reads the gauges, so
-// that a purge that stopped everywhere still shows its lag growing.
+// after it, until nothing is due or the round's time is up; a round that ran out of time is
+// followed by the next at once. Every replica reads the gauges, so that a purge that stopped
+// everywhere still shows its lag growing.
 type Retention struct {
 	cfg RetentionConfig
 	q   RetentionQueue
@@ -123,51 +124,54 @@ func (r *Retention) Run(ctx context.Context) {
 }
 
 // Round is one round of the purge: pseudonymise, then delete, each until nothing is due or
-// the round's time is up. Only the duty's leader calls it (and tests).
-func (r *Retention) Round(ctx context.Context) error {
+// the round's time is up; more says that the time ran out with rows still due, and RunDuty
+// then starts the next round at once. Only the duty's leader calls it (and tests).
+func (r *Retention) Round(ctx context.Context) (more bool, err error) {
 	start := time.Now()
 	deadline := start.Add(r.cfg.roundBudget)
 	var pseudonymised int64
 	if r.cfg.Identifier > 0 {
-		var err error
 		var from queue.RetentionCursor // each batch starts where the last ended
 		// Two thirds of the round at most, so that a backlog of ids never starves the deletion.
-		pseudonymised, err = r.drain(ctx, start.Add(r.cfg.roundBudget*2/3), func(ctx context.Context) (int64, bool, error) {
+		pseudonymised, more, err = r.drain(ctx, start.Add(r.cfg.roundBudget*2/3), func(ctx context.Context) (int64, bool, error) {
 			return r.pseudonymiseBatch(ctx, &from)
 		})
 		if err != nil {
-			return fmt.Errorf("pseudonymising finished requests' ids: %w", err)
+			return false, fmt.Errorf("pseudonymising finished requests' ids: %w", err)
 		}
 	}
-	var deleted int64
-	var err error
-	if time.Now().Before(deadline) {
-		deleted, err = r.drain(ctx, deadline, r.deleteBatch)
-	}
+	// At least one batch, even past the deadline, so that the deletion always moves: the
+	// pseudonymisation ends within two thirds of the round and a batch's timeout, so this
+	// first batch still ends within the round and another timeout.
+	deleted, left, err := r.drain(ctx, deadline, r.deleteBatch)
+	more = more || left
 	if pseudonymised > 0 || deleted > 0 {
 		r.log.Info("retention: purged", "pseudonymised", pseudonymised, "deleted", deleted)
 	}
 	if err != nil {
-		return fmt.Errorf("deleting expired evidence: %w", err)
+		return false, fmt.Errorf("deleting expired evidence: %w", err)
 	}
-	return nil
+	return more && ctx.Err() == nil, nil
 }
 
 // drain runs batch until it comes back short of a full batch, the deadline passes or ctx ends,
-// and returns the rows it purged.
-func (r *Retention) drain(ctx context.Context, deadline time.Time, batch func(context.Context) (purged int64, full bool, err error)) (int64, error) {
-	var total int64
+// and returns the rows it purged and whether it stopped at the deadline after a full batch,
+// with more rows likely due.
+func (r *Retention) drain(ctx context.Context, deadline time.Time, batch func(context.Context) (purged int64, full bool, err error)) (total int64, more bool, err error) {
 	for {
 		bctx, cancel := context.WithTimeout(ctx, retentionBatchTimeout)
 		n, full, err := batch(bctx)
 		cancel()
 		total += n
-		if err != nil || !full || !time.Now().Before(deadline) {
-			return total, err
+		if err != nil || !full {
+			return total, false, err
+		}
+		if !time.Now().Before(deadline) {
+			return total, true, nil
 		}
 		pause := retentionPauseMin + rand.N(retentionPauseMax-retentionPauseMin)
 		if sleep(ctx, pause) != nil {
-			return total, nil
+			return total, false, nil
 		}
 	}
 }

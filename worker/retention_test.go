@@ -75,7 +75,7 @@ func (b *retentionBundle) purge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Round(b.ctx); err != nil {
+	if _, err := r.Round(b.ctx); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -174,6 +174,28 @@ func TestEvidenceIsDeletedOnceItsRetentionPassed(t *testing.T) {
 	// user-4 was a minute short of two years, but well past a week: pseudonymised, kept.
 	if got := b.userID(t, "ref-4"); got != b.cfg.Keys.Pseudonym("user-4") {
 		t.Errorf("ref-4 holds %q, want its pseudonym", got)
+	}
+}
+
+func TestABacklogLongerThanARoundIsPurgedWithoutWaitingAnInterval(t *testing.T) {
+	b := setupRetention(t, 10)
+	b.finishedAgo(t, twoYears+time.Minute, users(10)...)
+	// Each round has time for one batch of 3 per step; the next is due a minute later unless
+	// the purge goes on at once while rows are left.
+	b.cfg.Interval = time.Minute
+	r, err := worker.NewRetention(b.q, worker.WithRoundBudget(b.cfg, time.Nanosecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(b.ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { r.Run(ctx) })
+	defer func() { cancel(); wg.Wait() }()
+	queuetest.WaitFor(t, 10*time.Second, "four rounds to delete the ten requests", func() bool {
+		return b.count(t, `true`) == 0
+	})
+	if got := testutil.ToFloat64(b.metrics.Deleted); got != 10 {
+		t.Errorf("erasure_retention_deleted_total = %v, want 10", got)
 	}
 }
 

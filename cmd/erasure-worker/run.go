@@ -263,7 +263,9 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 		}
 		p := transcendPuller{c: client, q: q, log: log.With("connector", queue.ConnectorTranscend), pageSize: transcend.MaxPageSize}
 		services.Go(func() {
-			worker.RunDuty(ctx, q, cfg.worker.ID, worker.Duty{Name: "transcend", Interval: cfg.doors.transcendPoll, Do: p.pull}, log)
+			// A pull pages through everything pending: the next is due an interval later.
+			pull := func(ctx context.Context) (bool, error) { return false, p.pull(ctx) }
+			worker.RunDuty(ctx, q, cfg.worker.ID, worker.Duty{Name: "transcend", Interval: cfg.doors.transcendPoll, Do: pull}, log)
 		})
 	}
 	purge, err := cfg.retention.purge(q, cfg.worker.ID, cfg.worker.StatsInterval, log, retentionMetrics)
