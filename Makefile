@@ -70,10 +70,13 @@ bench-ratelimit:
 # (9, issue #13: the same job on River, bench/riverpeer, a module of its own that the test builds,
 # both run as processes three times over the same backlog: throughput, CPU per request from
 # /proc, first call) and the floor (10: a bare HTTP round trip to knotfake and a bare claim and
-# finish with pgbench). Prints each figure beside its goal and writes BENCHMARKS.md (figures, not
-# a pass/fail test; about ten minutes). BENCH_ONLY=1,3 runs sections.
+# finish with pgbench) and the purge (11, issue #12: a million finished rows pseudonymised and
+# deleted beside the worker at full speed, claims timed with and without it; it turns the
+# server's autovacuum on while it runs if it was off). Prints each figure beside its goal and
+# writes BENCHMARKS.md (figures, not a pass/fail test; about fifteen minutes). BENCH_ONLY=1,3
+# runs sections.
 bench:
-	$(PG) $(GO) test -tags bench -run '^TestBench$$' -count=1 -v -timeout 15m ./cmd/erasure-worker
+	$(PG) $(GO) test -tags bench -run '^TestBench$$' -count=1 -v -timeout 30m ./cmd/erasure-worker
 
 # The container image, built offline with podman from a binary built here (deploy/Dockerfile's
 # FROM scratch target), then run: it must print `erasure-worker $(VERSION)` as non-root with a

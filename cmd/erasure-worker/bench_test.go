@@ -25,7 +25,8 @@ import (
 // TestBench measures the worker against its own limits (issue #6): what it costs per request
 // in CPU, database round trips and memory, and how that cost grows with the table, each figure
 // beside its goal; then (sections 7 and 8) the timing figures of the shared rate limit and of
-// the fault suite, which `make test` and `make chaos` must not judge on a busy machine. It
+// the fault suite, which `make test` and `make chaos` must not judge on a busy machine; the
+// same job on River (9) and the floors (10); and the purge of retention beside the worker (11). It
 // judges nothing: it prints a table and writes it to BENCHMARKS.md with the
 // machine it ran on. Run it with `make bench` (binaries built without the race detector, as
 // bench_ratelimit_test.go sets).
@@ -49,6 +50,7 @@ func TestBench(t *testing.T) {
 		{"8", "faults", benchFaults},
 		{"9", "peer", benchPeer},    // the same job on River, both as processes (issue #13)
 		{"10", "floor", benchFloor}, // a bare HTTP round trip and a bare claim and finish
+		{"11", "purge", benchPurge}, // a million finished rows purged beside the worker (issue #12)
 	}
 	var only []string
 	if s := os.Getenv("BENCH_ONLY"); s != "" {

@@ -20,10 +20,42 @@ type benchTracer struct {
 	timeIn    map[string]time.Duration
 	claimSQL  string
 	claimArgs []any
+	// samples keeps when each statement of these kinds started and how long it took (section 11).
+	samples map[string][]benchSample
+}
+
+// benchSample is one statement: when it started and how long it took.
+type benchSample struct {
+	at   time.Time
+	took time.Duration
 }
 
 func newBenchTracer() *benchTracer {
 	return &benchTracer{byKind: map[string]int64{}, timeIn: map[string]time.Duration{}}
+}
+
+// keep makes the tracer keep every statement of these kinds from now on.
+func (tr *benchTracer) keep(kinds ...string) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.samples = map[string][]benchSample{}
+	for _, k := range kinds {
+		tr.samples[k] = nil
+	}
+}
+
+// between returns the times of the statements of kind that started in [from, to), sorted.
+func (tr *benchTracer) between(kind string, from, to time.Time) []time.Duration {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	var got []time.Duration
+	for _, s := range tr.samples[kind] {
+		if !s.at.Before(from) && s.at.Before(to) {
+			got = append(got, s.took)
+		}
+	}
+	slices.Sort(got)
+	return got
 }
 
 type benchTraceKey struct{}
@@ -46,8 +78,12 @@ func (tr *benchTracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.T
 
 func (tr *benchTracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryEndData) {
 	if s, ok := ctx.Value(benchTraceKey{}).(benchTraceStart); ok {
+		took := time.Since(s.at)
 		tr.mu.Lock()
-		tr.timeIn[s.kind] += time.Since(s.at)
+		tr.timeIn[s.kind] += took
+		if kept, ok := tr.samples[s.kind]; ok {
+			tr.samples[s.kind] = append(kept, benchSample{s.at, took})
+		}
 		tr.mu.Unlock()
 	}
 }
@@ -106,6 +142,10 @@ func benchStatementKind(sql string) string {
 		{"count(*) FROM erasure_requests WHERE status = 'pending'", "stats"},
 		{"erasure_rate_limit", "rate limit"},
 		{"LISTEN", "listen"},
+		{"WITH batch AS MATERIALIZED", "retention select"},
+		{"SET external_user_id = t.pseudonym", "pseudonymise"},
+		{"DELETE FROM erasure_requests r USING oldest", "retention delete"},
+		{"CASE WHEN $1::bigint > 0 THEN (SELECT count(*)", "retention stats"},
 	} {
 		if strings.Contains(sql, k.marker) {
 			return k.kind
