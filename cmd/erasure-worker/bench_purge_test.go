@@ -134,6 +134,18 @@ SELECT 'purge-' || i, 'person-purge-' || i FROM generate_series($1::bigint, $2::
 		purging                    time.Duration // the time the purge ran, in all
 		pseudonymisedIn, deletedIn time.Duration // the time it had run when each step was done
 	)
+	// Done when nothing is due, by the partial indexes the purge reads: its counters miss a
+	// batch that committed while its window's end cancelled it.
+	watcher := benchConnect(t, dbURL)
+	due := func(after time.Duration, where string) bool {
+		var yes bool
+		if err := watcher.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM erasure_requests WHERE `+where+
+			` AND completed_at < now() - $1 * interval '1 millisecond')`, after.Milliseconds()).Scan(&yes); err != nil {
+			t.Errorf("reading what is due: %v", err)
+			return false
+		}
+		return yes
+	}
 	window := func(on bool, d time.Duration) {
 		wnd := benchPurgeWindow{on: on, from: time.Now(), doneFrom: completed()}
 		var wg sync.WaitGroup
@@ -142,15 +154,15 @@ SELECT 'purge-' || i, 'person-purge-' || i FROM generate_series($1::bigint, $2::
 			wg.Go(func() { purge.Run(pctx) })
 		}
 		for time.Since(wnd.from) < d && (!on || pseudonymisedIn == 0 || deletedIn == 0) {
-			time.Sleep(100 * time.Millisecond)
+			time.Sleep(250 * time.Millisecond)
 			if !on {
 				continue
 			}
 			ran := purging + time.Since(wnd.from)
-			if pseudonymisedIn == 0 && testutil.ToFloat64(purgeMetrics.Pseudonymised) >= float64(toPseudonymise) {
+			if pseudonymisedIn == 0 && !due(worker.DefaultIdentifierRetention, `pseudonymised_at IS NULL AND status IN ('succeeded', 'failed')`) {
 				pseudonymisedIn = ran
 			}
-			if deletedIn == 0 && testutil.ToFloat64(purgeMetrics.Deleted) >= float64(toDelete) {
+			if deletedIn == 0 && !due(worker.DefaultEvidenceRetention, `pseudonymised_at IS NOT NULL`) {
 				deletedIn = ran
 			}
 		}
