@@ -82,16 +82,24 @@ func benchInsertPending(t *testing.T, dbURL, prefix string, from, to int) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	_, err = conn.Exec(ctx, `
-INSERT INTO erasure_requests (request_ref, external_user_id)
-SELECT $1 || '-' || lpad(i::text, 9, '0'), 'person-' || $1 || '-' || i
-FROM generate_series($2::bigint, $3::bigint) AS i`, prefix, from, to)
-	if err != nil {
-		t.Fatalf("insert pending: %v", err)
+	if err := benchInsertPendingOn(conn, prefix, int64(from), int64(to)); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := conn.Exec(ctx, `ANALYZE erasure_requests`); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// benchInsertPendingOn inserts pending requests from..to in one statement on conn.
+func benchInsertPendingOn(conn *pgx.Conn, prefix string, from, to int64) error {
+	_, err := conn.Exec(context.Background(), `
+INSERT INTO erasure_requests (request_ref, external_user_id)
+SELECT $1 || '-' || lpad(i::text, 9, '0'), 'person-' || $1 || '-' || i
+FROM generate_series($2::bigint, $3::bigint) AS i`, prefix, from, to)
+	if err != nil {
+		return fmt.Errorf("insert pending: %w", err)
+	}
+	return nil
 }
 
 func benchDBName(t *testing.T, dbURL string) string {

@@ -90,10 +90,7 @@ func benchPurge(t *testing.T, r *benchReport) {
 	var inserted int64
 	feed := func() error {
 		for inserted-completed() < benchPurgeAhead {
-			if _, err := feeder.Exec(ctx, `
-INSERT INTO erasure_requests (request_ref, external_user_id)
-SELECT 'purge-' || i, 'person-purge-' || i FROM generate_series($1::bigint, $2::bigint) AS i`,
-				inserted+1, inserted+benchPurgeChunk); err != nil {
+			if err := benchInsertPendingOn(feeder, "purge", inserted+1, inserted+benchPurgeChunk); err != nil {
 				return fmt.Errorf("feeding the worker: %w", err)
 			}
 			inserted += benchPurgeChunk
@@ -106,13 +103,12 @@ SELECT 'purge-' || i, 'person-purge-' || i FROM generate_series($1::bigint, $2::
 	benchExec(t, conn, `ANALYZE erasure_requests`)
 	var bg sync.WaitGroup
 	bg.Go(func() { w.Run(runCtx) })
-	stopFeeding := make(chan struct{})
 	bg.Go(func() {
 		tick := time.NewTicker(200 * time.Millisecond)
 		defer tick.Stop()
 		for {
 			select {
-			case <-stopFeeding:
+			case <-runCtx.Done():
 				return
 			case <-tick.C:
 				if err := feed(); err != nil {
@@ -184,7 +180,6 @@ SELECT 'purge-' || i, 'person-purge-' || i FROM generate_series($1::bigint, $2::
 	}
 	window(false, benchPurgeOff)
 	stopProfile()
-	close(stopFeeding)
 	cancel()
 	bg.Wait()
 	pool.Close()

@@ -290,13 +290,20 @@ func parseCSVLine(line []byte) ([]string, error) {
 
 func parseDue(s string) (time.Time, error) {
 	s = strings.TrimSpace(s)
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t, nil
-	}
-	if t, err := time.Parse(time.DateOnly, s); err == nil {
+	if t, ok := parseTimeOrDate(s); ok {
 		return t, nil
 	}
 	return time.Time{}, fmt.Errorf("due_at %q is not a time: write it as RFC 3339 (2026-12-24T00:00:00Z) or a date (2026-12-24)", truncateForMessage(s))
+}
+
+// parseTimeOrDate reads an RFC 3339 time or a date, which is midnight UTC.
+func parseTimeOrDate(s string) (time.Time, bool) {
+	for _, layout := range []string{time.RFC3339, time.DateOnly} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, true
+		}
+	}
+	return time.Time{}, false
 }
 
 // jsonReason shortens encoding/json's errors to what a person fixing the line needs.

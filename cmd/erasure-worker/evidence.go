@@ -132,10 +132,7 @@ func parseEvidenceQuery(given map[string]bool, ref, userID, since, until string,
 // parseEvidenceTime reads a date (midnight UTC) or an RFC 3339 time.
 func parseEvidenceTime(name, v string) (time.Time, error) {
 	v = strings.TrimSpace(v)
-	if t, err := time.Parse(time.DateOnly, v); err == nil {
-		return t, nil
-	}
-	if t, err := time.Parse(time.RFC3339, v); err == nil {
+	if t, ok := parseTimeOrDate(v); ok {
 		return t, nil
 	}
 	return time.Time{}, fmt.Errorf("--%s %q is not a date (2026-01-31, midnight UTC) or an RFC 3339 time (2026-01-31T09:30:00Z)", name, v)
