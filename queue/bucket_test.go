@@ -159,17 +159,44 @@ INSERT INTO erasure_workers (id, expires_at, busy, share_rps) VALUES ('old', now
 	}
 }
 
-// The reserve comes off the bucket's depth and goes to each send as lateness it may have.
-func TestTakeKeepsAReserveForLateSends(t *testing.T) {
+// The bucket runs just slow enough that sends reaching Knot up to Lateness after their time
+// still keep every second within the limit plus the burst: nothing is taken off low rates,
+// where a second holds a whole call to spare.
+func TestTakeRunsJustSlowEnoughForLateSends(t *testing.T) {
 	q, b := setup(t)
-	h := beat("a", true)
-	h.Burst = 10
-	if _, err := q.Beat(b.ctx, h); err != nil {
-		t.Fatal(err)
-	}
-	g := take(t, q, b, queue.TakeRequest{Want: 100, CeilingRPS: 100, Burst: 10, FloorRPS: 1, Reserve: 50 * time.Millisecond})
-	if g.N != 5 || g.Slack != 30*time.Millisecond {
-		t.Fatalf("a burst of 10 at 100/s with a 50ms reserve: %+v, want 5 at once, each allowed 25ms (half the reserve) + 5ms (half of 10ms) late", g)
+	for _, c := range []struct {
+		rps   float64
+		burst int
+		every time.Duration
+	}{
+		{10, 1, 100 * time.Millisecond},      // 11 calls fit in 1.025s at 10/s: no cost
+		{1000, 1, 1023976 * time.Nanosecond}, // 1001 in 1.025s
+		{1000, 100, 1023976 * time.Nanosecond},
+	} {
+		h := beat("a", true)
+		h.CeilingRPS, h.Burst = c.rps, c.burst
+		if _, err := q.Beat(b.ctx, h); err != nil {
+			t.Fatal(err)
+		}
+		req := queue.TakeRequest{Want: int(3 * c.rps), Within: 3 * time.Second, CeilingRPS: c.rps, Burst: c.burst,
+			FloorRPS: 1, Lateness: 25 * time.Millisecond}
+		g := take(t, q, b, req)
+		if diff := g.Every - c.every; diff < -time.Microsecond || diff > time.Microsecond {
+			t.Errorf("%g/s, burst %d, 25ms of lateness: one send every %v, want %v", c.rps, c.burst, g.Every, c.every)
+		}
+		// Every send as late as it may be, but every other one on time: the worst bunching.
+		sends := due(g)
+		for i := range sends {
+			if i%2 == 1 {
+				sends[i] = sends[i].Add(req.Lateness)
+			}
+		}
+		if most, limit := busiestWindow(sends, time.Second+time.Nanosecond), int(c.rps)+c.burst; most > limit {
+			t.Errorf("%g/s, burst %d: sends up to 25ms late put %d in a second, want at most %d", c.rps, c.burst, most, limit)
+		}
+		if _, err := b.pool.Exec(b.ctx, `DELETE FROM erasure_rate_limit`); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

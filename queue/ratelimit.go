@@ -95,35 +95,38 @@ type TakeRequest struct {
 	CeilingRPS float64       // this replica's RATE_LIMIT_RPS, in case its heartbeat has not lowered the table's yet
 	Burst      int           // this replica's RATE_LIMIT_BURST, likewise
 	FloorRPS   float64       // the rate never falls below this, whatever older replicas hold
-	// Reserve is taken off the bucket's depth and given to each send as lateness it may have:
-	// a send that goes out late bunches with sends taken after it, and the reserve is what
-	// keeps that within RATE_LIMIT_BURST.
-	Reserve time.Duration
+	// Lateness is how long after its due time a send may reach Knot: the bucket runs just slow
+	// enough that sends that late never put more than the limit plus the burst in any second.
+	Lateness time.Duration
 	// Lead is how long the answer is expected to take to come back: no send is due before it,
-	// so that the trip does not eat into a send's slack.
+	// so that the trip does not eat into a send's lateness.
 	Lead time.Duration
 }
 
 // Grant is the sends the bucket gave: the k-th (from 0) is due First + k·Every after the
-// database's clock read At (at once when that is negative), and may go out up to Slack after
-// that: half the reserve, and half an emission interval, which a count of whole calls in any
-// window absorbs. The other half of the reserve absorbs the trip from the send to Knot. A replica adds these
-// durations to its own clock when the answer arrives, which is later than At: it never sends
-// early.
+// database's clock read At (at once when that is negative). A replica adds these durations to
+// its own clock when the answer arrives, which is later than At: it never sends early.
 type Grant struct {
 	N            int
 	First, Every time.Duration
-	Slack        time.Duration
 	Hold         time.Duration // a Retry-After holds every call this long; N is then 0
 	At           time.Time     // the database's clock when it granted (for tests and status)
 }
 
 // Take takes up to r.Want sends from the deployment's bucket, all due within r.Within: one
-// statement, the bucket's row locked only while it runs. The rate is the deployment's current
-// rate (at most the lowest live ceiling and this replica's), less what replicas of an older
-// version, which do not take from the bucket, allowed themselves; the depth is the lowest live
-// RATE_LIMIT_BURST less the reserve. It returns ok false when no replica has beaten yet (the
-// bucket has no row).
+// statement, the bucket's row locked only while it runs. It is a GCRA (the generic cell rate
+// algorithm): tat, the theoretical arrival time, moves on by one emission interval per send
+// granted, and sends may run up to the burst ahead of it.
+//
+// The rate is the deployment's current rate (at most the lowest live ceiling and this
+// replica's), less what replicas of an older version, which do not take from the bucket,
+// allowed themselves; then slowed by just enough that sends up to r.Lateness late still keep
+// any second within the limit plus the burst. The sends granted are GCRA-conforming at rate
+// r and burst B, so any span of 1s + Lateness holds at most floor(r·(1s + Lateness)) + B of
+// their due times; r < (floor(limit) + 1) / (1s + Lateness) makes that at most limit + B. Below
+// about 40/s (at 25ms of lateness) this costs nothing; above, at most 2.5% of the rate.
+//
+// It returns ok false when no replica has beaten yet (the bucket has no row).
 //
 // The clock is read with clock_timestamp() once the row is locked, not now(), which is the
 // start of a statement that may have waited for the lock: sends computed from a stale clock
@@ -142,14 +145,16 @@ older AS (
 ),
 c AS (
     SELECT cur.tat, cur.hold_until, cur.burst, clock_timestamp() AS ts,
-           greatest(cur.rps - older.rps, $3) AS rps
+           greatest(cur.rps - older.rps, $3) AS limit_rps
     FROM cur, older
 ),
-d AS (
-    SELECT c.*, greatest(c.tat, c.ts + $7 * interval '1 second') AS t0,
-           (c.burst - 1) / c.rps AS depth,
-           greatest((c.burst - 1) / c.rps - $4, 0) AS tau
+m AS (
+    SELECT c.*, least(c.limit_rps, (floor(c.limit_rps) + 1) / (1 + $4::float8) * (1 - 1e-9)) AS rps
     FROM c
+),
+d AS (
+    SELECT m.*, greatest(m.tat, m.ts + $7 * interval '1 second') AS t0, (m.burst - 1) / m.rps AS tau
+    FROM m
 ),
 g AS (
     SELECT d.*,
@@ -161,20 +166,19 @@ g AS (
 upd AS (
     UPDATE erasure_rate_limit SET tat = g.t0 + g.n / g.rps * interval '1 second' FROM g
 )
-SELECT n, (extract(epoch FROM t0 - ts) - tau)::float8, (1 / rps)::float8, (depth - tau)::float8,
+SELECT n, (extract(epoch FROM t0 - ts) - tau)::float8, (1 / rps)::float8,
        greatest(extract(epoch FROM hold_until - ts), 0)::float8, ts
 FROM g`
-	var first, every, slack, hold float64
-	err = q.pool.QueryRow(ctx, takeSQL, r.CeilingRPS, max(r.Burst, 1), r.FloorRPS, r.Reserve.Seconds(),
-		r.Want, r.Within.Seconds(), r.Lead.Seconds()).Scan(&g.N, &first, &every, &slack, &hold, &g.At)
+	var first, every, hold float64
+	err = q.pool.QueryRow(ctx, takeSQL, r.CeilingRPS, max(r.Burst, 1), r.FloorRPS, r.Lateness.Seconds(),
+		r.Want, r.Within.Seconds(), r.Lead.Seconds()).Scan(&g.N, &first, &every, &hold, &g.At)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Grant{}, false, nil
 	}
 	if err != nil {
 		return Grant{}, false, fmt.Errorf("take sends from the rate limit: %w", err)
 	}
-	g.First, g.Every = seconds(first), seconds(every)
-	g.Slack, g.Hold = seconds(slack)/2+g.Every/2, seconds(hold)
+	g.First, g.Every, g.Hold = seconds(first), seconds(every), seconds(hold)
 	return g, true, nil
 }
 

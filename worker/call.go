@@ -39,7 +39,7 @@ func (w *Worker) attempt(sendCtx, callCtx context.Context, job queue.Job, probe 
 		if reason := w.whyNotSend(sendCtx, by, probe); reason != "" {
 			return w.unsent(res, reason, 0, log)
 		}
-		if err := w.limiter.wait(sendCtx, by); err != nil {
+		if err := w.pacer.wait(sendCtx, by); err != nil {
 			if tl, ok := asTooLate(err); ok {
 				// Back unspent, and not claimable again before the hold ends: no replica may
 				// call Knot until then.
@@ -89,7 +89,7 @@ func (w *Worker) attempt(sendCtx, callCtx context.Context, job queue.Job, probe 
 
 		case knotclient.RateLimited:
 			wait := min(max(kerr.RetryAfter, time.Second), w.cfg.MaxRetryAfter)
-			w.limiter.slowDown(wait)
+			w.pacer.slowDown(wait)
 			log.Info("Knot answered 429: slowing down and retrying later", "retry_after", wait)
 			res.Transition, res.Delay = queue.Release, wait
 			return res

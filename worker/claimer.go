@@ -76,7 +76,7 @@ func (w *Worker) claimLoop(sendCtx, callCtx context.Context, calls *sync.WaitGro
 				w.dispatch(sendCtx, callCtx, calls, ready[0], false)
 				ready = ready[1:]
 			}
-			if hold := w.limiter.holdRemaining(); hold > 0 {
+			if hold := w.pacer.holdRemaining(); hold > 0 {
 				// A claim now could only wait out the hold, and the database refuses it anyway.
 				wait = min(wait, hold)
 			} else if n := w.claimable(len(ready)); n > 0 {
@@ -104,7 +104,7 @@ func (w *Worker) claimLoop(sendCtx, callCtx context.Context, calls *sync.WaitGro
 		case <-sendCtx.Done():
 			return
 		case <-w.wake:
-		case <-w.limiter.renewal():
+		case <-w.live.renewal():
 			// The share may have grown, or come into force for the first time.
 		case <-poll.C:
 		}
@@ -120,7 +120,7 @@ func (w *Worker) claimable(buffered int) int {
 		return 0
 	}
 	held := buffered + len(w.slots)
-	room := int(math.Floor(w.limiter.sendable(w.cfg.sendWindow()))) - held
+	room := int(math.Floor(w.pacer.sendable(w.cfg.sendWindow()))) - held
 	n := min(target-buffered, room)
 	if !w.hasStarted() {
 		// Start-up: one small claim, then none until its first call is out, so that the first
@@ -166,7 +166,7 @@ func (w *Worker) inflightCap() int {
 	if w.cfg.Concurrency > 0 {
 		return w.cfg.Concurrency
 	}
-	return autoConcurrency(w.limiter.currentShare(), w.latency.seconds())
+	return autoConcurrency(w.live.currentShare(), w.latency.seconds())
 }
 
 func autoConcurrency(shareRPS, latencySeconds float64) int {
@@ -178,7 +178,7 @@ func autoConcurrency(shareRPS, latencySeconds float64) int {
 // this replica's share, so that a claim is one statement for many requests and none waits in
 // the buffer long enough to matter to its lease.
 func (w *Worker) prefetch() int {
-	perSecond := int(math.Ceil(w.limiter.currentShare()))
+	perSecond := int(math.Ceil(w.live.currentShare()))
 	return min(max(w.inflightCap()+perSecond, 2), maxPrefetch)
 }
 

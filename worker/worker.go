@@ -9,7 +9,9 @@
 //	claimer.go      the claim loop: claims in batches into a small buffer, starts a call per slot
 //	call.go         one claim's calls to Knot and what each answer means; pause on 401
 //	recorder.go     writes results in batches, fenced; splits a batch the database refuses
-//	ratelimit.go    the heartbeat and this replica's share of the deployment's rate limit
+//	bucket.go       the deployment's rate limit: who decides what, and the takes from its bucket
+//	pacer.go        when each granted call goes out, with a rate.Limiter per grant
+//	liveness.go     the heartbeat: this replica counted live, its share, its claims' safety
 //	maintenance.go  takes back claims of gone replicas, reads the queue gauges, LISTEN
 package worker
 
@@ -48,7 +50,9 @@ type Worker struct {
 	knot    Knot
 	log     *slog.Logger
 	metrics *Metrics
-	limiter *limiter
+	bucket  *bucket
+	live    *liveness
+	pacer   *pacer
 
 	slots   chan struct{} // one token per call that may be in flight
 	wake    chan struct{} // new work may be claimable
@@ -102,7 +106,7 @@ func New(q Queue, knot Knot, cfg Config) (*Worker, error) {
 		results: make(chan queue.Result, maxPrefetch+maxAutoConcurrency),
 		started: make(chan struct{}),
 	}
-	w.limiter = newLimiter(q, cfg, w.busy)
+	w.bucket, w.live, w.pacer = newRateLimit(q, cfg, w.busy)
 	w.lastLoop.Store(cfg.clock().UnixNano())
 	return w, nil
 }
@@ -144,7 +148,8 @@ func (w *Worker) Run(ctx context.Context) {
 
 	var background sync.WaitGroup
 	bgCtx, stopBackground := context.WithCancel(ctx)
-	background.Go(func() { w.limiter.run(bgCtx) })
+	background.Go(func() { w.live.run(bgCtx) })
+	background.Go(func() { w.bucket.run(bgCtx) })
 	// A lone replica's first call goes first: the heartbeat, a claim and a take, on the
 	// connection the schema check left open. LISTEN, recovery and the gauges start once that
 	// call is out, or once there is nothing to claim, or after startupGrace, so that their
@@ -195,6 +200,6 @@ func (w *Worker) Run(ctx context.Context) {
 		<-recorderDone
 	}
 	background.Wait()
-	w.limiter.leave(plan.leaveBy)
+	w.live.leave(plan.leaveBy)
 	w.log.Info("worker stopped", "took", time.Since(start).Round(time.Millisecond))
 }

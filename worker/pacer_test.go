@@ -39,13 +39,22 @@ type fakeClock struct{ t time.Time }
 func (c *fakeClock) now() time.Time          { return c.t }
 func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
 
+// limiter is one replica's part of the rate limit, for tests that drive it step by step.
+type limiter struct {
+	*pacer
+	live *liveness
+}
+
+func (l *limiter) beat(ctx context.Context) { l.live.beat(ctx) }
+
 func setupLimiter(t *testing.T, rps float64, burst int) (*limiter, *scriptedStore, *fakeClock) {
 	t.Helper()
 	clock := &fakeClock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
 	cfg := Config{ID: "me", RateLimit: rps, Burst: burst, clock: clock.now}
 	cfg.setDefaults()
 	store := &scriptedStore{next: queue.Deployment{CeilingRPS: rps, Burst: burst, CurrentRPS: rps}}
-	return newLimiter(store, cfg, func() bool { return true }), store, clock
+	_, live, p := newRateLimit(store, cfg, func() bool { return true })
+	return &limiter{pacer: p, live: live}, store, clock
 }
 
 // takeNow runs step until it asks for a take, and takes.
@@ -65,7 +74,7 @@ func TestLimiterSendsWhatTheBucketGrantsWhenItIsDue(t *testing.T) {
 		t.Fatalf("before the first heartbeat (no bucket yet): %+v, want to wait for it", s)
 	}
 	l.beat(context.Background())
-	store.grant = queue.Grant{N: 3, First: -5 * time.Millisecond, Every: 10 * time.Millisecond, Slack: 5 * time.Millisecond}
+	store.grant = queue.Grant{N: 3, First: -5 * time.Millisecond, Every: 10 * time.Millisecond}
 	l.waiting = 3
 	takeNow(t, l, clock, far)
 	if len(store.wanted) != 1 || store.wanted[0] != 3 {
@@ -96,16 +105,16 @@ func stocked(t *testing.T, rps float64, burst int, g queue.Grant) (*limiter, *fa
 	return l, clock, far
 }
 
-func TestLimiterDropsASendItCouldNotUseInTime(t *testing.T) {
-	l, clock, far := stocked(t, 100, 1, queue.Grant{N: 2, Every: 10 * time.Millisecond, Slack: 5 * time.Millisecond})
-	clock.advance(12 * time.Millisecond) // the first is 7ms past its slack, the second 2ms late
+func TestLimiterGivesUpASendItCouldNotUseInTime(t *testing.T) {
+	l, clock, far := stocked(t, 100, 1, queue.Grant{N: 2, Every: 10 * time.Millisecond})
+	clock.advance(lateSend + 5*time.Millisecond) // the first is 5ms past lateSend, the second within it
 	s := l.step(clock.now(), far)
-	if s.send == nil || s.send.at != clock.now().Add(-2*time.Millisecond) {
-		t.Fatalf("want the second send (the first is lost): %+v", s)
+	if s.send == nil || s.send.at != clock.now().Add(-lateSend+5*time.Millisecond) {
+		t.Fatalf("want the second send (the first is given up): %+v", s)
 	}
 	clock.advance(10 * time.Millisecond)
 	if s := l.step(clock.now(), far); !s.take {
-		t.Fatalf("stock used up: %+v, want a take", s)
+		t.Fatalf("grant used up: %+v, want a take", s)
 	}
 }
 
@@ -136,7 +145,7 @@ func TestLimiterNeverWaitsPastTheDeadline(t *testing.T) {
 		t.Fatalf("a send 10s away against a deadline 1m away: %+v, want to sleep until it can be taken", s)
 	}
 	// A send in stock due after the deadline.
-	store.grant = queue.Grant{N: 1, First: 5 * time.Second, Every: time.Second, Slack: time.Millisecond}
+	store.grant = queue.Grant{N: 1, First: 5 * time.Second, Every: time.Second}
 	clock.advance(10 * time.Second)
 	now = clock.now()
 	takeNow(t, l, clock, now.Add(time.Minute))
@@ -168,7 +177,7 @@ func TestLimiterSendsNothingWhileTheBucketIsUnreachable(t *testing.T) {
 }
 
 func TestLimiterDropsItsStockOnA429(t *testing.T) {
-	l, clock, far := stocked(t, 100, 10, queue.Grant{N: 10, Every: 10 * time.Millisecond, Slack: 5 * time.Millisecond})
+	l, clock, far := stocked(t, 100, 10, queue.Grant{N: 10, Every: 10 * time.Millisecond})
 	l.slowDown(time.Second)
 	clock.advance(time.Second)
 	if s := l.step(clock.now(), far); !s.take {
@@ -181,7 +190,7 @@ func TestLimiterEstimatesItsShare(t *testing.T) {
 	l, store, _ := setupLimiter(t, 100, 10)
 	store.next = queue.Deployment{CeilingRPS: 50, Burst: 2, CurrentRPS: 100, Others: 1, OthersWeight: 1}
 	l.beat(context.Background())
-	if share := l.currentShare(); share != 25 {
+	if share := l.live.currentShare(); share != 25 {
 		t.Fatalf("share beside a busy replica with a lower limit: %v, want 25 (half of 50)", share)
 	}
 	if sendable := l.sendable(2 * time.Second); sendable != 50 {

@@ -1,0 +1,151 @@
+package worker
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/erasure-worker/erasure-worker/queue"
+)
+
+// The rate limit is the deployment's, not a replica's: Knot limits our credentials, whatever
+// the number of pods. Who decides what:
+//
+//   - The bucket (this file) decides how many calls the deployment may make, and which of them
+//     are this replica's. It is one GCRA token bucket in erasure_rate_limit's row, the one thing
+//     every replica shares: a take grants this replica a run of the deployment's schedule, n
+//     calls one emission interval apart, the first of them at once if the bucket was full.
+//     Its rate is the lowest RATE_LIMIT_RPS of the live replicas, halved on a 429 and raised
+//     again while none comes (AIMD); its burst the lowest RATE_LIMIT_BURST.
+//   - golang.org/x/time/rate decides when this replica sends each call it was granted
+//     (pacer.go): every grant is a rate.Limiter whose limit is the rate the bucket granted at
+//     and whose burst is the sends it granted at once.
+//   - The heartbeat (liveness.go) keeps this replica counted among the live ones, which sets
+//     the ceiling and the burst, estimates its share (which caps what it claims), and tells
+//     the other replicas when it is gone so that its claims are taken back.
+//
+// The promise, for every rate and every burst from 1, with any number of replicas: at least
+// 95% of the limit while work waits, and never more than limit + burst calls in any second at
+// Knot. Each grant's sends are due at the bucket's times, measured on the database's clock and
+// added to the replica's own clock when the answer arrives, so none goes early. A send may go
+// out up to lateSend after its time (a goroutine that wakes late, a take that answers slowly),
+// and reach Knot up to lateKnot later still; the bucket runs just slow enough that sends that
+// late still fit (queue.Take). A send later than that is given up, never sent.
+const (
+	idleWeight   = 0.01 // an idle replica keeps a trickle, enough to find new work
+	decreaseBy   = 0.5  // multiplicative decrease on 429
+	increaseFrac = 0.1  // additive increase per second, as a share of the ceiling
+	floorFrac    = 0.01 // the rate never falls below this share of the ceiling
+
+	lateSend   = 15 * time.Millisecond  // how late after its time a granted send may still go out
+	lateKnot   = 10 * time.Millisecond  // how much longer the trip to Knot may take for one send than another
+	maxHorizon = 250 * time.Millisecond // how far ahead a replica takes its sends
+)
+
+// rateStore is the part of the queue that the shared rate limit talks to.
+type rateStore interface {
+	Beat(ctx context.Context, h queue.Heartbeat) (queue.Deployment, error)
+	SlowDown(ctx context.Context, factor, floorRPS float64, hold time.Duration) (float64, error)
+	Leave(ctx context.Context, id string) error
+	Take(ctx context.Context, r queue.TakeRequest) (queue.Grant, bool, error)
+}
+
+// bucket is this replica's side of the deployment's bucket: it takes grants and reports 429s.
+type bucket struct {
+	store    rateStore
+	ceiling  float64 // this replica's RATE_LIMIT_RPS
+	burst    int     // this replica's RATE_LIMIT_BURST
+	interval time.Duration
+	horizon  time.Duration
+	now      func() time.Time
+	metrics  *Metrics
+	log      *slog.Logger
+
+	slow chan time.Duration // 429s to report to the deployment
+
+	mu          sync.Mutex
+	unreachable bool // logged that the bucket cannot be reached
+}
+
+func newBucket(store rateStore, cfg Config) *bucket {
+	return &bucket{
+		store:    store,
+		ceiling:  cfg.RateLimit,
+		burst:    cfg.Burst,
+		interval: cfg.RateSyncInterval,
+		horizon:  min(cfg.RateSyncInterval/4, maxHorizon),
+		now:      cfg.clock,
+		metrics:  cfg.Metrics,
+		log:      cfg.Logger.With("worker", cfg.ID),
+		slow:     make(chan time.Duration, 16),
+	}
+}
+
+// taken is one take's answer, with the times on this replica's clock between which the
+// database read its own.
+type taken struct {
+	queue.Grant
+	ok             bool // false: no heartbeat has made the bucket yet
+	asked, arrived time.Time
+	err            error
+}
+
+// take asks the bucket for want sends due within the horizon, none due before lead.
+func (b *bucket) take(ctx context.Context, want int, lead time.Duration) taken {
+	t := taken{asked: b.now()}
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.interval)
+	t.Grant, t.ok, t.err = b.store.Take(tctx, queue.TakeRequest{
+		Want:       want,
+		Within:     b.horizon,
+		CeilingRPS: b.ceiling,
+		Burst:      b.burst,
+		FloorRPS:   b.ceiling * floorFrac,
+		Lateness:   lateSend + lateKnot,
+		Lead:       lead,
+	})
+	cancel()
+	t.arrived = b.now()
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case t.err != nil && !b.unreachable:
+		b.unreachable = true
+		b.log.Error("cannot take sends from the shared rate limit: sending nothing until the database answers", "err", t.err)
+	case t.err == nil && b.unreachable:
+		b.unreachable = false
+		b.log.Info("shared rate limit answering: sending again")
+	}
+	return t
+}
+
+// tell passes a 429 on to the deployment, unless enough are already on their way.
+func (b *bucket) tell(retryAfter time.Duration) {
+	select {
+	case b.slow <- retryAfter:
+	default:
+	}
+}
+
+// run reports 429s to the deployment until ctx ends: its rate halves (at most once a second,
+// whoever is told) and no replica calls Knot until the Retry-After has passed.
+func (b *bucket) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case hold := <-b.slow:
+			sctx, cancel := context.WithTimeout(ctx, b.interval)
+			rps, err := b.store.SlowDown(sctx, decreaseBy, b.ceiling*floorFrac, hold)
+			cancel()
+			if err != nil {
+				if ctx.Err() == nil {
+					b.log.Warn("could not slow the deployment down after a 429; this replica slowed itself", "err", err)
+				}
+				continue
+			}
+			b.metrics.GlobalRPS.Set(min(rps, b.ceiling))
+		}
+	}
+}
