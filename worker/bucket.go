@@ -65,7 +65,8 @@ type bucket struct {
 	slow chan time.Duration // 429s to report to the deployment
 
 	mu          sync.Mutex
-	unreachable bool // logged that the bucket cannot be reached
+	unreachable bool     // logged that the bucket cannot be reached
+	clock       dbOffset // how far the database's clock is from this replica's
 }
 
 func newBucket(store rateStore, cfg Config) *bucket {
@@ -83,11 +84,13 @@ func newBucket(store rateStore, cfg Config) *bucket {
 }
 
 // taken is one take's answer, with the times on this replica's clock between which the
-// database read its own.
+// database read its own (from, to): at first when the take was asked and when it arrived,
+// then narrower as earlier takes tell how far the two clocks are apart.
 type taken struct {
 	queue.Grant
 	ok             bool // false: no heartbeat has made the bucket yet
 	asked, arrived time.Time
+	from, to       time.Time
 	err            error
 }
 
@@ -109,6 +112,10 @@ func (b *bucket) take(ctx context.Context, want int, lead time.Duration) taken {
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	t.from, t.to = t.asked, t.arrived
+	if t.err == nil && t.ok {
+		t.from, t.to = b.clock.read(t.Grant.At, t.asked, t.arrived)
+	}
 	switch {
 	case t.err != nil && !b.unreachable:
 		b.unreachable = true
@@ -148,4 +155,36 @@ func (b *bucket) run(ctx context.Context) {
 			b.metrics.GlobalRPS.Set(min(rps, b.ceiling))
 		}
 	}
+}
+
+// dbOffset follows how far the database's clock is ahead of this replica's, as NTP does: a
+// take read the database's clock somewhere between asking and the answer's arrival, so each
+// take bounds the offset, and the tightest bounds of the recent takes hold for all of them.
+// A take whose trip was slow (a busy database, a pooler) then still knows to within the
+// fastest recent trip when the database read its clock. The bounds widen by maxDrift as time
+// passes, and start again from one take if the database's clock steps outside them.
+type dbOffset struct {
+	anchor time.Time     // this replica's monotonic clock is read from here
+	lo, hi time.Duration // the database's clock less this replica's, in between
+	at     time.Time     // when lo and hi were last narrowed
+}
+
+const maxDrift = 200e-6 // how fast two clocks may drift apart: 200µs a second
+
+// read bounds, on this replica's clock, when the database read dbAt during a take asked at
+// asked that arrived at arrived.
+func (o *dbOffset) read(dbAt, asked, arrived time.Time) (from, to time.Time) {
+	if o.anchor.IsZero() {
+		o.anchor = asked
+	}
+	db := time.Duration(dbAt.UnixNano() - o.anchor.Round(0).UnixNano()) // the anchor's wall reading is the one the offset is against
+	lo, hi := db-arrived.Sub(o.anchor), db-asked.Sub(o.anchor)
+	if !o.at.IsZero() {
+		widen := time.Duration(float64(arrived.Sub(o.at)) * maxDrift)
+		if plo, phi := o.lo-widen, o.hi+widen; plo <= hi && lo <= phi {
+			lo, hi = max(lo, plo), min(hi, phi)
+		}
+	}
+	o.lo, o.hi, o.at = lo, hi, arrived
+	return o.anchor.Add(db - hi), o.anchor.Add(db - lo)
 }

@@ -161,13 +161,19 @@ const (
 
 // inflightCap is how many calls may be in flight now: CONCURRENCY, or with CONCURRENCY=auto
 // what this replica's share of the rate needs at Knot's observed latency (Little's law), with
-// half as much again for the latency's swings.
+// half as much again for the latency's swings. A call holds its slot while it waits for its
+// send as well, and a send that falls due with no call waiting is lost to the deployment: the
+// slots also cover pacingCushion of sends waiting, enough to ride out a hiccup of this
+// process or of the database.
 func (w *Worker) inflightCap() int {
 	if w.cfg.Concurrency > 0 {
 		return w.cfg.Concurrency
 	}
-	return autoConcurrency(w.live.currentShare(), w.latency.seconds())
+	return autoConcurrency(w.live.currentShare(), w.latency.seconds()+pacingCushion.Seconds())
 }
+
+// pacingCushion is how long the calls waiting for their sends last at this replica's share.
+const pacingCushion = 100 * time.Millisecond
 
 func autoConcurrency(shareRPS, latencySeconds float64) int {
 	n := int(math.Ceil(shareRPS*latencySeconds*1.5)) + 2

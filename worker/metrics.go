@@ -22,6 +22,7 @@ type Metrics struct {
 	RateLimitRPS     prometheus.Gauge
 	GlobalRPS        prometheus.Gauge
 	Replicas         prometheus.Gauge
+	SendsGivenUp     prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg, unless reg is nil.
@@ -81,13 +82,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "erasure_replicas",
 			Help: "Live replicas sharing the rate limit, as this replica last saw them.",
 		}),
+		SendsGivenUp: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "erasure_rate_limit_sends_given_up_total",
+			Help: "Sends the deployment's bucket granted this replica that it could not use in time (a call woke late, a take answered slowly, or its work ran out): rate the deployment did not use.",
+		}),
 	}
 	for _, o := range []string{queue.OutcomeDeleted, queue.OutcomeNotFound, queue.OutcomeRejected, queue.OutcomeInvalid, queue.OutcomeExhausted} {
 		m.Completed.WithLabelValues(o)
 	}
 	if reg != nil {
 		reg.MustRegister(m.Completed, m.KnotRequests, m.KnotDuration, m.QueueDepth, m.OldestPendingAge,
-			m.Overdue, m.DueSoon, m.Paused, m.RateLimitWait, m.Inflight, m.RateLimitRPS, m.GlobalRPS, m.Replicas)
+			m.Overdue, m.DueSoon, m.Paused, m.RateLimitWait, m.Inflight, m.RateLimitRPS, m.GlobalRPS, m.Replicas, m.SendsGivenUp)
 	}
 	return m
 }

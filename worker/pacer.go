@@ -53,11 +53,11 @@ func newRateLimit(store rateStore, cfg Config, busy func() bool) (*bucket, *live
 
 // grant is one take's sends.
 type grant struct {
-	lim     *rate.Limiter
-	start   time.Time     // when the limiter's burst is due (before arrived when the bucket was full)
-	arrived time.Time     // when the answer came: no send goes before it
-	early   time.Duration // arrived less asked: how much earlier than start the database may have meant
-	left    int
+	lim    *rate.Limiter
+	start  time.Time     // when the limiter's burst is due (in the past when the bucket was full)
+	notBef time.Time     // the latest the database's clock can have been read: no send goes before its time from here
+	early  time.Duration // how much earlier the database's clock may have been read than notBef
+	left   int
 }
 
 func newGrant(t taken) *grant {
@@ -67,11 +67,11 @@ func newGrant(t taken) *grant {
 	}
 	burst = max(1, min(burst, t.N))
 	return &grant{
-		lim:     rate.NewLimiter(rate.Every(t.Every), burst),
-		start:   t.arrived.Add(t.First + time.Duration(burst-1)*t.Every),
-		arrived: t.arrived,
-		early:   t.arrived.Sub(t.asked),
-		left:    t.N,
+		lim:    rate.NewLimiter(rate.Every(t.Every), burst),
+		start:  t.to.Add(t.First + time.Duration(burst-1)*t.Every),
+		notBef: t.to,
+		early:  t.to.Sub(t.from),
+		left:   t.N,
 	}
 }
 
@@ -82,8 +82,8 @@ func (g *grant) next() send {
 	g.left--
 	r := g.lim.ReserveN(g.start, 1)
 	at := g.start.Add(r.DelayFrom(g.start))
-	if at.Before(g.arrived) {
-		at = g.arrived
+	if at.Before(g.notBef) {
+		at = g.notBef
 	}
 	return send{at: at, useBy: at.Add(lateSend - g.early)}
 }
@@ -175,7 +175,8 @@ func (p *pacer) step(now, by time.Time) waitStep {
 		}
 		s := g.next()
 		if now.After(s.useBy) {
-			continue // due while no call could take it: given up
+			p.metrics.SendsGivenUp.Inc() // due while no call could take it
+			continue
 		}
 		if s.at.After(by) {
 			return waitStep{err: &errTooLate{why: errLeaseShort}}
@@ -225,7 +226,8 @@ func (p *pacer) wait(ctx context.Context, by time.Time) error {
 				p.used++
 				p.mu.Unlock()
 				return nil
-			} // woke too late to use it: given up, look again
+			}
+			p.metrics.SendsGivenUp.Inc() // woke too late to use it: look again
 		case s.take:
 			p.take(ctx)
 		case s.answer != nil:

@@ -227,3 +227,32 @@ func TestBackoffsStayWithinHalfAndAllOfTheirNominalLength(t *testing.T) {
 		}
 	}
 }
+
+// A take whose answer was slow still knows when the database read its clock to within the
+// fastest recent trip, so that its sends keep their lateness.
+func TestASlowTakeKnowsTheDatabasesTimeFromAFastOne(t *testing.T) {
+	var o dbOffset
+	local := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	skew := 3*time.Second + 123*time.Millisecond // the database's clock is ahead
+	// A fast take: the database read its clock 0.4ms into a 1ms trip.
+	from, to := o.read(local.Add(400*time.Microsecond+skew), local, local.Add(time.Millisecond))
+	if !from.Equal(local) || !to.Equal(local.Add(time.Millisecond)) {
+		t.Fatalf("the first take: between %v and %v, want its whole trip", from.Sub(local), to.Sub(local))
+	}
+	// A second later, a slow one: 30ms, the clock read 25ms in.
+	asked := local.Add(time.Second)
+	from, to = o.read(asked.Add(25*time.Millisecond+skew), asked, asked.Add(30*time.Millisecond))
+	read := asked.Add(25 * time.Millisecond)
+	if from.After(read) || to.Before(read) {
+		t.Fatalf("the slow take's clock read at 25ms, bounded between %v and %v", from.Sub(asked), to.Sub(asked))
+	}
+	if to.Sub(from) > 2*time.Millisecond {
+		t.Fatalf("the slow take bounded to %v, want within the fast trip (1ms) and a second's drift", to.Sub(from))
+	}
+	// The database's clock steps back by a minute: the bounds start again from this take.
+	asked = local.Add(2 * time.Second)
+	from, to = o.read(asked.Add(5*time.Millisecond+skew-time.Minute), asked, asked.Add(10*time.Millisecond))
+	if !from.Equal(asked) || !to.Equal(asked.Add(10*time.Millisecond)) {
+		t.Fatalf("after a step of the database's clock: between %v and %v, want the take's whole trip", from.Sub(asked), to.Sub(asked))
+	}
+}
