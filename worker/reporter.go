@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/erasure-worker/erasure-worker/connector"
 	"github.com/erasure-worker/erasure-worker/queue"
@@ -18,6 +19,12 @@ import (
 // request came from. It never logs, and its Delivery's error holds no credential.
 type Deliverer interface {
 	Deliver(ctx context.Context, r queue.Report) connector.Delivery
+}
+
+// Paced is implemented by a Deliverer whose receiver publishes a rate limit (OneTrust's 20,000
+// a minute): the reporter sends that connector's reports no faster, paced by a rate.Limiter.
+type Paced interface {
+	Pace() (limit rate.Limit, burst int)
 }
 
 // ReportQueue is what the reporter needs of the queue.
@@ -91,6 +98,8 @@ type Reporter struct {
 	log *slog.Logger
 	m   *ReportMetrics
 
+	pace map[string]*rate.Limiter // connector → its receiver's published limit, for Paced ones
+
 	mu        sync.Mutex
 	paused    map[string]time.Time // connector → when it may be probed next
 	dbFailing bool
@@ -99,7 +108,14 @@ type Reporter struct {
 // NewReporter returns a reporter over q.
 func NewReporter(q ReportQueue, cfg ReporterConfig) *Reporter {
 	cfg.setDefaults()
-	return &Reporter{cfg: cfg, q: q, log: cfg.Logger.With("worker", cfg.ID), m: cfg.Metrics, paused: map[string]time.Time{}}
+	r := &Reporter{cfg: cfg, q: q, log: cfg.Logger.With("worker", cfg.ID), m: cfg.Metrics,
+		pace: map[string]*rate.Limiter{}, paused: map[string]time.Time{}}
+	for c, d := range cfg.Deliverers {
+		if p, ok := d.(Paced); ok {
+			r.pace[c] = rate.NewLimiter(p.Pace())
+		}
+	}
+	return r
 }
 
 // Run delivers reports until ctx ends, then waits for deliveries in flight (each bounded by
@@ -147,8 +163,11 @@ func (r *Reporter) round(ctx context.Context) int {
 	if len(claimed) == 0 {
 		return 0
 	}
-	// A paused connector gets one report per probe: give back the rest of its batch.
+	// A paused connector gets one report per probe, a paced one what its pace allows within a
+	// delivery's timeout: give back the rest of the batch.
 	claimed, back := r.probeOnly(claimed, time.Now())
+	claimed, waits, over := r.paced(claimed, time.Now())
+	back = append(back, over...)
 	if len(back) > 0 {
 		_ = r.q.ReleaseReports(context.WithoutCancel(ctx), r.cfg.ID, back)
 	}
@@ -161,7 +180,10 @@ func (r *Reporter) round(ctx context.Context) int {
 	results := make([]queue.ReportResult, len(claimed))
 	var wg sync.WaitGroup
 	for i, rep := range claimed {
-		wg.Go(func() { results[i] = r.deliver(dctx, rep) })
+		wg.Go(func() {
+			sleep(dctx, waits[i]) // its turn in its receiver's pace; cut short, it is sent and retried as any other
+			results[i] = r.deliver(dctx, rep)
+		})
 	}
 	wg.Wait()
 	r.record(ctx, results)
@@ -252,9 +274,31 @@ func (r *Reporter) skip(now time.Time) []string {
 		}
 		if next, ok := r.paused[c]; ok && now.Before(next) {
 			skip = append(skip, c)
+			continue
+		}
+		if lim := r.pace[c]; lim != nil && lim.TokensAt(now.Add(r.cfg.PollInterval)) < 1 {
+			skip = append(skip, c) // nothing of its pace is left before the next round
 		}
 	}
 	return skip
+}
+
+// paced keeps the reports whose connector's pace lets them go within a delivery's timeout,
+// each with how long it must wait for its turn, and returns the others.
+func (r *Reporter) paced(claimed []queue.Report, now time.Time) (keep []queue.Report, waits []time.Duration, back []queue.Report) {
+	for _, rep := range claimed {
+		var wait time.Duration
+		if lim := r.pace[rep.Connector]; lim != nil {
+			turn := lim.ReserveN(now, 1)
+			if wait = turn.DelayFrom(now); !turn.OK() || wait > r.cfg.Timeout {
+				turn.CancelAt(now)
+				back = append(back, rep)
+				continue
+			}
+		}
+		keep, waits = append(keep, rep), append(waits, wait)
+	}
+	return keep, waits, back
 }
 
 // probeOnly keeps one report of each paused connector and returns the others of theirs.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/time/rate"
 
 	"github.com/erasure-worker/erasure-worker/connector"
 	"github.com/erasure-worker/erasure-worker/connector/webhook"
@@ -235,4 +236,50 @@ func TestAReportRefusedForGoodWaitsForRequeue(t *testing.T) {
 	}
 	b.run(t, 1)
 	b.waitDelivered(t, n, 10*time.Second)
+}
+
+// pacedWebhook is a receiver that publishes a limit: burst reports at once, then one an hour.
+type pacedWebhook struct {
+	sendWebhook
+	burst int
+}
+
+func (p pacedWebhook) Pace() (rate.Limit, int) { return rate.Every(time.Hour), p.burst }
+
+func TestAReceiverThatPublishesALimitGetsNoMore(t *testing.T) {
+	const n, burst = 10, 3
+	b := setupReporter(t, n, webhookfake.Faults{})
+	b.cfg.Deliverers[queue.ConnectorWebhook] = pacedWebhook{b.cfg.Deliverers[queue.ConnectorWebhook].(sendWebhook), burst}
+	stop := b.run(t, 1)
+	b.waitReceived(t, burst, 10*time.Second)
+	time.Sleep(300 * time.Millisecond) // thirty rounds: none may send another
+	stop()
+	if got := b.fake.Stats().RequestRefs; got != burst {
+		t.Fatalf("the receiver got %d reports, want its published %d", got, burst)
+	}
+	// The others wait their turn without spending an attempt.
+	var attempts int
+	for _, ref := range b.finished {
+		rec, err := b.q.Lookup(b.ctx, ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rep := range rec.Reports {
+			attempts += rep.Attempts
+		}
+	}
+	if attempts != burst {
+		t.Fatalf("%d delivery attempts recorded, want %d: a report held back by the pace is not an attempt", attempts, burst)
+	}
+}
+
+func (b *reporterBundle) waitReceived(t *testing.T, want int64, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for b.fake.Stats().RequestRefs < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: receiver has %d of %d requests", within, b.fake.Stats().RequestRefs, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
