@@ -43,14 +43,15 @@ const (
 	OutcomeExhausted = "exhausted" // failed: every attempt allowed was spent on retryable errors
 )
 
-// Queue runs the service's SQL against a pool.
+// Queue runs the service's SQL against a pool, each statement under DefaultStatementTimeout.
 type Queue struct {
-	pool *pgxpool.Pool
+	pool db
 }
 
-// New returns a Queue using pool. The pool's owner closes it.
+// New returns a Queue using pool. The pool's owner closes it. Behind a pooler in transaction
+// mode, make the pool's configuration with ParsePoolConfig (or Configure).
 func New(pool *pgxpool.Pool) *Queue {
-	return &Queue{pool: pool}
+	return &Queue{pool: deadlinePool{Pool: pool, timeout: DefaultStatementTimeout}}
 }
 
 // Job is a claimed request: the worker holds its lease until LeaseExpiresAt.

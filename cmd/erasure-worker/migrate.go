@@ -21,9 +21,9 @@ func runMigrate(ctx context.Context, env *environment, args []string) int {
 		env.errorf("%v", s.err)
 		return exitUsage
 	}
-	cfg, err := pgx.ParseConfig(url)
+	cfg, err := queue.ParseConnConfig(url)
 	if err != nil {
-		env.errorf("DATABASE_URL: cannot be parsed as a PostgreSQL connection string")
+		env.errorf("DATABASE_URL: %v", err)
 		return exitUsage
 	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)

@@ -404,14 +404,12 @@ func probes(st *startup, pool *pgxpool.Pool, reg *prometheus.Registry) http.Hand
 	return mux
 }
 
-// openPool connects to PostgreSQL. Its errors never repeat the URL, which may hold a password.
+// openPool connects to PostgreSQL, safely behind a pooler in transaction mode and with a connect
+// timeout (queue.ParsePoolConfig). Its errors never repeat the URL, which may hold a password.
 func openPool(ctx context.Context, databaseURL string) (*pgxpool.Pool, error) {
-	cfg, err := pgxpool.ParseConfig(databaseURL)
+	cfg, err := queue.ParsePoolConfig(databaseURL)
 	if err != nil {
-		return nil, errors.New("DATABASE_URL: cannot be parsed as a PostgreSQL connection string")
-	}
-	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
-		cfg.ConnConfig.RuntimeParams["application_name"] = "erasure-worker"
+		return nil, fmt.Errorf("DATABASE_URL: %w", err)
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
