@@ -66,7 +66,7 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 		quick       = s.add("QUICK_RETRIES", fmt.Sprint(worker.DefaultQuickRetries), "calls one claim may make for retryable errors before the request waits in the table")
 		probe       = s.add("PAUSE_PROBE_INTERVAL", dur(worker.DefaultPauseProbeInterval), "how often a worker paused on rejected credentials tries one request")
 		stats       = s.add("STATS_INTERVAL", dur(worker.DefaultStatsInterval), "how often the queue gauges are read from the database")
-		noListen    = s.add("DISABLE_LISTEN", "false", "true to poll only, without LISTEN/NOTIFY (e.g. behind PgBouncer in transaction mode)")
+		noListen    = s.add("DISABLE_LISTEN", "false", "true behind a pooler in transaction mode (PgBouncer's pool_mode = transaction), which cannot carry LISTEN/NOTIFY: poll only, every POLL_INTERVAL. The only setting a pooler needs: no command prepares statements, takes a session lock or SETs anything, with or without it")
 		doors       = declareDoors(s)
 		retention   = declareRetention(s)
 	)
