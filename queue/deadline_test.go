@@ -18,7 +18,7 @@ func TestAStatementTheServerDoesNotAnswerEndsAtTheDeadline(t *testing.T) {
 	t.Parallel()
 	pool := queuetest.Pool(t)
 	ctx := context.Background()
-	q := queue.NewWithStatementTimeout(pool, 300*time.Millisecond)
+	q := queue.New(pool).WithStatementTimeout(300 * time.Millisecond)
 
 	// A transaction holding the table stands for a server that stops answering.
 	tx, err := pool.Begin(ctx)

@@ -54,6 +54,15 @@ func New(pool *pgxpool.Pool) *Queue {
 	return &Queue{pool: deadlinePool{Pool: pool, timeout: DefaultStatementTimeout}}
 }
 
+// WithStatementTimeout returns a Queue on the same pool whose statements may each take up to
+// timeout instead of DefaultStatementTimeout: for a command a person runs and waits for, whose
+// statements may read or update a whole large table.
+func (q *Queue) WithStatementTimeout(timeout time.Duration) *Queue {
+	p := q.pool.(deadlinePool)
+	p.timeout = timeout
+	return &Queue{pool: p}
+}
+
 // Job is a claimed request: the worker holds its lease until LeaseExpiresAt.
 type Job struct {
 	ID             int64
