@@ -37,7 +37,9 @@ func TestChaosPostgresFreeze(t *testing.T) {
 	pg := startChaosCluster(t)
 	r := newChaosRig(t, pg.url, "", "-latency", "20ms", "-missing", "0.1")
 	r.enqueue(t, "freeze", n)
-	w := r.startWorker(t, "worker", "LEASE_DURATION="+lease.String(), "KNOT_TIMEOUT=2s", "RATE_LIMIT_RPS=100",
+	// The pool keeps connections open (pool_min_conns), so that statements sent into the freeze
+	// go on connections already open, which only the statement deadline can end.
+	w := r.startWorker(t, "worker", "DATABASE_URL="+pg.url+"&pool_min_conns=4", "LEASE_DURATION="+lease.String(), "KNOT_TIMEOUT=2s", "RATE_LIMIT_RPS=100",
 		"RATE_LIMIT_BURST=10", "CONCURRENCY=8", "POLL_INTERVAL=200ms", "STATS_INTERVAL=1s")
 	conn := r.db(t)
 	queuetest.WaitFor(t, time.Minute, "a fifth of the requests to be done", func() bool {
@@ -62,6 +64,9 @@ func TestChaosPostgresFreeze(t *testing.T) {
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
+	}
+	if len(held) == 0 {
+		t.Fatal("no claim was held when the freeze began: the test would prove nothing of them")
 	}
 	conn.Close(t.Context())
 
