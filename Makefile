@@ -33,7 +33,7 @@ fmt-check:
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
 # The fault suite (cmd/erasure-worker/chaos_*_test.go, build tag chaos): kill -9, PostgreSQL
-# restarts, Knot outages, 429s, 401s, hangs and garbage, bad input, SIGTERM drain; real
+# restarts and freezes (SIGSTOP), Knot outages, 429s, 401s, hangs and garbage, bad input, SIGTERM drain; real
 # processes against a real PostgreSQL and knotfake. About a minute and a half on two cores.
 chaos:
 	$(GO) vet -tags chaos ./cmd/erasure-worker

@@ -81,7 +81,9 @@ func (q *Queue) enqueueBatch(ctx context.Context, reqs []NewRequest) ([]EnqueueR
 	dues := make([]*time.Time, len(reqs))
 	var repRefs, repConnectors []string
 	var repTargets []int32
-	var repCredentials [][]byte
+	// JSON as text, not []byte: sent unprepared (QueryExecModeExec), a []byte goes as bytea,
+	// which no cast turns into jsonb.
+	var repCredentials []*string
 	for i, r := range reqs {
 		refs[i], users[i] = r.RequestRef, r.ExternalUserID
 		if !r.DueAt.IsZero() {
@@ -91,7 +93,12 @@ func (q *Queue) enqueueBatch(ctx context.Context, reqs []NewRequest) ([]EnqueueR
 			repRefs = append(repRefs, r.RequestRef)
 			repConnectors = append(repConnectors, rep.Connector)
 			repTargets = append(repTargets, int32(rep.Target))
-			repCredentials = append(repCredentials, rep.Credentials)
+			var cred *string
+			if rep.Credentials != nil {
+				c := string(rep.Credentials)
+				cred = &c
+			}
+			repCredentials = append(repCredentials, cred)
 		}
 	}
 	// The reports go in with their request, in the same statement, or not at all: a request

@@ -7,7 +7,8 @@ import (
 
 // Listen holds a dedicated connection (outside the pool) listening on Channel and calls wake
 // for every notification, until ctx ends or the connection fails; it returns why. The caller
-// reconnects. Work is never lost when notifications are (PgBouncer in transaction mode drops
+// reconnects. The connection has keepalives (Configure), so a server that vanished is found
+// while waiting. Work is never lost when notifications are (PgBouncer in transaction mode drops
 // them): the worker polls too.
 func (q *Queue) Listen(ctx context.Context, ready func(), wake func()) error {
 	conn, err := connect(ctx, q.pool)
@@ -15,7 +16,11 @@ func (q *Queue) Listen(ctx context.Context, ready func(), wake func()) error {
 		return fmt.Errorf("listen: connect: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "LISTEN "+Channel); err != nil {
+	// LISTEN itself is a statement like any other; only the wait for notifications is long.
+	lctx, cancel := bounded(ctx, DefaultStatementTimeout)
+	_, err = conn.Exec(lctx, "LISTEN "+Channel)
+	cancel()
+	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
 	if ready != nil {

@@ -43,14 +43,24 @@ const (
 	OutcomeExhausted = "exhausted" // failed: every attempt allowed was spent on retryable errors
 )
 
-// Queue runs the service's SQL against a pool.
+// Queue runs the service's SQL against a pool, each statement under DefaultStatementTimeout.
 type Queue struct {
-	pool *pgxpool.Pool
+	pool db
 }
 
-// New returns a Queue using pool. The pool's owner closes it.
+// New returns a Queue using pool. The pool's owner closes it. Behind a pooler in transaction
+// mode, make the pool's configuration with ParsePoolConfig (or Configure).
 func New(pool *pgxpool.Pool) *Queue {
-	return &Queue{pool: pool}
+	return &Queue{pool: deadlinePool{Pool: pool, timeout: DefaultStatementTimeout}}
+}
+
+// WithStatementTimeout returns a Queue on the same pool whose statements may each take up to
+// timeout instead of DefaultStatementTimeout: for a command a person runs and waits for, whose
+// statements may read or update a whole large table.
+func (q *Queue) WithStatementTimeout(timeout time.Duration) *Queue {
+	p := q.pool.(deadlinePool)
+	p.timeout = timeout
+	return &Queue{pool: p}
 }
 
 // Job is a claimed request: the worker holds its lease until LeaseExpiresAt.

@@ -207,14 +207,25 @@ func cli(t *testing.T, bin string, env []string, stdin string, args ...string) (
 	return out.String(), errOut.String(), code
 }
 
+// handedOut is every address freeAddr returned in this test process.
+var handedOut sync.Map
+
+// freeAddr returns a loopback address that was free a moment ago and that it never returned
+// before: the kernel may give a port just closed to the next listener, and two settings of one
+// worker (LISTEN_ADDR, API_LISTEN_ADDR) then collide.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if _, dup := handedOut.LoadOrStore(addr, true); !dup {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 type e2e struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -21,9 +22,9 @@ func runMigrate(ctx context.Context, env *environment, args []string) int {
 		env.errorf("%v", s.err)
 		return exitUsage
 	}
-	cfg, err := pgx.ParseConfig(url)
+	cfg, err := queue.ParseConnConfig(url)
 	if err != nil {
-		env.errorf("DATABASE_URL: cannot be parsed as a PostgreSQL connection string")
+		env.errorf("DATABASE_URL: %v", err)
 		return exitUsage
 	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
@@ -63,6 +64,11 @@ func parseOnly(s *settingSet, env *environment, args []string) (code int, ok boo
 	return 0, true
 }
 
+// commandStatementTimeout bounds each statement of the short commands: longer than `run`'s
+// (queue.DefaultStatementTimeout), since `status` counts and `requeue` updates whole tables of
+// millions of rows while a person waits, and can interrupt.
+const commandStatementTimeout = 5 * time.Minute
+
 // connectQueue opens a pool for the short commands and checks that the database holds this
 // binary's schema, so that an unmigrated database is named as such rather than by the first
 // failing statement; errors never repeat the URL.
@@ -77,7 +83,7 @@ func connectQueue(ctx context.Context, env *environment, s *settingSet, dbURL *s
 		env.errorf("%v", err)
 		return nil, nil, exitFailure
 	}
-	q := queue.New(pool)
+	q := queue.New(pool).WithStatementTimeout(commandStatementTimeout)
 	if err := q.CheckSchema(ctx); err != nil {
 		pool.Close()
 		env.errorf("%s: %v", s.command, err)

@@ -66,7 +66,7 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 		quick       = s.add("QUICK_RETRIES", fmt.Sprint(worker.DefaultQuickRetries), "calls one claim may make for retryable errors before the request waits in the table")
 		probe       = s.add("PAUSE_PROBE_INTERVAL", dur(worker.DefaultPauseProbeInterval), "how often a worker paused on rejected credentials tries one request")
 		stats       = s.add("STATS_INTERVAL", dur(worker.DefaultStatsInterval), "how often the queue gauges are read from the database")
-		noListen    = s.add("DISABLE_LISTEN", "false", "true to poll only, without LISTEN/NOTIFY (e.g. behind PgBouncer in transaction mode)")
+		noListen    = s.add("DISABLE_LISTEN", "false", "true behind a pooler in transaction mode (PgBouncer's pool_mode = transaction), which cannot carry LISTEN/NOTIFY: poll only, every POLL_INTERVAL. The only setting a pooler needs: no command prepares statements, takes a session lock or SETs anything, with or without it")
 		doors       = declareDoors(s)
 		retention   = declareRetention(s)
 	)
@@ -404,14 +404,12 @@ func probes(st *startup, pool *pgxpool.Pool, reg *prometheus.Registry) http.Hand
 	return mux
 }
 
-// openPool connects to PostgreSQL. Its errors never repeat the URL, which may hold a password.
+// openPool connects to PostgreSQL, safely behind a pooler in transaction mode and with a connect
+// timeout (queue.ParsePoolConfig). Its errors never repeat the URL, which may hold a password.
 func openPool(ctx context.Context, databaseURL string) (*pgxpool.Pool, error) {
-	cfg, err := pgxpool.ParseConfig(databaseURL)
+	cfg, err := queue.ParsePoolConfig(databaseURL)
 	if err != nil {
-		return nil, errors.New("DATABASE_URL: cannot be parsed as a PostgreSQL connection string")
-	}
-	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
-		cfg.ConnConfig.RuntimeParams["application_name"] = "erasure-worker"
+		return nil, fmt.Errorf("DATABASE_URL: %w", err)
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

@@ -81,7 +81,7 @@ func (s *settingSet) requireDatabaseURL() *setting {
 		"file holding the PostgreSQL connection string, e.g. a mounted Kubernetes Secret; a final newline is not part of it")
 }
 
-const databaseURLHelp = "PostgreSQL connection string (postgres://user:pass@host:5432/db)"
+const databaseURLHelp = "PostgreSQL connection string (postgres://user:pass@host:5432/db), to the database or through a pooler, in transaction mode too; connect_timeout=N (seconds) replaces the 5s connect timeout"
 
 // parse reads the flags, then the environment, and returns the remaining arguments. It reports
 // errHelp after printing --help.

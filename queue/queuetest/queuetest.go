@@ -67,12 +67,18 @@ func config(t testing.TB) pgtestdb.Config {
 	}
 }
 
-// Pool returns a pool on a fresh migrated database, closed when the test ends.
+// Pool returns a pool on a fresh migrated database, closed when the test ends. It is configured
+// as the binary configures its own (queue.ParsePoolConfig), so that every test runs the queue's
+// statements the way production sends them.
 func Pool(t testing.TB) *pgxpool.Pool {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pool, err := pgxpool.New(ctx, URL(t))
+	cfg, err := queue.ParsePoolConfig(URL(t))
+	if err != nil {
+		t.Fatalf("queuetest: %v", err)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		t.Fatalf("queuetest: connect: %v", err)
 	}
