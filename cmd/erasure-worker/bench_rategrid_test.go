@@ -162,14 +162,19 @@ func benchRateGrid(t *testing.T, r *benchReport) {
 				fmt.Sprintf("replicas:          %v\nbare rate.Limiter: %v", res.perSec, bare.perSec))
 		}
 	}
+	var floorMisses []string
 	for _, c := range cells {
 		if bare := (rateCell{c.limit, c.burst, 0}); c.replicas == 1 && !result(bare).holds(bare) {
-			r.bound(fmt.Sprintf("**12.** The floor misses the promise at RATE_LIMIT_RPS=%d, RATE_LIMIT_BURST=%d: a bare rate.Limiter in one "+
-				"process reached %s with a busiest second of %d at Knot%s. Its waits end on time but the calls behind a late one (a timer "+
-				"fired late, a new connection, a descheduled sender or handler) arrive closer together, and the window that opens at the "+
-				"late call holds them: there the cell measures this machine's timing as well as the replicas.",
-				c.limit, c.burst, result(bare).reachedText(c.limit), result(bare).busiest, strings.TrimSuffix("; "+result(bare).problem, "; ")))
+			res := result(bare)
+			floorMisses = append(floorMisses, fmt.Sprintf("%d/s with a burst of %d: reached %s, busiest second %d of %d allowed%s",
+				c.limit, c.burst, res.reachedText(c.limit), res.busiest, c.limit+c.burst, strings.TrimSuffix("; "+res.problem, "; ")))
 		}
+	}
+	if len(floorMisses) > 0 {
+		r.bound(fmt.Sprintf("**12.** The floor itself misses the promise in %d of %d settings: %s. A bare rate.Limiter's waits end on "+
+			"time, but calls behind a late one (a timer fired late, a new connection, a sender or knotfake's handler descheduled on "+
+			"these shared cores) reach Knot closer together, and the second that opens at the late call holds them. In those cells "+
+			"the figures measure this machine's timing as well as the replicas.", len(floorMisses), len(cells)/2, strings.Join(floorMisses, "; ")))
 	}
 	t.Logf("rate × burst × replicas, %v per cell, took %v:\n%s", rateGridRun, took, table.String())
 	fmt.Fprintf(os.Stdout, "\n12. rate × burst × replicas (%v from each cell's first call; took %v)\n\n%s\n", rateGridRun, took, table.String())
@@ -187,9 +192,10 @@ func benchRateGrid(t *testing.T, r *benchReport) {
 		"knotclient's DeleteUser, against a knotfake of its own. Both are read from knotfake's arrival time of each call "+
 		"(`GET /_fake/arrivals`). Reached: the fewest calls in a 10 s window opened by a call and closed before the arrivals were read, "+
 		"over 10 × the limit. Busiest second: the most calls in a 1 s window opened by a call, from the very first (as knotfake's "+
-		"busiest_second). A window opened just after a call holds one call fewer: at 1/s, where 10 s hold 10 calls, that is 10%% of the "+
-		"figure, and the floor shows what the machine's timing leaves of the limit. 300/s is left out to keep the section near five "+
-		"minutes: 100 and 1000 bracket it.", rateGridSideBySideReplicas, rateGridSideBySideBare, strings.Join(rates, ", "), rateGridRun)
+		"busiest_second). The window opened by the first call holds the burst as well, so reached may pass 100%%; a window opened just "+
+		"after a call holds one call fewer: at 1/s, where 10 s hold 10 calls, that is 10%% of the figure, and the floor shows what the "+
+		"machine's timing leaves of the limit. A cell holds when its replicas reach 95%% and no second passes limit + burst; the floor "+
+		"is set beside it, not judged. 300/s is left out to keep the section near five minutes: 100 and 1000 bracket it.", rateGridSideBySideReplicas, rateGridSideBySideBare, strings.Join(rates, ", "), rateGridRun)
 }
 
 func yesNo(ok bool) string {
