@@ -75,9 +75,12 @@ bench-ratelimit:
 # /proc, first call) and the floor (10: a bare HTTP round trip to knotfake and a bare claim and
 # finish with pgbench) and the purge (11, issue #12: a million finished rows pseudonymised and
 # deleted beside the worker at full speed, claims timed with and without it; it turns the
-# server's autovacuum on while it runs if it was off). Prints each figure beside its goal and
-# writes BENCHMARKS.md (figures, not a pass/fail test; about fifteen minutes). BENCH_ONLY=1,3
-# runs sections.
+# server's autovacuum on while it runs if it was off) and rate × burst × replicas (12, issue #19:
+# RATE_LIMIT_RPS 1 to 3000, RATE_LIMIT_BURST 1, a tenth and the rate, 1 and 3 replicas, 12 s a
+# cell: the fewest calls in any 10 s and the busiest second at knotfake, beside a bare
+# rate.Limiter in one process as the floor; five and a half minutes). Prints each figure beside
+# its goal and writes BENCHMARKS.md (figures, not a pass/fail test; about twenty minutes).
+# BENCH_ONLY=1,3 runs sections.
 bench:
 	$(PG) $(GO) test -tags bench -run '^TestBench$$' -count=1 -v -timeout 30m ./cmd/erasure-worker
 

@@ -26,7 +26,8 @@ import (
 // in CPU, database round trips and memory, and how that cost grows with the table, each figure
 // beside its goal; then (sections 7 and 8) the timing figures of the shared rate limit and of
 // the fault suite, which `make test` and `make chaos` must not judge on a busy machine; the
-// same job on River (9) and the floors (10); and the purge of retention beside the worker (11). It
+// same job on River (9) and the floors (10); the purge of retention beside the worker (11); and
+// the rate limit at every rate, burst and number of replicas beside a bare rate.Limiter (12). It
 // judges nothing: it prints a table and writes it to BENCHMARKS.md with the
 // machine it ran on. Run it with `make bench` (binaries built without the race detector, as
 // bench_ratelimit_test.go sets).
@@ -48,9 +49,10 @@ func TestBench(t *testing.T) {
 		{"6", "realistic", benchRealistic},
 		{"7", "shared_rate", benchSharedRate},
 		{"8", "faults", benchFaults},
-		{"9", "peer", benchPeer},    // the same job on River, both as processes (issue #13)
-		{"10", "floor", benchFloor}, // a bare HTTP round trip and a bare claim and finish
-		{"11", "purge", benchPurge}, // a million finished rows purged beside the worker (issue #12)
+		{"9", "peer", benchPeer},           // the same job on River, both as processes (issue #13)
+		{"10", "floor", benchFloor},        // a bare HTTP round trip and a bare claim and finish
+		{"11", "purge", benchPurge},        // a million finished rows purged beside the worker (issue #12)
+		{"12", "rate_grid", benchRateGrid}, // rate × burst × replicas against a bare rate.Limiter (issue #19)
 	}
 	var only []string
 	if s := os.Getenv("BENCH_ONLY"); s != "" {

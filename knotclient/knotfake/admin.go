@@ -13,15 +13,17 @@ import (
 // unauthenticated: the fake runs on loopback or a test network, and the
 // people driving a load test must be able to flip faults with curl.
 //
-//	GET  /_fake/stats   Stats as JSON
-//	GET  /_fake/faults  Faults as JSON
-//	PUT  /_fake/faults  replace all faults; "outage_for":"30s" sets outage_until = now+30s
-//	POST /_fake/reset   clear stats and deleted users, keep faults
+//	GET  /_fake/stats     Stats as JSON
+//	GET  /_fake/arrivals  each call's arrival time, in order, as a JSON array
+//	GET  /_fake/faults    Faults as JSON
+//	PUT  /_fake/faults    replace all faults; "outage_for":"30s" sets outage_until = now+30s
+//	POST /_fake/reset     clear stats and deleted users, keep faults
 func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 	route := map[string]string{
-		"/_fake/stats":  http.MethodGet,
-		"/_fake/faults": http.MethodGet + ", " + http.MethodPut,
-		"/_fake/reset":  http.MethodPost,
+		"/_fake/stats":    http.MethodGet,
+		"/_fake/arrivals": http.MethodGet,
+		"/_fake/faults":   http.MethodGet + ", " + http.MethodPut,
+		"/_fake/reset":    http.MethodPost,
 	}
 	allowed, ok := route[r.URL.Path]
 	if !ok {
@@ -31,6 +33,8 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 	switch r.Method + " " + r.URL.Path {
 	case "GET /_fake/stats":
 		writeJSON(w, http.StatusOK, s.Stats())
+	case "GET /_fake/arrivals":
+		writeJSON(w, http.StatusOK, s.Arrivals())
 	case "GET /_fake/faults":
 		writeJSON(w, http.StatusOK, s.Faults())
 	case "PUT /_fake/faults":

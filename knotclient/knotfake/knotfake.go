@@ -564,6 +564,19 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
+// Arrivals returns when each call to /user/delete arrived, in order: the
+// record BusiestSecond and PerSecond are computed from, for a measure of
+// one's own (the fewest calls in any ten seconds, say). A call counts from
+// its arrival, before its latency and whatever it is answered.
+func (s *Server) Arrivals() []time.Time {
+	s.mu.Lock()
+	arrivals := slices.Clone(s.st.arrivals)
+	s.mu.Unlock()
+	// Concurrent calls append slightly out of order.
+	slices.SortFunc(arrivals, func(a, b time.Time) int { return a.Compare(b) })
+	return arrivals
+}
+
 // busiestSecond returns the largest number of sorted timestamps that fall in
 // any half-open window [t, t+1s).
 func busiestSecond(sorted []time.Time) int64 {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -365,6 +366,10 @@ func TestBusiestSecondAndPerSecond(t *testing.T) {
 			if len(tt.arrivals) > 0 && (!st.FirstCall.Equal(base) || st.LastCall.Before(st.FirstCall)) {
 				t.Errorf("FirstCall=%v LastCall=%v", st.FirstCall, st.LastCall)
 			}
+			want := slices.SortedFunc(slices.Values(tt.arrivals), func(a, b time.Time) int { return a.Compare(b) })
+			if got := fake.Arrivals(); !slices.EqualFunc(got, want, time.Time.Equal) {
+				t.Errorf("Arrivals() = %v, want %v", got, want)
+			}
 		})
 	}
 }
@@ -438,11 +443,20 @@ func TestAdmin(t *testing.T) {
 		}
 	}
 
+	r = b.call(t, "GET", "/_fake/arrivals", "", "", "")
+	var arrivals []time.Time
+	if err := json.Unmarshal([]byte(r.body), &arrivals); err != nil || r.status != 200 {
+		t.Fatalf("arrivals: %d %s (%v)", r.status, r.body, err)
+	}
+	if len(arrivals) != 2 || !arrivals[0].Equal(now) || !arrivals[1].Equal(now) {
+		t.Errorf("arrivals = %s, want two calls at %v", r.body, now)
+	}
+
 	fake.SetFaults(Faults{ErrorRate: 0.3})
 	if r := b.call(t, "POST", "/_fake/reset", "", "", ""); r.status != 200 {
 		t.Fatalf("reset: %d", r.status)
 	}
-	if st := fake.Stats(); st.Calls != 0 || fake.Deleted("u1") || len(st.PerSecond) != 0 {
+	if st := fake.Stats(); st.Calls != 0 || fake.Deleted("u1") || len(st.PerSecond) != 0 || len(fake.Arrivals()) != 0 {
 		t.Errorf("after reset: %+v deleted=%v", st, fake.Deleted("u1"))
 	}
 	if fake.Faults().ErrorRate != 0.3 {
