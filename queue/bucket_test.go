@@ -159,9 +159,9 @@ INSERT INTO erasure_workers (id, expires_at, busy, share_rps) VALUES ('old', now
 	}
 }
 
-// The bucket runs just slow enough that sends reaching Knot up to Lateness after their time
-// still keep every second within the limit plus the burst: nothing is taken off low rates,
-// where a second holds a whole call to spare.
+// Sends reaching Knot up to Lateness after their time still keep every second within the limit
+// plus the burst: the bucket's depth pays for the lateness where it is deep enough, the rate
+// where it is not, and nothing is taken off low rates, where a second holds a whole call to spare.
 func TestTakeRunsJustSlowEnoughForLateSends(t *testing.T) {
 	q, b := setup(t)
 	for _, c := range []struct {
@@ -169,9 +169,10 @@ func TestTakeRunsJustSlowEnoughForLateSends(t *testing.T) {
 		burst int
 		every time.Duration
 	}{
-		{10, 1, 100 * time.Millisecond},      // 11 calls fit in 1.025s at 10/s: no cost
-		{1000, 1, 1023976 * time.Nanosecond}, // 1001 in 1.025s
-		{1000, 100, 1023976 * time.Nanosecond},
+		{10, 1, 100 * time.Millisecond},       // 11 calls fit in 1.025s at 10/s: no cost
+		{1000, 1, 1023976 * time.Nanosecond},  // 1001 in 1.025s
+		{1000, 100, time.Millisecond},         // 99ms of depth pays for 25ms
+		{1000, 20, 1004995 * time.Nanosecond}, // 19ms of depth: the rate pays 6ms, 1001 in 1.006s
 	} {
 		h := beat("a", true)
 		h.CeilingRPS, h.Burst = c.rps, c.burst

@@ -120,11 +120,14 @@ type Grant struct {
 //
 // The rate is the deployment's current rate (at most the lowest live ceiling and this
 // replica's), less what replicas of an older version, which do not take from the bucket,
-// allowed themselves; then slowed by just enough that sends up to r.Lateness late still keep
-// any second within the limit plus the burst. The sends granted are GCRA-conforming at rate
-// r and burst B, so any span of 1s + Lateness holds at most floor(r·(1s + Lateness)) + B of
-// their due times; r < (floor(limit) + 1) / (1s + Lateness) makes that at most limit + B. Below
-// about 40/s (at 25ms of lateness) this costs nothing; above, at most 2.5% of the rate.
+// allowed themselves. Sends up to r.Lateness late must still keep any second within the limit
+// plus the burst B: the sends granted are GCRA-conforming, so any span of 1s + Lateness holds
+// at most floor(r·(1s + Lateness) + r·tau) + 1 of their due times, tau being how far ahead of
+// the rate they may run. The lateness is paid first from the bucket's depth ((B-1)/limit): a
+// reserve of up to Lateness comes off tau, so fewer sends go at once after a lull. What the
+// depth cannot pay (all of it at a burst of 1) the rate pays: r < (floor(limit) + 1) /
+// (1s + Lateness - reserve) makes the span hold at most limit + B. At 25ms of lateness that
+// costs nothing below about 40/s or with a burst of a fortieth of the rate, and at most 2.5%.
 //
 // It returns ok false when no replica has beaten yet (the bucket has no row).
 //
@@ -149,12 +152,16 @@ c AS (
     FROM cur, older
 ),
 m AS (
-    SELECT c.*, least(c.limit_rps, (floor(c.limit_rps) + 1) / (1 + $4::float8) * (1 - 1e-9)) AS rps
+    SELECT c.*, least((c.burst - 1) / c.limit_rps, $4::float8) AS reserve
     FROM c
 ),
-d AS (
-    SELECT m.*, greatest(m.tat, m.ts + $7 * interval '1 second') AS t0, (m.burst - 1) / m.rps AS tau
+r AS (
+    SELECT m.*, least(m.limit_rps, (floor(m.limit_rps) + 1) / (1 + $4::float8 - m.reserve) * (1 - 1e-9)) AS rps
     FROM m
+),
+d AS (
+    SELECT r.*, greatest(r.tat, r.ts + $7 * interval '1 second') AS t0, greatest((r.burst - 1) / r.rps - r.reserve, 0) AS tau
+    FROM r
 ),
 g AS (
     SELECT d.*,

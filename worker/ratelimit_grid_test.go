@@ -204,13 +204,14 @@ func (s *simStore) Take(_ context.Context, r queue.TakeRequest) (queue.Grant, bo
 		return queue.Grant{}, false, nil
 	}
 	limit := max(min(ceiling, r.CeilingRPS), r.FloorRPS)
-	rps := min(limit, (math.Floor(limit)+1)/(1+r.Lateness.Seconds())*(1-1e-9))
 	burst = min(burst, max(r.Burst, 1))
+	reserve := min(float64(burst-1)/limit, r.Lateness.Seconds())
+	rps := min(limit, (math.Floor(limit)+1)/(1+r.Lateness.Seconds()-reserve)*(1-1e-9))
 	t0 := ts.Add(r.Lead)
 	if s.tat.After(t0) {
 		t0 = s.tat
 	}
-	tau := float64(burst-1) / rps
+	tau := max(float64(burst-1)/rps-reserve, 0)
 	n := int(math.Floor((ts.Sub(t0).Seconds()+r.Within.Seconds()+tau)*rps+1e-9)) + 1
 	n = max(0, min(r.Want, n))
 	s.tat = t0.Add(seconds(float64(n) / rps))
