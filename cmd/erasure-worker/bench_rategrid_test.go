@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/erasure-worker/erasure-worker/queue/queuetest"
 )
 
 // 12. Rate × burst × replicas (issue #19): for every RATE_LIMIT_RPS and RATE_LIMIT_BURST, with
@@ -39,6 +41,11 @@ const (
 	// Cells this slow run side by side: what they cost is the length of the run, not the machine.
 	rateGridSideBySideReplicas = 10  // calls/s of a cell of replicas
 	rateGridSideBySideBare     = 100 // calls/s of a bare limiter (a goroutine and a knotfake)
+	// rateGridSlotReplicas is the most replicas a slot runs at once: each holds up to six
+	// connections, and PostgreSQL's default max_connections is 100.
+	rateGridSlotReplicas = 4
+	// rateGridConnsPerReplica is what a slot waits to have free on the server per replica.
+	rateGridConnsPerReplica = 8
 )
 
 // rateGridRates are the limits measured: 1/s up to near what this machine carries with room for
@@ -119,17 +126,30 @@ func benchRateGrid(t *testing.T, r *benchReport) {
 			}
 		}
 	}
-	if len(side) > 0 {
-		slots = append([][]rateCell{side}, slots...)
+	// The side-by-side cells go in slots of at most rateGridSlotReplicas replicas (the bare
+	// limiters hold no connection), in front.
+	var front [][]rateCell
+	var slot []rateCell
+	replicas := 0
+	for _, c := range side {
+		if replicas+c.replicas > rateGridSlotReplicas {
+			front, slot, replicas = append(front, slot), nil, 0
+		}
+		slot, replicas = append(slot, c), replicas+c.replicas
 	}
+	if len(slot) > 0 {
+		front = append(front, slot)
+	}
+	slots = append(front, slots...)
 
 	results := map[rateCell]rateCellResult{}
 	for _, slot := range slots {
 		name := slot[0].String()
 		if len(slot) > 1 {
-			name = fmt.Sprintf("%d_slow_cells_side_by_side", len(slot))
+			name = fmt.Sprintf("%d_slow_cells_side_by_side_from_%s", len(slot), strings.ReplaceAll(slot[0].String(), "/", "_"))
 		}
 		t.Run(name, func(t *testing.T) {
+			waitForFreeConnections(t, slot)
 			for c, res := range runRateSlot(t, slot) {
 				results[c] = res
 			}
@@ -184,7 +204,7 @@ func benchRateGrid(t *testing.T, r *benchReport) {
 		rates = append(rates, strconv.Itoa(limit))
 	}
 	r.note("**12.** The binaries through the e2e harness, one cell at a time (cells of replicas at %d calls/s or fewer, and the bare "+
-		"limiter's at %d/s or fewer, side by side): for RATE_LIMIT_RPS of %s, each with RATE_LIMIT_BURST of 1, a tenth of it (at least 1) "+
+		"limiter's at %d/s or fewer, side by side, with at most %d replicas at a time, each slot waiting for room among the server's connections): for RATE_LIMIT_RPS of %s, each with RATE_LIMIT_BURST of 1, a tenth of it (at least 1) "+
 		"and the rate itself, 1 and 3 replicas of `erasure-worker run` with CONCURRENCY a tenth of the rate (8 to 256, twenty times what "+
 		"5 ms calls at the limit keep in flight) and the default RATE_LIMIT_SYNC_INTERVAL, against a knotfake of their own (`-latency 5ms "+
 		"-missing 0`) over a fresh database with a backlog that outlasts the run, for %v from the first call. The floor is the same limit "+
@@ -195,7 +215,7 @@ func benchRateGrid(t *testing.T, r *benchReport) {
 		"busiest_second). The window opened by the first call holds the burst as well, so reached may pass 100%%; a window opened just "+
 		"after a call holds one call fewer: at 1/s, where 10 s hold 10 calls, that is 10%% of the figure, and the floor shows what the "+
 		"machine's timing leaves of the limit. A cell holds when its replicas reach 95%% and no second passes limit + burst; the floor "+
-		"is set beside it, not judged. 300/s is left out to keep the section near five minutes: 100 and 1000 bracket it.", rateGridSideBySideReplicas, rateGridSideBySideBare, strings.Join(rates, ", "), rateGridRun)
+		"is set beside it, not judged. 300/s is left out to keep the section near five minutes: 100 and 1000 bracket it.", rateGridSideBySideReplicas, rateGridSideBySideBare, rateGridSlotReplicas, strings.Join(rates, ", "), rateGridRun)
 }
 
 func yesNo(ok bool) string {
@@ -326,6 +346,9 @@ func startRateGridReplicas(t *testing.T, c rateCell) *rateCellRun {
 		for i, p := range replicas {
 			select {
 			case <-p.done:
+				if strings.Contains(p.out.String(), "too many clients") {
+					problems = append(problems, fmt.Sprintf("replica %d was refused connections (too many clients)", i+1))
+				}
 				if code := p.cmd.ProcessState.ExitCode(); code != 0 {
 					problems = append(problems, fmt.Sprintf("replica %d exited %d", i+1, code))
 				}
@@ -453,5 +476,32 @@ func TestRateGridWindows(t *testing.T) {
 	}
 	if got, want := rateGridPerSecond(at(0, 999, 1000, 2500)), []int{2, 1, 1}; !slices.Equal(got, want) {
 		t.Errorf("per second %v, want %v", got, want)
+	}
+}
+
+// waitForFreeConnections waits, 30 s at most, until the server has room for the slot's replicas:
+// connections of the sections before may still be closing.
+func waitForFreeConnections(t *testing.T, slot []rateCell) {
+	t.Helper()
+	need := 10
+	for _, c := range slot {
+		need += c.replicas * rateGridConnsPerReplica
+	}
+	conn := benchConnect(t, queuetest.ServerURL())
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var free int
+		if err := conn.QueryRow(context.Background(),
+			`SELECT current_setting('max_connections')::int - (SELECT count(*) FROM pg_stat_activity)`).Scan(&free); err != nil {
+			t.Fatal(err)
+		}
+		if free >= need {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Logf("only %d connections free on the server, the slot needs about %d: its cells may be refused", free, need)
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 }
