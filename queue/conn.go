@@ -65,6 +65,16 @@ func Configure(cfg *pgx.ConnConfig) {
 	cfg.DialFunc = d.DialContext
 }
 
+// Prepared lets a connection that talks to PostgreSQL itself, with no pooler in between, keep
+// pgx's cache of prepared statements: the server then parses and plans each of the queue's
+// statements once per connection rather than at every call, which the worker's hot path (claim,
+// take, finish) feels. `run` asks for it unless DISABLE_LISTEN says a pooler is in between.
+func Prepared(cfg *pgx.ConnConfig) {
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeCacheStatement
+	cfg.StatementCacheCapacity = 512 // pgx's defaults, which Configure turned off
+	cfg.DescriptionCacheCapacity = 512
+}
+
 // connect opens a connection outside the pool with the pool's settings.
 func connect(ctx context.Context, pool db) (*pgx.Conn, error) {
 	return pgx.ConnectConfig(ctx, pool.Config().ConnConfig.Copy())

@@ -78,7 +78,7 @@ func connectQueue(ctx context.Context, env *environment, s *settingSet, dbURL *s
 		env.errorf("%v", s.err)
 		return nil, nil, exitUsage
 	}
-	pool, err := openPool(ctx, url)
+	pool, err := openPool(ctx, url, false)
 	if err != nil {
 		env.errorf("%v", err)
 		return nil, nil, exitFailure

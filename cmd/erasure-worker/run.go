@@ -66,7 +66,7 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 		quick       = s.add("QUICK_RETRIES", fmt.Sprint(worker.DefaultQuickRetries), "calls one claim may make for retryable errors before the request waits in the table")
 		probe       = s.add("PAUSE_PROBE_INTERVAL", dur(worker.DefaultPauseProbeInterval), "how often a worker paused on rejected credentials tries one request")
 		stats       = s.add("STATS_INTERVAL", dur(worker.DefaultStatsInterval), "how often the queue gauges are read from the database")
-		noListen    = s.add("DISABLE_LISTEN", "false", "true behind a pooler in transaction mode (PgBouncer's pool_mode = transaction), which cannot carry LISTEN/NOTIFY: poll only, every POLL_INTERVAL. The only setting a pooler needs: no command prepares statements, takes a session lock or SETs anything, with or without it")
+		noListen    = s.add("DISABLE_LISTEN", "false", "true behind a pooler in transaction mode (PgBouncer's pool_mode = transaction), which cannot carry LISTEN/NOTIFY: poll only, every POLL_INTERVAL, and send every statement unprepared (without it run keeps pgx's cache of prepared statements, which spares PostgreSQL planning each statement again). The only setting a pooler needs: no command takes a session lock or SETs anything, and the other commands never prepare statements")
 		doors       = declareDoors(s)
 		retention   = declareRetention(s)
 	)
@@ -167,7 +167,7 @@ func runWorker(ctx context.Context, env *environment, args []string) int {
 }
 
 func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
-	pool, err := openPool(ctx, cfg.databaseURL)
+	pool, err := openPool(ctx, cfg.databaseURL, !cfg.worker.DisableListen)
 	if err != nil {
 		return err
 	}
@@ -404,12 +404,16 @@ func probes(st *startup, pool *pgxpool.Pool, reg *prometheus.Registry) http.Hand
 	return mux
 }
 
-// openPool connects to PostgreSQL, safely behind a pooler in transaction mode and with a connect
-// timeout (queue.ParsePoolConfig). Its errors never repeat the URL, which may hold a password.
-func openPool(ctx context.Context, databaseURL string) (*pgxpool.Pool, error) {
+// openPool connects to PostgreSQL with a connect timeout, safely behind a pooler in transaction
+// mode (queue.ParsePoolConfig), or with prepared statements cached when no pooler is in between
+// (queue.Prepared). Its errors never repeat the URL, which may hold a password.
+func openPool(ctx context.Context, databaseURL string, prepared bool) (*pgxpool.Pool, error) {
 	cfg, err := queue.ParsePoolConfig(databaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	if prepared {
+		queue.Prepared(cfg.ConnConfig)
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
