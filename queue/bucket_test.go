@@ -165,14 +165,16 @@ INSERT INTO erasure_workers (id, expires_at, busy, share_rps) VALUES ('old', now
 func TestTakeRunsJustSlowEnoughForLateSends(t *testing.T) {
 	q, b := setup(t)
 	for _, c := range []struct {
-		rps   float64
-		burst int
-		every time.Duration
+		rps      float64
+		burst    int
+		every    time.Duration
+		lateness time.Duration // allowed: 25ms, or half the depth up to 100ms
 	}{
-		{10, 1, 100 * time.Millisecond},       // 11 calls fit in 1.025s at 10/s: no cost
-		{1000, 1, 1023976 * time.Nanosecond},  // 1001 in 1.025s
-		{1000, 100, time.Millisecond},         // 99ms of depth pays for 25ms
-		{1000, 20, 1004995 * time.Nanosecond}, // 19ms of depth: the rate pays 6ms, 1001 in 1.006s
+		{10, 1, 100 * time.Millisecond, 25 * time.Millisecond},       // 11 calls fit in 1.025s at 10/s: no cost
+		{1000, 1, 1023976 * time.Nanosecond, 25 * time.Millisecond},  // 1001 in 1.025s
+		{1000, 100, time.Millisecond, 49500 * time.Microsecond},      // 99ms of depth pays for half of it
+		{1000, 20, 1004995 * time.Nanosecond, 25 * time.Millisecond}, // 19ms of depth: the rate pays 6ms, 1001 in 1.006s
+		{1000, 1000, time.Millisecond, 100 * time.Millisecond},       // 999ms of depth: 100ms at most
 	} {
 		h := beat("a", true)
 		h.CeilingRPS, h.Burst = c.rps, c.burst
@@ -180,20 +182,23 @@ func TestTakeRunsJustSlowEnoughForLateSends(t *testing.T) {
 			t.Fatal(err)
 		}
 		req := queue.TakeRequest{Want: int(3 * c.rps), Within: 3 * time.Second, CeilingRPS: c.rps, Burst: c.burst,
-			FloorRPS: 1, Lateness: 25 * time.Millisecond}
+			FloorRPS: 1, Lateness: 25 * time.Millisecond, MaxLateness: 100 * time.Millisecond}
 		g := take(t, q, b, req)
 		if diff := g.Every - c.every; diff < -time.Microsecond || diff > time.Microsecond {
-			t.Errorf("%g/s, burst %d, 25ms of lateness: one send every %v, want %v", c.rps, c.burst, g.Every, c.every)
+			t.Errorf("%g/s, burst %d: one send every %v, want %v", c.rps, c.burst, g.Every, c.every)
+		}
+		if diff := g.Lateness - c.lateness; diff < -time.Microsecond || diff > time.Microsecond {
+			t.Errorf("%g/s, burst %d: sends may be %v late, want %v", c.rps, c.burst, g.Lateness, c.lateness)
 		}
 		// Every send as late as it may be, but every other one on time: the worst bunching.
 		sends := due(g)
 		for i := range sends {
 			if i%2 == 1 {
-				sends[i] = sends[i].Add(req.Lateness)
+				sends[i] = sends[i].Add(g.Lateness)
 			}
 		}
 		if most, limit := busiestWindow(sends, time.Second+time.Nanosecond), int(c.rps)+c.burst; most > limit {
-			t.Errorf("%g/s, burst %d: sends up to 25ms late put %d in a second, want at most %d", c.rps, c.burst, most, limit)
+			t.Errorf("%g/s, burst %d: sends up to %v late put %d in a second, want at most %d", c.rps, c.burst, g.Lateness, most, limit)
 		}
 		if _, err := b.pool.Exec(b.ctx, `DELETE FROM erasure_rate_limit`); err != nil {
 			t.Fatal(err)

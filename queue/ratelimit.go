@@ -95,9 +95,11 @@ type TakeRequest struct {
 	CeilingRPS float64       // this replica's RATE_LIMIT_RPS, in case its heartbeat has not lowered the table's yet
 	Burst      int           // this replica's RATE_LIMIT_BURST, likewise
 	FloorRPS   float64       // the rate never falls below this, whatever older replicas hold
-	// Lateness is how long after its due time a send may reach Knot: the bucket runs just slow
-	// enough that sends that late never put more than the limit plus the burst in any second.
-	Lateness time.Duration
+	// Lateness is how long after its due time a send may at least reach Knot: the bucket runs
+	// just slow enough that sends that late never put more than the limit plus the burst in any
+	// second. Where the bucket is deep, half its depth, up to MaxLateness, is allowed instead:
+	// it costs fewer sends at once after a lull, not rate.
+	Lateness, MaxLateness time.Duration
 	// Lead is how long the answer is expected to take to come back: no send is due before it,
 	// so that the trip does not eat into a send's lateness.
 	Lead time.Duration
@@ -111,6 +113,7 @@ type Grant struct {
 	First, Every time.Duration
 	Hold         time.Duration // a Retry-After holds every call this long; N is then 0
 	At           time.Time     // the database's clock when it granted (for tests and status)
+	Lateness     time.Duration // how long after its time each send may reach Knot
 }
 
 // Take takes up to r.Want sends from the deployment's bucket, all due within r.Within: one
@@ -121,13 +124,15 @@ type Grant struct {
 // The rate is the deployment's current rate (at most the lowest live ceiling and this
 // replica's), less what replicas of an older version, which do not take from the bucket,
 // allowed themselves. Sends up to r.Lateness late must still keep any second within the limit
-// plus the burst B: the sends granted are GCRA-conforming, so any span of 1s + Lateness holds
-// at most floor(r·(1s + Lateness) + r·tau) + 1 of their due times, tau being how far ahead of
-// the rate they may run. The lateness is paid first from the bucket's depth ((B-1)/limit): a
-// reserve of up to Lateness comes off tau, so fewer sends go at once after a lull. What the
-// depth cannot pay (all of it at a burst of 1) the rate pays: r < (floor(limit) + 1) /
-// (1s + Lateness - reserve) makes the span hold at most limit + B. At 25ms of lateness that
-// costs nothing below about 40/s or with a burst of a fortieth of the rate, and at most 2.5%.
+// plus the burst B: the sends granted are GCRA-conforming, so any span of 1s + lateness holds
+// at most floor(r·(1s + lateness) + r·tau) + 1 of their due times, tau being how far ahead of
+// the rate they may run. The lateness allowed is r.Lateness, or half the bucket's depth
+// ((B-1)/limit) up to r.MaxLateness where that is more (the grant says which). It is paid
+// first from the depth: a reserve of up to the lateness comes off tau, so fewer sends go at
+// once after a lull. What the depth cannot pay (all of it at a burst of 1) the rate pays:
+// r < (floor(limit) + 1) / (1s + lateness - reserve) makes the span hold at most limit + B. At
+// 25ms that costs nothing below about 40/s or with a burst of a fortieth of the rate, and at
+// most 2.5%.
 //
 // It returns ok false when no replica has beaten yet (the bucket has no row).
 //
@@ -152,12 +157,16 @@ c AS (
     FROM cur, older
 ),
 m AS (
-    SELECT c.*, least((c.burst - 1) / c.limit_rps, $4::float8) AS reserve
+    SELECT c.*, greatest($4::float8, least((c.burst - 1) / c.limit_rps / 2, $8::float8)) AS lateness
     FROM c
 ),
-r AS (
-    SELECT m.*, least(m.limit_rps, (floor(m.limit_rps) + 1) / (1 + $4::float8 - m.reserve) * (1 - 1e-9)) AS rps
+l AS (
+    SELECT m.*, least((m.burst - 1) / m.limit_rps, m.lateness) AS reserve
     FROM m
+),
+r AS (
+    SELECT l.*, least(l.limit_rps, (floor(l.limit_rps) + 1) / (1 + l.lateness - l.reserve) * (1 - 1e-9)) AS rps
+    FROM l
 ),
 d AS (
     SELECT r.*, greatest(r.tat, r.ts + $7 * interval '1 second') AS t0, greatest((r.burst - 1) / r.rps - r.reserve, 0) AS tau
@@ -174,18 +183,18 @@ upd AS (
     UPDATE erasure_rate_limit SET tat = g.t0 + g.n / g.rps * interval '1 second' FROM g
 )
 SELECT n, (extract(epoch FROM t0 - ts) - tau)::float8, (1 / rps)::float8,
-       greatest(extract(epoch FROM hold_until - ts), 0)::float8, ts
+       greatest(extract(epoch FROM hold_until - ts), 0)::float8, ts, lateness
 FROM g`
-	var first, every, hold float64
+	var first, every, hold, lateness float64
 	err = q.pool.QueryRow(ctx, takeSQL, r.CeilingRPS, max(r.Burst, 1), r.FloorRPS, r.Lateness.Seconds(),
-		r.Want, r.Within.Seconds(), r.Lead.Seconds()).Scan(&g.N, &first, &every, &hold, &g.At)
+		r.Want, r.Within.Seconds(), r.Lead.Seconds(), r.MaxLateness.Seconds()).Scan(&g.N, &first, &every, &hold, &g.At, &lateness)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Grant{}, false, nil
 	}
 	if err != nil {
 		return Grant{}, false, fmt.Errorf("take sends from the rate limit: %w", err)
 	}
-	g.First, g.Every, g.Hold = seconds(first), seconds(every), seconds(hold)
+	g.First, g.Every, g.Hold, g.Lateness = seconds(first), seconds(every), seconds(hold), seconds(lateness)
 	return g, true, nil
 }
 

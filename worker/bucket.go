@@ -30,17 +30,19 @@ import (
 // Knot. Each grant's sends are due at the bucket's times, measured on the database's clock and
 // added to the replica's own clock when the answer arrives, so none goes early. A send may go
 // out up to lateSend after its time (a goroutine that wakes late, a take that answers slowly),
-// and reach Knot up to lateKnot later still; the bucket runs just slow enough that sends that
-// late still fit (queue.Take). A send later than that is given up, never sent.
+// or longer where the bucket is deep (half its depth, up to maxLateness), and reach Knot up to
+// lateKnot later still; the bucket pays for that lateness from its depth, and from its rate
+// what the depth cannot pay (queue.Take). A send later than that is given up, never sent.
 const (
 	idleWeight   = 0.01 // an idle replica keeps a trickle, enough to find new work
 	decreaseBy   = 0.5  // multiplicative decrease on 429
 	increaseFrac = 0.1  // additive increase per second, as a share of the ceiling
 	floorFrac    = 0.01 // the rate never falls below this share of the ceiling
 
-	lateSend   = 15 * time.Millisecond  // how late after its time a granted send may still go out
-	lateKnot   = 10 * time.Millisecond  // how much longer the trip to Knot may take for one send than another
-	maxHorizon = 250 * time.Millisecond // how far ahead a replica takes its sends
+	lateSend    = 15 * time.Millisecond  // how late after its time a granted send may still go out, at least
+	lateKnot    = 10 * time.Millisecond  // how much longer the trip to Knot may take for one send than another
+	maxLateness = 100 * time.Millisecond // the most lateness a deep bucket allows (half its depth)
+	maxHorizon  = 250 * time.Millisecond // how far ahead a replica takes its sends
 )
 
 // rateStore is the part of the queue that the shared rate limit talks to.
@@ -99,13 +101,14 @@ func (b *bucket) take(ctx context.Context, want int, lead time.Duration) taken {
 	t := taken{asked: b.now()}
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.interval)
 	t.Grant, t.ok, t.err = b.store.Take(tctx, queue.TakeRequest{
-		Want:       want,
-		Within:     b.horizon,
-		CeilingRPS: b.ceiling,
-		Burst:      b.burst,
-		FloorRPS:   b.ceiling * floorFrac,
-		Lateness:   lateSend + lateKnot,
-		Lead:       lead,
+		Want:        want,
+		Within:      b.horizon,
+		CeilingRPS:  b.ceiling,
+		Burst:       b.burst,
+		FloorRPS:    b.ceiling * floorFrac,
+		Lateness:    lateSend + lateKnot,
+		MaxLateness: maxLateness,
+		Lead:        lead,
 	})
 	cancel()
 	t.arrived = b.now()

@@ -57,6 +57,7 @@ type grant struct {
 	start  time.Time     // when the limiter's burst is due (in the past when the bucket was full)
 	notBef time.Time     // the latest the database's clock can have been read: no send goes before its time from here
 	early  time.Duration // how much earlier the database's clock may have been read than notBef
+	late   time.Duration // how late after its time a send may still go out
 	left   int
 }
 
@@ -66,18 +67,23 @@ func newGrant(t taken) *grant {
 		burst = int(-t.First/t.Every) + 1
 	}
 	burst = max(1, min(burst, t.N))
+	late := lateSend
+	if t.Lateness > lateSend+lateKnot {
+		late = t.Lateness - lateKnot // a deep bucket allows more
+	}
 	return &grant{
 		lim:    rate.NewLimiter(rate.Every(t.Every), burst),
 		start:  t.to.Add(t.First + time.Duration(burst-1)*t.Every),
 		notBef: t.to,
 		early:  t.to.Sub(t.from),
+		late:   late,
 		left:   t.N,
 	}
 }
 
 // next takes the grant's next send: when it is due on this replica's clock, never before the
-// database's time, and the latest it may go out, lateSend after the earliest the database's
-// time can be.
+// database's time, and the latest it may go out, the grant's lateness after the earliest the
+// database's time can be.
 func (g *grant) next() send {
 	g.left--
 	r := g.lim.ReserveN(g.start, 1)
@@ -85,7 +91,7 @@ func (g *grant) next() send {
 	if at.Before(g.notBef) {
 		at = g.notBef
 	}
-	return send{at: at, useBy: at.Add(lateSend - g.early)}
+	return send{at: at, useBy: at.Add(g.late - g.early)}
 }
 
 // send is one send taken from a grant: due at at, and given up if it cannot go by useBy.

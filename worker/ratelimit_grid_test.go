@@ -205,8 +205,9 @@ func (s *simStore) Take(_ context.Context, r queue.TakeRequest) (queue.Grant, bo
 	}
 	limit := max(min(ceiling, r.CeilingRPS), r.FloorRPS)
 	burst = min(burst, max(r.Burst, 1))
-	reserve := min(float64(burst-1)/limit, r.Lateness.Seconds())
-	rps := min(limit, (math.Floor(limit)+1)/(1+r.Lateness.Seconds()-reserve)*(1-1e-9))
+	lateness := max(r.Lateness.Seconds(), min(float64(burst-1)/limit/2, r.MaxLateness.Seconds()))
+	reserve := min(float64(burst-1)/limit, lateness)
+	rps := min(limit, (math.Floor(limit)+1)/(1+lateness-reserve)*(1-1e-9))
 	t0 := ts.Add(r.Lead)
 	if s.tat.After(t0) {
 		t0 = s.tat
@@ -215,7 +216,7 @@ func (s *simStore) Take(_ context.Context, r queue.TakeRequest) (queue.Grant, bo
 	n := int(math.Floor((ts.Sub(t0).Seconds()+r.Within.Seconds()+tau)*rps+1e-9)) + 1
 	n = max(0, min(r.Want, n))
 	s.tat = t0.Add(seconds(float64(n) / rps))
-	return queue.Grant{N: n, First: t0.Sub(ts) - seconds(tau), Every: seconds(1 / rps), At: ts}, true, nil
+	return queue.Grant{N: n, First: t0.Sub(ts) - seconds(tau), Every: seconds(1 / rps), At: ts, Lateness: seconds(lateness)}, true, nil
 }
 
 func (s *simStore) SlowDown(context.Context, float64, float64, time.Duration) (float64, error) {
