@@ -3,8 +3,6 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -188,23 +186,6 @@ func TestChaosPostgresFreeze(t *testing.T) {
 	if code, took := w.stop(t, 30*time.Second); code != 0 {
 		t.Errorf("exit %d after SIGTERM (took %v)", code, took)
 	}
-}
-
-// chaosLogMsgs returns the JSON log lines of out whose msg contains substr.
-func chaosLogMsgs(out, substr string) []string {
-	var lines []string
-	sc := bufio.NewScanner(strings.NewReader(out))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var m map[string]any
-		if json.Unmarshal(sc.Bytes(), &m) != nil {
-			continue
-		}
-		if msg, _ := m["msg"].(string); strings.Contains(msg, substr) {
-			lines = append(lines, sc.Text())
-		}
-	}
-	return lines
 }
 
 // signal sends sig to every process of the cluster: the postmaster first, so that it forks

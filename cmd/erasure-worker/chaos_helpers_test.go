@@ -109,7 +109,18 @@ func chaosHasSetting(env []string, name string) bool {
 // logLines returns the worker's JSON log lines whose msg contains substr.
 func (w *chaosWorker) logLines(substr string) []map[string]any {
 	var out []map[string]any
-	sc := bufio.NewScanner(strings.NewReader(w.out.String()))
+	for _, l := range chaosLogMsgs(w.out.String(), substr) {
+		var m map[string]any
+		_ = json.Unmarshal([]byte(l), &m) // chaosLogMsgs kept only lines that parse
+		out = append(out, m)
+	}
+	return out
+}
+
+// chaosLogMsgs returns the JSON log lines of out whose msg contains substr.
+func chaosLogMsgs(out, substr string) []string {
+	var lines []string
+	sc := bufio.NewScanner(strings.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		var m map[string]any
@@ -117,10 +128,10 @@ func (w *chaosWorker) logLines(substr string) []map[string]any {
 			continue
 		}
 		if msg, _ := m["msg"].(string); strings.Contains(msg, substr) {
-			out = append(out, m)
+			lines = append(lines, sc.Text())
 		}
 	}
-	return out
+	return lines
 }
 
 // waitLog waits for a log line whose msg contains substr and returns it.
