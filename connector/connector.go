@@ -15,13 +15,13 @@ import (
 )
 
 // Connector is one privacy request system, as the binary registers it: all that the rest of
-// the service knows of it goes through this interface and the capabilities below.
+// the service knows of it goes through this interface and the Parts it returns.
 type Connector interface {
 	Info() Info
 	// Declare declares the connector's settings on s. Once s is parsed, the function it returns
 	// reads them, checks them (naming the setting at fault through s.Fail) and returns the
-	// configured connector, or nil when its settings leave it off.
-	Declare(s *settings.Set) func() Configured
+	// connector's parts, or nil when its settings leave it off.
+	Declare(s *settings.Set) func() *Parts
 }
 
 // Info is what names a connector.
@@ -46,15 +46,18 @@ func (i Info) DoorName() string {
 	return i.Name
 }
 
-// Configured is a connector whose settings turned it on. What it does is told by the
-// capabilities it implements: Door, Puller, Deliverer, Paced.
-type Configured interface {
-	Info() Info
+// Parts are what a configured connector does; each is nil when its settings leave it off.
+type Parts struct {
+	Door      Door      // requests pushed to us, on API_LISTEN_ADDR
+	Puller    Puller    // requests fetched from the system
+	Deliverer Deliverer // outcomes reported back
+	// OnBy names the setting that turned the door on, for the errors of the settings that
+	// the door needs beside it (API_LISTEN_ADDR).
+	OnBy string
 }
 
-// Door is a connector that the privacy request system pushes requests to, on API_LISTEN_ADDR.
+// Door is a connector that the privacy request system pushes requests to.
 type Door interface {
-	Configured
 	// Routes are its handlers, by net/http.ServeMux pattern ("POST /v1/ketch"). Every handler
 	// authenticates before it reads the body, stores what it takes through in, and answers
 	// every refusal naming the field at fault.
@@ -64,16 +67,14 @@ type Door interface {
 // Puller is a connector that fetches requests from the privacy request system. One replica at
 // a time pulls, every PullInterval.
 type Puller interface {
-	Configured
 	PullInterval() time.Duration
 	// Pull takes in everything pending at the system through in.
 	Pull(ctx context.Context, in Intake, log *slog.Logger) error
 }
 
-// Deliverer is a connector that reports outcomes back. Deliver never logs, and its Delivery's
-// error holds no credential, no URL query and no external_user_id.
+// Deliverer reports outcomes back. Deliver never logs, and its Delivery's error holds no
+// credential, no URL query and no external_user_id.
 type Deliverer interface {
-	Configured
 	Deliver(ctx context.Context, r Report) Delivery
 }
 

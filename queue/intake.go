@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -23,6 +25,7 @@ type NewRequest struct {
 type NewReport struct {
 	Connector string // ConnectorWebhook, ConnectorKetch or ConnectorTranscend
 	Target    int    // which of the request's receivers (Ketch's callbacks); 0 otherwise
+	Lane      string // the receiver, where a connector has many; "" otherwise
 	// Credentials is what the delivery needs (JSON): kept until delivered, never shown.
 	Credentials []byte
 }
@@ -33,7 +36,7 @@ type Admission int
 const (
 	Inserted  Admission = iota + 1
 	Duplicate           // a request with this request_ref already exists; nothing changed
-	Rejected            // the table refused it; see the error beside it
+	Rejected            // refused; see the error beside it (a *FieldError when one field is at fault)
 )
 
 // EnqueueResult pairs a NewRequest's admission with the reason for a rejection.
@@ -51,6 +54,32 @@ func (q *Queue) Enqueue(ctx context.Context, reqs []NewRequest) ([]EnqueueResult
 	if len(reqs) == 0 {
 		return nil, nil
 	}
+	// A request the table would refuse is refused here first, naming the field; the valid ones
+	// go to the database together.
+	results := make([]EnqueueResult, len(reqs))
+	valid := make([]NewRequest, 0, len(reqs))
+	at := make([]int, 0, len(reqs))
+	for i, r := range reqs {
+		if err := ValidateIDs(r.RequestRef, r.ExternalUserID); err != nil {
+			results[i] = EnqueueResult{Admission: Rejected, Err: err}
+			continue
+		}
+		valid, at = append(valid, r), append(at, i)
+	}
+	if len(valid) == 0 {
+		return results, nil
+	}
+	got, err := q.enqueueValid(ctx, valid)
+	if err != nil {
+		return nil, err
+	}
+	for j, r := range got {
+		results[at[j]] = r
+	}
+	return results, nil
+}
+
+func (q *Queue) enqueueValid(ctx context.Context, reqs []NewRequest) ([]EnqueueResult, error) {
 	results, err := q.enqueueBatch(ctx, reqs)
 	if err == nil {
 		return results, nil
@@ -162,19 +191,60 @@ func isRowError(err error) bool {
 	return len(pgErr.Code) == 5 && (pgErr.Code[:2] == "22" || pgErr.Code[:2] == "23")
 }
 
-// constraintReasons names, for each constraint of erasure_requests, what the row got wrong.
-var constraintReasons = map[string]string{
-	"request_ref_present":      "request_ref is empty, blank or longer than 255 bytes",
-	"external_user_id_present": "external_user_id is empty, blank or longer than 1024 bytes",
-}
-
 func describeRowError(err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
-		if reason, ok := constraintReasons[pgErr.ConstraintName]; ok {
-			return errors.New(reason)
-		}
 		return fmt.Errorf("refused by the database: %s", pgErr.Message)
 	}
 	return err
+}
+
+// The limits of erasure_requests' CHECK constraints (migrations/001_erasure_requests.sql).
+const (
+	MaxRequestRefBytes     = 255
+	MaxExternalUserIDBytes = 1024
+)
+
+// FieldError is a request refused for one of its fields. It never holds the field's value: an
+// external_user_id is personal data, and the error goes back to the sender and into logs.
+type FieldError struct {
+	Field  string // request_ref or external_user_id
+	Reason string
+	// Over is how many bytes the field is over its limit; 0 when the reason is another.
+	Over int
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+// ValidateIDs applies the table's rules to a request's ids, and what PostgreSQL's text needs:
+// present, not blank, within its limit, valid UTF-8 and no NUL. It is the one place these rules
+// are written: every door's refusal of an id comes from here, counting a connector's prefix,
+// since it checks the request_ref that will be stored.
+func ValidateIDs(requestRef, externalUserID string) *FieldError {
+	if err := validateID("request_ref", requestRef, MaxRequestRefBytes); err != nil {
+		return err
+	}
+	return validateID("external_user_id", externalUserID, MaxExternalUserIDBytes)
+}
+
+func validateID(field, v string, limit int) *FieldError {
+	fail := func(format string, args ...any) *FieldError {
+		return &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case v == "":
+		return fail("empty")
+	case len(v) > limit:
+		e := fail("%d bytes, longer than %d", len(v), limit)
+		e.Over = len(v) - limit
+		return e
+	case !utf8.ValidString(v):
+		return fail("not valid UTF-8")
+	case strings.TrimSpace(v) == "":
+		return fail("only whitespace")
+	}
+	if i := strings.IndexByte(v, 0); i >= 0 {
+		return fail("contains a NUL character at byte %d", i)
+	}
+	return nil
 }

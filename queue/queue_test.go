@@ -406,7 +406,7 @@ func TestEnqueueInsertsGoodRowsBesideBadOnes(t *testing.T) {
 			t.Errorf("row %d (%s): admission %d, want %d (err %v)", i, reqs[i].RequestRef, res[i].Admission, w, res[i].Err)
 		}
 	}
-	if res[2].Err == nil || res[2].Err.Error() != "external_user_id is empty, blank or longer than 1024 bytes" {
+	if res[2].Err == nil || res[2].Err.Error() != "external_user_id: only whitespace" {
 		t.Errorf("blank id reason: %v", res[2].Err)
 	}
 	var gotDue time.Time

@@ -75,6 +75,12 @@ func (s *Set) SetErr(err error) {
 // Name is the setting's environment name.
 func (st *Setting) Name() string { return st.env }
 
+// Command is the command these settings are of, as --help names it.
+func (s *Set) Command() string { return s.command }
+
+// File is the companion NAME_FILE of a secret; nil for other settings.
+func (st *Setting) File() *Setting { return st.file }
+
 // Raw is the setting's value as given, before any conversion; "" when not set and no default.
 func (st *Setting) Raw() string { return st.raw }
 
@@ -351,7 +357,6 @@ func (s *Set) DatabaseURL(st *Setting) string {
 	return v
 }
 
-
 // ReadSecretFile reads a secret file as Kubernetes mounts it; one trailing newline is not part
 // of the secret.
 func ReadSecretFile(path string) (string, error) {
@@ -378,4 +383,36 @@ func ValidHeaderName(h string) bool {
 		}
 	}
 	return true
+}
+
+// Period reads a retention period in whole days (30d) or as a Go duration (36h), above zero and at most
+// maxDays.
+func (s *Set) Period(st *Setting, maxDays int) time.Duration {
+	v := s.String(st)
+	bad := func() time.Duration {
+		s.Fail(st, "%q is not a retention period: write whole days like 30d, or a Go duration like 36h", v)
+		return 0
+	}
+	if n, ok := strings.CutSuffix(v, "d"); ok {
+		d, err := strconv.Atoi(n)
+		switch {
+		case err != nil:
+			return bad()
+		case d < 1:
+			s.Fail(st, "must be above zero, got %s", v)
+			return 0
+		case d > maxDays:
+			s.Fail(st, "must be at most %dd, got %s", maxDays, v)
+			return 0
+		}
+		return time.Duration(d) * 24 * time.Hour
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return bad()
+	}
+	if d <= 0 {
+		s.Fail(st, "must be above zero, got %s", v)
+	}
+	return d
 }

@@ -15,18 +15,6 @@ import (
 	"github.com/erasure-worker/erasure-worker/queue"
 )
 
-// Deliverer delivers one report to its connector's receiver: the privacy request system the
-// request came from. It never logs, and its Delivery's error holds no credential.
-type Deliverer interface {
-	Deliver(ctx context.Context, r queue.Report) connector.Delivery
-}
-
-// Paced is implemented by a Deliverer whose receiver publishes a rate limit (OneTrust's 20,000
-// a minute): the reporter sends that connector's reports no faster, paced by a rate.Limiter.
-type Paced interface {
-	Pace() (limit rate.Limit, burst int)
-}
-
 // ReportQueue is what the reporter needs of the queue.
 type ReportQueue interface {
 	ClaimReports(ctx context.Context, owner string, limit int, leaseFor time.Duration, skip []string) ([]queue.Report, error)
@@ -53,7 +41,7 @@ type ReporterConfig struct {
 	ID string // the replica's id, as the worker's: the lease owner and the evidence's worker
 	// Deliverers maps each enabled connector to its Deliverer. Reports of other connectors
 	// wait in the table until their connector is configured.
-	Deliverers    map[string]Deliverer
+	Deliverers    map[string]connector.Deliverer
 	PollInterval  time.Duration
 	Timeout       time.Duration // of one delivery; the lease is three of these
 	Concurrency   int
@@ -111,7 +99,7 @@ func NewReporter(q ReportQueue, cfg ReporterConfig) *Reporter {
 	r := &Reporter{cfg: cfg, q: q, log: cfg.Logger.With("worker", cfg.ID), m: cfg.Metrics,
 		pace: map[string]*rate.Limiter{}, paused: map[string]time.Time{}}
 	for c, d := range cfg.Deliverers {
-		if p, ok := d.(Paced); ok {
+		if p, ok := d.(connector.Paced); ok {
 			r.pace[c] = rate.NewLimiter(p.Pace())
 		}
 	}
@@ -194,7 +182,7 @@ func (r *Reporter) deliver(ctx context.Context, rep queue.Report) queue.ReportRe
 	d := r.cfg.Deliverers[rep.Connector]
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
-	got := d.Deliver(cctx, rep)
+	got := d.Deliver(cctx, reportOf(rep))
 	cancel()
 	res := queue.ReportResult{
 		ID: rep.ID, Token: rep.Token, Result: string(got.Result),
@@ -406,4 +394,10 @@ func NewReportMetrics(reg prometheus.Registerer) *ReportMetrics {
 		reg.MustRegister(m.Pending, m.Failed, m.Delivered, m.OldestPendingAge, m.Paused)
 	}
 	return m
+}
+
+func reportOf(r queue.Report) connector.Report {
+	return connector.Report{ID: r.ID, Target: r.Target, Attempts: r.Attempts, Credentials: r.Credentials,
+		RequestID: r.RequestID, RequestRef: r.RequestRef, ExternalUserID: r.ExternalUserID,
+		Outcome: r.Outcome, ErrorCode: r.ErrorCode, CompletedAt: r.CompletedAt}
 }

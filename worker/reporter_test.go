@@ -26,7 +26,7 @@ import (
 // sendWebhook is the glue `run` puts between the reporter and the generic connector.
 type sendWebhook struct{ s *webhook.Sender }
 
-func (w sendWebhook) Deliver(ctx context.Context, r queue.Report) connector.Delivery {
+func (w sendWebhook) Deliver(ctx context.Context, r connector.Report) connector.Delivery {
 	return w.s.Send(ctx, "msg_"+strconv.FormatInt(r.ID, 10), webhook.Outcome{
 		RequestRef: r.RequestRef, Outcome: r.Outcome, ErrorCode: r.ErrorCode, CompletedAt: r.CompletedAt,
 	}, time.Now())
@@ -89,7 +89,7 @@ func setupReporter(t *testing.T, n int, faults webhookfake.Faults) *reporterBund
 	}
 	b.cfg = worker.ReporterConfig{
 		ID:            "reporter-1",
-		Deliverers:    map[string]worker.Deliverer{queue.ConnectorWebhook: sendWebhook{sender}},
+		Deliverers:    map[string]connector.Deliverer{queue.ConnectorWebhook: sendWebhook{sender}},
 		PollInterval:  10 * time.Millisecond,
 		Timeout:       time.Second,
 		MinBackoff:    5 * time.Millisecond,

@@ -18,6 +18,7 @@ import (
 	"github.com/erasure-worker/erasure-worker/connector/ketch/ketchfake"
 	"github.com/erasure-worker/erasure-worker/queue"
 	"github.com/erasure-worker/erasure-worker/queue/queuetest"
+	"github.com/erasure-worker/erasure-worker/settings"
 	"github.com/erasure-worker/erasure-worker/worker"
 )
 
@@ -42,12 +43,22 @@ func setupDoors(t *testing.T) *doorBundle {
 	t.Parallel()
 	pool := queuetest.Pool(t)
 	b := &doorBundle{pool: pool, q: queue.New(pool), logs: &syncBuffer{}}
-	cfg := doorsConfig{
-		apiAddr: "unused", apiToken: testAPIToken,
-		webhookURL: "http://127.0.0.1:1/outcomes", webhookSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-		ketchHeader: "Authorization", ketchValue: testKetchValue, ketchSpace: testKetchSpace,
+	env := map[string]string{
+		"API_LISTEN_ADDR": "unused", "API_TOKEN": testAPIToken,
+		"REPORT_WEBHOOK_URL": "http://127.0.0.1:1/outcomes", "REPORT_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+		"KETCH_AUTH_HEADER": "Authorization", "KETCH_AUTH_VALUE": testKetchValue, "KETCH_IDENTITY_SPACE": testKetchSpace,
 	}
-	srv := httptest.NewServer(newDoors(b.q, cfg, testKeys, slog.New(slog.NewJSONHandler(b.logs, nil)), nil).handler())
+	s := settings.New("run", func(k string) string { return env[k] }, io.Discard)
+	read := declareDoors(s)
+	if _, err := s.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	cfg := read()
+	if s.Err() != nil {
+		t.Fatal(s.Err())
+	}
+	h, _ := doorsHandler(cfg, testKeys, b.q, slog.New(slog.NewJSONHandler(b.logs, nil)), nil)
+	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	b.url = srv.URL
 	return b

@@ -29,15 +29,15 @@ const (
 
 func runEnqueue(ctx context.Context, env *environment, args []string) int {
 	s := newSettingSet("enqueue", env)
-	s.operand = " [FILE]"
-	dbURL := s.requireDatabaseURL()
+	s.SetOperand(" [FILE]")
+	dbURL := s.RequireDatabaseURL()
 	var format string
-	s.fs.StringVar(&format, "format", "jsonl", "")
-	s.flagExtra("format jsonl|csv",
+	s.Flags().StringVar(&format, "format", "jsonl", "")
+	s.FlagExtra("format jsonl|csv",
 		`input format (default jsonl). JSON Lines: {"request_ref":"...","external_user_id":"...","due_at":"2026-12-24T00:00:00Z"}
       (due_at optional: RFC 3339 or YYYY-MM-DD; default received + 30 days). CSV: request_ref,external_user_id[,due_at],
       with or without that header line. Reads FILE, or standard input when FILE is - or absent.`)
-	rest, err := s.parse(args)
+	rest, err := s.Parse(args)
 	if errors.Is(err, errHelp) {
 		return exitOK
 	}

@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/erasure-worker/erasure-worker/connector"
 	"github.com/erasure-worker/erasure-worker/queue"
 	"github.com/erasure-worker/erasure-worker/worker"
 )
@@ -30,26 +31,26 @@ type evidenceQuery struct {
 // No external_user_id, raw or pseudonymised, is ever printed: the person asking knows it.
 func runEvidence(ctx context.Context, env *environment, args []string) int {
 	s := newSettingSet("evidence", env)
-	dbURL := s.requireDatabaseURL()
-	keyFile := s.add("IDENTIFIER_KEY_FILE", "",
+	dbURL := s.RequireDatabaseURL()
+	keyFile := s.Add("IDENTIFIER_KEY_FILE", "",
 		"the keys that pseudonymise finished requests' ids, one a line, newest first: with it --external-user-id also finds requests whose id was pseudonymised")
 	var ref, userID, since, until string
 	var asJSON bool
-	s.fs.StringVar(&ref, "ref", "", "")
-	s.fs.StringVar(&userID, "external-user-id", "", "")
-	s.fs.StringVar(&since, "since", "", "")
-	s.fs.StringVar(&until, "until", "", "")
-	s.fs.BoolVar(&asJSON, "json", false, "")
-	s.flagExtra("ref REQUEST_REF", "print the record of the request with this request_ref")
-	s.flagExtra("external-user-id ID", "print the record of every request for this person (- reads the id from standard input, out of sight of ps); the id is never printed")
-	s.flagExtra("since DATE", "print, as JSON Lines for an auditor, every request received from DATE (2026-01-31, midnight UTC, or an RFC 3339 time)")
-	s.flagExtra("until DATE", "with --since: up to DATE, exclusive (default: now)")
-	s.flagExtra("json", "with --ref: the document of GET /v1/erasure-requests/{ref}; with --external-user-id: an array of them")
+	s.Flags().StringVar(&ref, "ref", "", "")
+	s.Flags().StringVar(&userID, "external-user-id", "", "")
+	s.Flags().StringVar(&since, "since", "", "")
+	s.Flags().StringVar(&until, "until", "", "")
+	s.Flags().BoolVar(&asJSON, "json", false, "")
+	s.FlagExtra("ref REQUEST_REF", "print the record of the request with this request_ref")
+	s.FlagExtra("external-user-id ID", "print the record of every request for this person (- reads the id from standard input, out of sight of ps); the id is never printed")
+	s.FlagExtra("since DATE", "print, as JSON Lines for an auditor, every request received from DATE (2026-01-31, midnight UTC, or an RFC 3339 time)")
+	s.FlagExtra("until DATE", "with --since: up to DATE, exclusive (default: now)")
+	s.FlagExtra("json", "with --ref: the document of GET /v1/erasure-requests/{ref}; with --external-user-id: an array of them")
 	if code, ok := parseOnly(s, env, args); !ok {
 		return code
 	}
 	given := map[string]bool{}
-	s.fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	s.Flags().Visit(func(f *flag.Flag) { given[f.Name] = true })
 	eq, err := parseEvidenceQuery(given, ref, userID, since, until, asJSON, time.Now())
 	if err != nil {
 		env.errorf("evidence: %v", err)
@@ -63,9 +64,9 @@ func runEvidence(ctx context.Context, env *environment, args []string) int {
 				return exitUsage
 			}
 		}
-		if path := s.str(keyFile); path != "" {
+		if path := s.String(keyFile); path != "" {
 			if keys, err = worker.ReadIdentifierKeys(path); err != nil {
-				s.fail(keyFile, "%v", err)
+				s.Fail(keyFile, "%v", err)
 			}
 		}
 	}
@@ -162,7 +163,7 @@ func evidenceByRef(ctx context.Context, env *environment, q *queue.Queue, eq evi
 		return exitFailure
 	}
 	if eq.asJSON {
-		return printJSON(env, stateOf(rec))
+		return printJSON(env, worker.RecordOf(rec))
 	}
 	printRecord(env.stdout, rec)
 	return exitOK
@@ -189,9 +190,9 @@ func evidenceByUser(ctx context.Context, env *environment, q *queue.Queue, eq ev
 		return exitFailure
 	}
 	if eq.asJSON {
-		docs := make([]requestState, len(recs))
+		docs := make([]connector.Record, len(recs))
 		for i, rec := range recs {
-			docs[i] = stateOf(rec)
+			docs[i] = worker.RecordOf(rec)
 		}
 		if keys.Len() == 0 {
 			env.errorf("evidence: %s", how)
@@ -223,7 +224,7 @@ type auditRecord struct {
 	RequestType string `json:"request_type"` // always erasure
 	System      string `json:"system"`       // where the erasure is carried out: always knot
 	Door        string `json:"door,omitempty"`
-	requestState
+	connector.Record
 }
 
 func exportEvidence(ctx context.Context, env *environment, q *queue.Queue, since, until time.Time) int {
@@ -232,7 +233,7 @@ func exportEvidence(ctx context.Context, env *environment, q *queue.Queue, since
 	n := 0
 	err := q.ExportRecords(ctx, since, until, func(rec queue.Record) error {
 		n++
-		return enc.Encode(auditRecord{RequestType: "erasure", System: "knot", Door: doorOf(rec), requestState: stateOf(rec)})
+		return enc.Encode(auditRecord{RequestType: "erasure", System: "knot", Door: doorOf(rec), Record: worker.RecordOf(rec)})
 	})
 	if ferr := out.Flush(); err == nil {
 		err = ferr
@@ -247,22 +248,16 @@ func exportEvidence(ctx context.Context, env *environment, q *queue.Queue, since
 }
 
 // doorOf is the door a request came in by, where its reports or its ref tell: a connector's
-// report, or the prefix of a connector's ref; "" for the table, enqueue, or the API with no
-// outcome webhook, which leave no mark.
+// report, or the prefix of a connector's ref; "" for the table, enqueue, or a door that reports
+// nothing back, which leave no mark.
 func doorOf(rec queue.Record) string {
 	for _, p := range rec.Reports {
-		switch p.Connector {
-		case queue.ConnectorWebhook:
-			return "api"
-		case queue.ConnectorKetch, queue.ConnectorTranscend:
-			return p.Connector
+		if c, ok := connectors.Lookup(p.Connector); ok {
+			return c.DoorName()
 		}
 	}
-	switch {
-	case strings.HasPrefix(rec.RequestRef, ketchRefPrefix):
-		return queue.ConnectorKetch
-	case strings.HasPrefix(rec.RequestRef, transcendRefPrefix):
-		return queue.ConnectorTranscend
+	if c, ok := connectors.ByRef(rec.RequestRef); ok {
+		return c.DoorName()
 	}
 	return ""
 }
@@ -297,7 +292,7 @@ func printRecord(w io.Writer, rec queue.Record) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	door := doorOf(rec)
 	if door == "" {
-		door = "not recorded (the table, enqueue, or the API without REPORT_WEBHOOK_URL)"
+		door = "not recorded (the table, enqueue, or a door that reports nothing back)"
 	}
 	outcome := orDash(rec.Outcome)
 	if m := outcomeMeanings[rec.Outcome]; m != "" {

@@ -133,7 +133,7 @@ func (b *evidenceBundle) apiDocument(t *testing.T, ref string) any {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return decodeJSON(t, mustMarshal(t, stateOf(rec)))
+	return decodeJSON(t, mustMarshal(t, worker.RecordOf(rec)))
 }
 
 func mustMarshal(t *testing.T, v any) string {
@@ -218,7 +218,7 @@ func TestEvidenceByRefPrintsTheRecordAndWithJSONTheAPIDocument(t *testing.T) {
 
 	r = b.run(t, "", nil, "--ref", "bad-1")
 	if fieldOf(r.stdout, "last error code") != "NO_ACCESS" || !strings.Contains(fieldOf(r.stdout, "last error"), "403 NO_ACCESS") ||
-		fieldOf(r.stdout, "door") != "not recorded (the table, enqueue, or the API without REPORT_WEBHOOK_URL)" ||
+		fieldOf(r.stdout, "door") != "not recorded (the table, enqueue, or a door that reports nothing back)" ||
 		!hasRow(r.stdout, "1", "2026-01-31T10:00:04.000Z", "worker-a", "403", "NO_ACCESS", "permanent", "35ms") {
 		t.Errorf("a failed request's record:\n%s", r.stdout)
 	}

@@ -11,6 +11,19 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+
+	"github.com/erasure-worker/erasure-worker/connector"
+	"github.com/erasure-worker/erasure-worker/connector/ketch"
+	"github.com/erasure-worker/erasure-worker/connector/transcend"
+	"github.com/erasure-worker/erasure-worker/connector/webhook"
+)
+
+// connectors are the privacy request systems the worker takes requests from and reports to,
+// one line each (README "Adding a connector").
+var connectors = connector.NewRegistry(
+	webhook.Connector{},
+	ketch.Connector{},
+	transcend.Connector{},
 )
 
 // version is stamped at build time: -ldflags "-X main.version=v1.2.3".

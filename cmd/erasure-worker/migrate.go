@@ -9,17 +9,18 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/erasure-worker/erasure-worker/queue"
+	"github.com/erasure-worker/erasure-worker/settings"
 )
 
 func runMigrate(ctx context.Context, env *environment, args []string) int {
 	s := newSettingSet("migrate", env)
-	dbURL := s.requireDatabaseURL()
+	dbURL := s.RequireDatabaseURL()
 	if code, ok := parseOnly(s, env, args); !ok {
 		return code
 	}
-	url := s.databaseURL(dbURL)
-	if s.err != nil {
-		env.errorf("%v", s.err)
+	url := s.DatabaseURL(dbURL)
+	if s.Err() != nil {
+		env.errorf("%v", s.Err())
 		return exitUsage
 	}
 	cfg, err := queue.ParseConnConfig(url)
@@ -48,8 +49,8 @@ func runMigrate(ctx context.Context, env *environment, args []string) int {
 
 // parseOnly parses a command that takes no positional arguments. ok is false when the command
 // must stop with code (after --help, or on a usage error).
-func parseOnly(s *settingSet, env *environment, args []string) (code int, ok bool) {
-	rest, err := s.parse(args)
+func parseOnly(s *settings.Set, env *environment, args []string) (code int, ok bool) {
+	rest, err := s.Parse(args)
 	if errors.Is(err, errHelp) {
 		return exitOK, false
 	}
@@ -58,7 +59,7 @@ func parseOnly(s *settingSet, env *environment, args []string) (code int, ok boo
 		return exitUsage, false
 	}
 	if len(rest) > 0 {
-		env.errorf("%s: unexpected argument %q", s.command, rest[0])
+		env.errorf("%s: unexpected argument %q", s.Command(), rest[0])
 		return exitUsage, false
 	}
 	return 0, true
@@ -72,10 +73,10 @@ const commandStatementTimeout = 5 * time.Minute
 // connectQueue opens a pool for the short commands and checks that the database holds this
 // binary's schema, so that an unmigrated database is named as such rather than by the first
 // failing statement; errors never repeat the URL.
-func connectQueue(ctx context.Context, env *environment, s *settingSet, dbURL *setting) (*queue.Queue, func(), int) {
-	url := s.databaseURL(dbURL)
-	if s.err != nil {
-		env.errorf("%v", s.err)
+func connectQueue(ctx context.Context, env *environment, s *settings.Set, dbURL *settings.Setting) (*queue.Queue, func(), int) {
+	url := s.DatabaseURL(dbURL)
+	if s.Err() != nil {
+		env.errorf("%v", s.Err())
 		return nil, nil, exitUsage
 	}
 	pool, err := openPool(ctx, url, false)
@@ -86,7 +87,7 @@ func connectQueue(ctx context.Context, env *environment, s *settingSet, dbURL *s
 	q := queue.New(pool).WithStatementTimeout(commandStatementTimeout)
 	if err := q.CheckSchema(ctx); err != nil {
 		pool.Close()
-		env.errorf("%s: %v", s.command, err)
+		env.errorf("%s: %v", s.Command(), err)
 		return nil, nil, exitFailure
 	}
 	return q, pool.Close, exitOK

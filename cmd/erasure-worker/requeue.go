@@ -11,17 +11,17 @@ import (
 
 func runRequeue(ctx context.Context, env *environment, args []string) int {
 	s := newSettingSet("requeue", env)
-	dbURL := s.requireDatabaseURL()
+	dbURL := s.RequireDatabaseURL()
 	var f queue.RequeueFilter
 	var refs refList
-	s.fs.BoolVar(&f.All, "all", false, "")
-	s.fs.Var(&refs, "ref", "")
-	s.fs.StringVar(&f.ErrorCode, "error-code", "", "")
-	s.fs.StringVar(&f.Outcome, "outcome", "", "")
-	s.flagExtra("all", "requeue every failed request")
-	s.flagExtra("ref REQUEST_REF", "requeue the failed request with this request_ref; repeat for several")
-	s.flagExtra("error-code CODE", "requeue failed requests whose last_error_code is CODE (Knot's error_code, or http_403, http_500, timeout, lease_expired...)")
-	s.flagExtra("outcome OUTCOME", "requeue failed requests with this outcome: rejected, invalid or exhausted")
+	s.Flags().BoolVar(&f.All, "all", false, "")
+	s.Flags().Var(&refs, "ref", "")
+	s.Flags().StringVar(&f.ErrorCode, "error-code", "", "")
+	s.Flags().StringVar(&f.Outcome, "outcome", "", "")
+	s.FlagExtra("all", "requeue every failed request")
+	s.FlagExtra("ref REQUEST_REF", "requeue the failed request with this request_ref; repeat for several")
+	s.FlagExtra("error-code CODE", "requeue failed requests whose last_error_code is CODE (Knot's error_code, or http_403, http_500, timeout, lease_expired...)")
+	s.FlagExtra("outcome OUTCOME", "requeue failed requests with this outcome: rejected, invalid or exhausted")
 	if code, ok := parseOnly(s, env, args); !ok {
 		return code
 	}
@@ -73,22 +73,23 @@ func (r *refList) Set(v string) error {
 func runReports(ctx context.Context, env *environment, args []string) int {
 	if len(args) == 0 || args[0] != "requeue" {
 		if len(args) > 0 && (args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
-			fmt.Fprintln(env.stdout, "Usage: erasure-worker reports requeue [--connector webhook|ketch|transcend]\n\nSends again the reports that a privacy request system refused for good (erasure-worker status lists them).\nSee 'erasure-worker reports requeue --help' for its settings.")
+			fmt.Fprintln(env.stdout, "Usage: erasure-worker reports requeue [--connector "+strings.Join(connectors.Names(), "|")+"]\n\nSends again the reports that a privacy request system refused for good (erasure-worker status lists them).\nSee 'erasure-worker reports requeue --help' for its settings.")
 			return exitOK
 		}
 		env.errorf("reports: the only subcommand is requeue (erasure-worker reports requeue [--connector C])")
 		return exitUsage
 	}
 	s := newSettingSet("reports requeue", env)
-	dbURL := s.requireDatabaseURL()
+	dbURL := s.RequireDatabaseURL()
 	var connector string
-	s.fs.StringVar(&connector, "connector", "", "")
-	s.flagExtra("connector NAME", "requeue only this connector's failed reports: webhook, ketch or transcend (default: all)")
+	names := strings.Join(connectors.Names(), ", ")
+	s.Flags().StringVar(&connector, "connector", "", "")
+	s.FlagExtra("connector NAME", "requeue only this connector's failed reports: one of "+names+" (default: all)")
 	if code, ok := parseOnly(s, env, args[1:]); !ok {
 		return code
 	}
-	if connector != "" && connector != queue.ConnectorWebhook && connector != queue.ConnectorKetch && connector != queue.ConnectorTranscend {
-		env.errorf("reports requeue: --connector %q is not one of webhook, ketch, transcend", connector)
+	if _, known := connectors.Lookup(connector); connector != "" && !known {
+		env.errorf("reports requeue: --connector %q is not one of %s", connector, names)
 		return exitUsage
 	}
 	q, closeDB, code := connectQueue(ctx, env, s, dbURL)

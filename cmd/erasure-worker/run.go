@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,9 +19,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/erasure-worker/erasure-worker/connector/transcend"
 	"github.com/erasure-worker/erasure-worker/knotclient"
 	"github.com/erasure-worker/erasure-worker/queue"
+	"github.com/erasure-worker/erasure-worker/settings"
 	"github.com/erasure-worker/erasure-worker/worker"
 )
 
@@ -44,72 +43,72 @@ func dur(d time.Duration) string { return d.String() }
 func parseRunConfig(env *environment, args []string) (runConfig, error) {
 	s := newSettingSet("run", env)
 	var (
-		dbURL       = s.requireDatabaseURL()
-		baseURL     = s.add("KNOT_BASE_URL", "https://development.knotapi.com", "Knot API base URL; https://production.knotapi.com for production (separate credentials)")
-		clientID    = s.require("KNOT_CLIENT_ID", "Knot client_id, sent as the Basic auth user name")
-		secret      = s.requireSecret("KNOT_SECRET", "Knot secret, sent as the Basic auth password", "file holding the Knot secret; re-read while paused on rejected credentials, so a rotated secret is picked up without a restart")
-		knotVersion = s.add("KNOT_VERSION", "", "value of the Knot-Version header; not sent when empty (Knot then uses 2.0)")
-		knotTimeout = s.add("KNOT_TIMEOUT", dur(worker.DefaultCallTimeout), "timeout of one call to Knot")
-		rps         = s.add("RATE_LIMIT_RPS", fmt.Sprint(worker.DefaultRateLimit), "most calls to Knot per second for the whole deployment, shared by the replicas through the database: while work waits at least 95% of it over any 10s, never more than it plus RATE_LIMIT_BURST in any second")
-		burst       = s.add("RATE_LIMIT_BURST", "", "calls the deployment may send at once after a lull (default: a tenth of RATE_LIMIT_RPS, at least 1; any value from 1 keeps the promise)")
-		rateSync    = s.add("RATE_LIMIT_SYNC_INTERVAL", dur(worker.DefaultRateSyncInterval), "how often a replica heartbeats; a dead replica is counted gone, and its claims taken back, after three of these; sends are taken from the shared bucket a quarter of it ahead (250ms at most)")
-		concurrency = s.add("CONCURRENCY", "auto", "most calls to Knot in flight at once; auto sizes it from this replica's share of the rate times Knot's observed latency plus 100ms of calls waiting for their turn (4 to 256)")
-		listenAddr  = s.add("LISTEN_ADDR", ":9090", "address serving /metrics, /healthz and /readyz")
-		lease       = s.add("LEASE_DURATION", dur(worker.DefaultLeaseDuration), "how long a claimed request is held before another replica may take it over")
-		maxAttempts = s.add("MAX_ATTEMPTS", fmt.Sprint(worker.DefaultMaxAttempts), "claims a request gets for retryable errors (5xx, timeouts) before it fails as exhausted")
-		shutdown    = s.add("SHUTDOWN_TIMEOUT", dur(worker.DefaultShutdownTimeout), "how long SIGTERM waits for calls in flight; keep terminationGracePeriodSeconds above it")
-		logLevel    = s.add("LOG_LEVEL", "info", "debug, info, warn or error")
-		logFormat   = s.add("LOG_FORMAT", "auto", "json, text, or auto (text on a terminal, else JSON)")
-		poll        = s.add("POLL_INTERVAL", dur(worker.DefaultPollInterval), "how often an idle worker looks for work when no notification arrives")
-		minBackoff  = s.add("RETRY_MIN_BACKOFF", dur(worker.DefaultRetryMinBackoff), "wait before the second claim of a request that met retryable errors; doubles per attempt")
-		maxBackoff  = s.add("RETRY_MAX_BACKOFF", dur(worker.DefaultRetryMaxBackoff), "longest wait between claims of a request that meets retryable errors")
-		quick       = s.add("QUICK_RETRIES", fmt.Sprint(worker.DefaultQuickRetries), "calls one claim may make for retryable errors before the request waits in the table")
-		probe       = s.add("PAUSE_PROBE_INTERVAL", dur(worker.DefaultPauseProbeInterval), "how often a worker paused on rejected credentials tries one request")
-		stats       = s.add("STATS_INTERVAL", dur(worker.DefaultStatsInterval), "how often the queue gauges are read from the database")
-		noListen    = s.add("DISABLE_LISTEN", "false", "true behind a pooler in transaction mode (PgBouncer's pool_mode = transaction), which cannot carry LISTEN/NOTIFY: poll only, every POLL_INTERVAL, and send every statement unprepared (without it run keeps pgx's cache of prepared statements, which spares PostgreSQL planning each statement again). The only setting a pooler needs: no command takes a session lock or SETs anything, and the other commands never prepare statements")
+		dbURL       = s.RequireDatabaseURL()
+		baseURL     = s.Add("KNOT_BASE_URL", "https://development.knotapi.com", "Knot API base URL; https://production.knotapi.com for production (separate credentials)")
+		clientID    = s.Require("KNOT_CLIENT_ID", "Knot client_id, sent as the Basic auth user name")
+		secret      = s.RequireSecret("KNOT_SECRET", "Knot secret, sent as the Basic auth password", "file holding the Knot secret; re-read while paused on rejected credentials, so a rotated secret is picked up without a restart")
+		knotVersion = s.Add("KNOT_VERSION", "", "value of the Knot-Version header; not sent when empty (Knot then uses 2.0)")
+		knotTimeout = s.Add("KNOT_TIMEOUT", dur(worker.DefaultCallTimeout), "timeout of one call to Knot")
+		rps         = s.Add("RATE_LIMIT_RPS", fmt.Sprint(worker.DefaultRateLimit), "most calls to Knot per second for the whole deployment, shared by the replicas through the database: while work waits at least 95% of it over any 10s, never more than it plus RATE_LIMIT_BURST in any second")
+		burst       = s.Add("RATE_LIMIT_BURST", "", "calls the deployment may send at once after a lull (default: a tenth of RATE_LIMIT_RPS, at least 1; any value from 1 keeps the promise)")
+		rateSync    = s.Add("RATE_LIMIT_SYNC_INTERVAL", dur(worker.DefaultRateSyncInterval), "how often a replica heartbeats; a dead replica is counted gone, and its claims taken back, after three of these; sends are taken from the shared bucket a quarter of it ahead (250ms at most)")
+		concurrency = s.Add("CONCURRENCY", "auto", "most calls to Knot in flight at once; auto sizes it from this replica's share of the rate times Knot's observed latency plus 100ms of calls waiting for their turn (4 to 256)")
+		listenAddr  = s.Add("LISTEN_ADDR", ":9090", "address serving /metrics, /healthz and /readyz")
+		lease       = s.Add("LEASE_DURATION", dur(worker.DefaultLeaseDuration), "how long a claimed request is held before another replica may take it over")
+		maxAttempts = s.Add("MAX_ATTEMPTS", fmt.Sprint(worker.DefaultMaxAttempts), "claims a request gets for retryable errors (5xx, timeouts) before it fails as exhausted")
+		shutdown    = s.Add("SHUTDOWN_TIMEOUT", dur(worker.DefaultShutdownTimeout), "how long SIGTERM waits for calls in flight; keep terminationGracePeriodSeconds above it")
+		logLevel    = s.Add("LOG_LEVEL", "info", "debug, info, warn or error")
+		logFormat   = s.Add("LOG_FORMAT", "auto", "json, text, or auto (text on a terminal, else JSON)")
+		poll        = s.Add("POLL_INTERVAL", dur(worker.DefaultPollInterval), "how often an idle worker looks for work when no notification arrives")
+		minBackoff  = s.Add("RETRY_MIN_BACKOFF", dur(worker.DefaultRetryMinBackoff), "wait before the second claim of a request that met retryable errors; doubles per attempt")
+		maxBackoff  = s.Add("RETRY_MAX_BACKOFF", dur(worker.DefaultRetryMaxBackoff), "longest wait between claims of a request that meets retryable errors")
+		quick       = s.Add("QUICK_RETRIES", fmt.Sprint(worker.DefaultQuickRetries), "calls one claim may make for retryable errors before the request waits in the table")
+		probe       = s.Add("PAUSE_PROBE_INTERVAL", dur(worker.DefaultPauseProbeInterval), "how often a worker paused on rejected credentials tries one request")
+		stats       = s.Add("STATS_INTERVAL", dur(worker.DefaultStatsInterval), "how often the queue gauges are read from the database")
+		noListen    = s.Add("DISABLE_LISTEN", "false", "true behind a pooler in transaction mode (PgBouncer's pool_mode = transaction), which cannot carry LISTEN/NOTIFY: poll only, every POLL_INTERVAL, and send every statement unprepared (without it run keeps pgx's cache of prepared statements, which spares PostgreSQL planning each statement again). The only setting a pooler needs: no command takes a session lock or SETs anything, and the other commands never prepare statements")
 		doors       = declareDoors(s)
 		retention   = declareRetention(s)
 	)
-	if _, err := s.parse(args); err != nil {
+	if _, err := s.Parse(args); err != nil {
 		return runConfig{}, err
 	}
 	c := runConfig{
-		databaseURL: s.databaseURL(dbURL),
-		secretFile:  s.str(secret.file),
-		listenAddr:  s.str(listenAddr),
-		logLevel:    s.oneOf(logLevel, "debug", "info", "warn", "error"),
-		logFormat:   s.oneOf(logFormat, "json", "text", "auto"),
+		databaseURL: s.DatabaseURL(dbURL),
+		secretFile:  s.String(secret.File()),
+		listenAddr:  s.String(listenAddr),
+		logLevel:    s.OneOf(logLevel, "debug", "info", "warn", "error"),
+		logFormat:   s.OneOf(logFormat, "json", "text", "auto"),
 	}
 	c.knot = knotclient.Config{
-		BaseURL:   s.str(baseURL),
-		ClientID:  s.str(clientID),
-		Secret:    s.verbatim(secret), // a secret is taken as given, spaces and all
-		Version:   s.str(knotVersion),
+		BaseURL:   s.String(baseURL),
+		ClientID:  s.String(clientID),
+		Secret:    s.Verbatim(secret), // a secret is taken as given, spaces and all
+		Version:   s.String(knotVersion),
 		UserAgent: "erasure-worker/" + buildVersion(),
-		Timeout:   s.duration(knotTimeout),
+		Timeout:   s.Duration(knotTimeout),
 	}
 	c.worker = worker.Config{
-		Concurrency:        s.concurrency(concurrency),
-		RateLimit:          s.number(rps),
-		LeaseDuration:      s.duration(lease),
-		MaxAttempts:        s.integer(maxAttempts, 1),
+		Concurrency:        s.AutoInt(concurrency),
+		RateLimit:          s.Number(rps),
+		LeaseDuration:      s.Duration(lease),
+		MaxAttempts:        s.Int(maxAttempts, 1),
 		CallTimeout:        c.knot.Timeout,
-		QuickRetries:       s.integer(quick, 1),
-		RetryMinBackoff:    s.duration(minBackoff),
-		RetryMaxBackoff:    s.duration(maxBackoff),
-		PollInterval:       s.duration(poll),
-		RateSyncInterval:   s.duration(rateSync),
-		StatsInterval:      s.duration(stats),
-		PauseProbeInterval: s.duration(probe),
-		ShutdownTimeout:    s.duration(shutdown),
-		DisableListen:      s.boolean(noListen),
+		QuickRetries:       s.Int(quick, 1),
+		RetryMinBackoff:    s.Duration(minBackoff),
+		RetryMaxBackoff:    s.Duration(maxBackoff),
+		PollInterval:       s.Duration(poll),
+		RateSyncInterval:   s.Duration(rateSync),
+		StatsInterval:      s.Duration(stats),
+		PauseProbeInterval: s.Duration(probe),
+		ShutdownTimeout:    s.Duration(shutdown),
+		DisableListen:      s.Bool(noListen),
 	}
-	if burst.raw != "" {
-		c.worker.Burst = s.integer(burst, 1)
+	if burst.Raw() != "" {
+		c.worker.Burst = s.Int(burst, 1)
 	}
 	c.doors = doors()
-	if s.err != nil {
-		return runConfig{}, s.err
+	if s.Err() != nil {
+		return runConfig{}, s.Err()
 	}
 	if _, err := knotclient.New(c.knot); err != nil {
 		return runConfig{}, fmt.Errorf("Knot settings (KNOT_BASE_URL, KNOT_CLIENT_ID, KNOT_SECRET): %w", err)
@@ -120,24 +119,10 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 	}
 	// Last, so that any other mistake is named first: IDENTIFIER_KEY_FILE is what a deployment
 	// set up before retention lacks.
-	if c.retention = retention(); s.err != nil {
-		return runConfig{}, s.err
+	if c.retention = retention(); s.Err() != nil {
+		return runConfig{}, s.Err()
 	}
 	return c, nil
-}
-
-// readSecret reads a secret file as Kubernetes mounts it; one trailing newline is not part of
-// the secret.
-func readSecret(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("cannot read the secret file: %w", err)
-	}
-	s := strings.TrimRight(string(b), "\r\n")
-	if s == "" {
-		return "", errors.New("the secret file is empty")
-	}
-	return s, nil
 }
 
 // workerID names this process as lease owner: the host (the pod name in Kubernetes), the pid
@@ -184,7 +169,7 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 	cfg.worker.Logger = log
 	if cfg.secretFile != "" {
 		cfg.worker.BeforeProbe = func(context.Context) {
-			sec, err := readSecret(cfg.secretFile)
+			sec, err := settings.ReadSecretFile(cfg.secretFile)
 			if err != nil {
 				log.Warn("could not re-read KNOT_SECRET_FILE", "err", err)
 				return
@@ -241,31 +226,25 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 	defer stopServices()
 	reportMetrics := worker.NewReportMetrics(reg)
 	if cfg.doors.apiAddr != "" && !cfg.doors.listening() {
-		log.Warn("API_LISTEN_ADDR is set but no door is on (API_TOKEN, KETCH_AUTH_VALUE): nothing is served there")
+		log.Warn("API_LISTEN_ADDR is set but no connector's door is on: nothing is served there")
 	}
-	if cfg.doors.anyReporting() {
-		deliverers, err := cfg.doors.deliverers(&http.Client{Timeout: worker.DefaultReportTimeout})
-		if err != nil {
-			return err
-		}
+	if deliverers := cfg.doors.deliverers(); len(deliverers) > 0 {
 		rep := worker.NewReporter(q, worker.ReporterConfig{
 			ID: cfg.worker.ID, Deliverers: deliverers, StatsInterval: cfg.worker.StatsInterval,
 			Logger: log, Metrics: reportMetrics,
 		})
 		services.Go(func() { rep.Run(ctx) })
 	}
-	if cfg.doors.transcendOn() {
-		tc := cfg.doors.transcend
-		tc.HTTP = &http.Client{Timeout: 30 * time.Second}
-		client, err := transcend.New(tc)
-		if err != nil {
-			return err
+	for _, c := range cfg.doors.on {
+		p := c.parts.Puller
+		if p == nil {
+			continue
 		}
-		p := transcendPuller{c: client, q: q, log: log.With("connector", queue.ConnectorTranscend), pageSize: transcend.MaxPageSize}
+		in, plog := intake(q, c.info, cfg.retention.keys), log.With("connector", c.info.Name)
 		services.Go(func() {
 			// A pull pages through everything pending: the next is due an interval later.
-			pull := func(ctx context.Context) (bool, error) { return false, p.pull(ctx) }
-			worker.RunDuty(ctx, q, cfg.worker.ID, worker.Duty{Name: "transcend", Interval: cfg.doors.transcendPoll, Do: pull}, log)
+			pull := func(ctx context.Context) (bool, error) { return false, p.Pull(ctx, in, plog) }
+			worker.RunDuty(ctx, q, cfg.worker.ID, worker.Duty{Name: c.info.Name, Interval: p.PullInterval(), Do: pull}, log)
 		})
 	}
 	purge, err := cfg.retention.purge(q, cfg.worker.ID, cfg.worker.StatsInterval, log, retentionMetrics)
@@ -275,40 +254,6 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 	services.Go(func() { purge.Run(ctx) })
 	w.Run(ctx)
 	return nil
-}
-
-// serveDoors serves the HTTP doors on API_LISTEN_ADDR; stop ends them gracefully, letting
-// requests being answered finish.
-func serveDoors(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, log *slog.Logger, reg prometheus.Registerer) (stop func(), err error) {
-	ln, err := net.Listen("tcp", cfg.apiAddr)
-	if err != nil {
-		return nil, fmt.Errorf("API_LISTEN_ADDR: %w", err)
-	}
-	srv := &http.Server{
-		Handler:           newDoors(q, cfg, keys, log, reg).handler(),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-	}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("the HTTP doors stopped", "err", err)
-		}
-	}()
-	var doorsOn []string
-	if cfg.api() {
-		doorsOn = append(doorsOn, "POST/GET /v1/erasure-requests")
-	}
-	if cfg.ketch() {
-		doorsOn = append(doorsOn, "POST /v1/ketch")
-	}
-	log.Info("serving the HTTP doors", "addr", ln.Addr().String(), "doors", strings.Join(doorsOn, ", "))
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), worker.AfterRunReserve)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	}, nil
 }
 
 // schemaCheckInterval is how often `run` looks again at a database that does not hold this

@@ -14,15 +14,15 @@ import (
 
 func runStatus(ctx context.Context, env *environment, args []string) int {
 	s := newSettingSet("status", env)
-	dbURL := s.requireDatabaseURL()
+	dbURL := s.RequireDatabaseURL()
 	var asJSON, watch bool
 	var recent int
-	s.fs.BoolVar(&asJSON, "json", false, "")
-	s.fs.BoolVar(&watch, "watch", false, "")
-	s.fs.IntVar(&recent, "recent", 10, "")
-	s.flagExtra("json", "print the status as JSON")
-	s.flagExtra("recent N", "how many recent failures to list (default 10)")
-	s.flagExtra("watch", "print a progress line every second until nothing is pending or running, then the status")
+	s.Flags().BoolVar(&asJSON, "json", false, "")
+	s.Flags().BoolVar(&watch, "watch", false, "")
+	s.Flags().IntVar(&recent, "recent", 10, "")
+	s.FlagExtra("json", "print the status as JSON")
+	s.FlagExtra("recent N", "how many recent failures to list (default 10)")
+	s.FlagExtra("watch", "print a progress line every second until nothing is pending or running, then the status")
 	if code, ok := parseOnly(s, env, args); !ok {
 		return code
 	}

@@ -21,8 +21,6 @@ const (
 	// MaxRequestBytes bounds the body ParseDeleteRequest reads. The door should refuse a longer
 	// body before reading it all (413).
 	MaxRequestBytes = 256 << 10
-	// MaxUIDBytes bounds metadata.uid, which becomes request_ref.
-	MaxUIDBytes = 255
 	// MaxExternalUserIDBytes bounds the identityValue that becomes external_user_id.
 	MaxExternalUserIDBytes = 1024
 	// MaxCallbacks bounds request.callbacks.
@@ -170,7 +168,6 @@ const (
 	reasonNotUnicode    = "not valid Unicode"
 	reasonAPIVersion    = `must be "dsr/v1"`
 	reasonKind          = `must be "DeleteRequest"`
-	reasonUIDTooLong    = "longer than 255 bytes"
 	reasonTenantTooLong = "longer than 255 bytes"
 	reasonIDTooLong     = "longer than 1024 bytes"
 	reasonNotWhole      = "not a whole number of Unix seconds"
@@ -295,7 +292,8 @@ func (p parser) metadata(raw json.RawMessage) (Metadata, error) {
 	if !ok {
 		return md, p.invalid("metadata.uid", reasonNotString)
 	}
-	if reason := checkText(uid, MaxUIDBytes, reasonUIDTooLong); reason != "" {
+	// Its length is intake's to check, with the prefix it is stored under (queue.ValidateIDs).
+	if reason := checkText(uid, 0, ""); reason != "" {
 		return md, p.invalid("metadata.uid", reason)
 	}
 	// Metadata.md says the tenant is required, but we only echo it: a request without one is
@@ -315,14 +313,15 @@ func (p parser) metadata(raw json.RawMessage) (Metadata, error) {
 	return Metadata{UID: uid, Tenant: tenant}, nil
 }
 
-// checkText applies the rules of request_ref and external_user_id: non-blank, bounded, no
+// checkText applies the rules of request_ref and external_user_id: non-blank, bounded (when
+// maxBytes is not 0), no
 // control characters (PostgreSQL refuses NUL; logs and Knot refuse the rest), and no U+FFFD
 // (what encoding/json makes of a lone surrogate escape, so not what was sent).
 func checkText(s string, maxBytes int, tooLong string) string {
 	switch {
 	case s == "":
 		return reasonMissing
-	case len(s) > maxBytes:
+	case maxBytes > 0 && len(s) > maxBytes:
 		return tooLong
 	case hasControl(s):
 		return reasonControl

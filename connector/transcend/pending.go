@@ -28,12 +28,10 @@ const MaxPageSize = 100
 // fit many times over, and a misconfigured URL must not make us buffer a web site.
 const maxPageBody = 8 << 20
 
-// Limits an item's fields must keep. They match what intake stores: request_ref up to 255
-// bytes, external_user_id up to 1024.
+// Limits an item's fields must keep. The lengths of requestId and identifier are intake's to
+// check (queue.ValidateIDs), with the prefix the request_ref is stored under.
 const (
-	maxRequestIDBytes  = 255
-	maxIdentifierBytes = 1024
-	maxTypeBytes       = 255
+	maxTypeBytes = 255
 	// maxDaysUntilOverdue: a century either way. Past that the number is not a deadline, and
 	// DueAt would overflow a time.Duration near 292 years.
 	maxDaysUntilOverdue = 36500
@@ -286,8 +284,6 @@ func decodeItem(raw json.RawMessage, silo string) (Item, *ItemError) {
 	switch {
 	case reason != "":
 		return bad("requestId", reason)
-	case len(id) > maxRequestIDBytes:
-		return bad("requestId", reasonTooLong)
 	case hasControl(id):
 		return bad("requestId", reasonControl)
 	}
@@ -297,8 +293,6 @@ func decodeItem(raw json.RawMessage, silo string) (Item, *ItemError) {
 	switch {
 	case reason != "":
 		return bad("identifier", reason)
-	case len(ident) > maxIdentifierBytes:
-		return bad("identifier", reasonTooLong)
 	case hasControl(ident):
 		return bad("identifier", reasonControl)
 	}

@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -279,4 +280,9 @@ func TestNewSenderNamesTheSettingAndShowsNoSecret(t *testing.T) {
 			}
 		}
 	}
+}
+
+// fmtAll prints v every way a log line might.
+func fmtAll(v any) string {
+	return fmt.Sprintf("%v %+v %#v %s", v, v, v, v)
 }

@@ -1,4 +1,4 @@
-package webhook
+package connector
 
 import (
 	"bytes"
@@ -12,15 +12,8 @@ import (
 	"unicode/utf8"
 )
 
-// The limits of the erasure_requests table's CHECK constraints
-// (migrations/001_erasure_requests.sql), and of what Knot is sent.
-const (
-	MaxRequestRefBytes     = 255
-	MaxExternalUserIDBytes = 1024
-)
-
-// Submission is one body of POST /v1/erasure-requests, checked against everything the table and
-// the worker would refuse.
+// Submission is one erasure request in the JSON that the generic API takes as its body and
+// `enqueue` as each line: checked for everything but the ids' lengths, which intake checks.
 type Submission struct {
 	RequestRef     string
 	ExternalUserID string
@@ -35,26 +28,11 @@ func (s Submission) String() string {
 	if !s.DueAt.IsZero() {
 		due = s.DueAt.Format(time.RFC3339)
 	}
-	return fmt.Sprintf("webhook.Submission{RequestRef: %q, ExternalUserID: <redacted>, DueAt: %s}", s.RequestRef, due)
+	return fmt.Sprintf("connector.Submission{RequestRef: %q, ExternalUserID: <redacted>, DueAt: %s}", s.RequestRef, due)
 }
 
 // GoString does the same for %#v.
 func (s Submission) GoString() string { return s.String() }
-
-// FieldError says which field of a body is wrong, and how. It never holds the field's value: an
-// external_user_id is personal data, and the error goes back to the caller and into logs.
-type FieldError struct {
-	// Field is the JSON name, or "" when the body as a whole is at fault.
-	Field  string
-	Reason string
-}
-
-func (e *FieldError) Error() string {
-	if e.Field == "" {
-		return e.Reason
-	}
-	return e.Field + ": " + e.Reason
-}
 
 const (
 	fieldRequestRef     = "request_ref"
@@ -73,10 +51,10 @@ func ParseSubmission(body []byte) (Submission, error) {
 		return Submission{}, err
 	}
 	var sub Submission
-	if sub.RequestRef, err = idField(raw, fieldRequestRef, MaxRequestRefBytes, false); err != nil {
+	if sub.RequestRef, err = idField(raw, fieldRequestRef, false); err != nil {
 		return Submission{}, err
 	}
-	if sub.ExternalUserID, err = idField(raw, fieldExternalUserID, MaxExternalUserIDBytes, true); err != nil {
+	if sub.ExternalUserID, err = idField(raw, fieldExternalUserID, true); err != nil {
 		return Submission{}, err
 	}
 	if sub.DueAt, err = dueField(raw); err != nil {
@@ -159,11 +137,12 @@ func printableName(key string) string {
 	return b.String()
 }
 
-// idField reads a required string field and applies the table's rules (non-blank, at most max
-// bytes, no NUL: PostgreSQL text cannot hold one) plus UTF-8 validity. With noControl it also
+// idField reads a required string field: a string, valid UTF-8, non-blank, no NUL (PostgreSQL
+// text cannot hold one). Its length is intake's to check (queue.ValidateIDs), which counts a
+// connector's prefix. With noControl it also
 // refuses control characters, as the worker refuses them in an external_user_id (knotclient's
 // ValidateExternalUserID): accepting one would only fail the request later.
-func idField(raw map[string]json.RawMessage, name string, max int, noControl bool) (string, error) {
+func idField(raw map[string]json.RawMessage, name string, noControl bool) (string, error) {
 	fail := func(format string, args ...any) (string, error) {
 		return "", &FieldError{Field: name, Reason: fmt.Sprintf(format, args...)}
 	}
@@ -189,8 +168,6 @@ func idField(raw map[string]json.RawMessage, name string, max int, noControl boo
 	switch {
 	case s == "":
 		return fail("empty")
-	case len(s) > max:
-		return fail("%d bytes, longer than %d", len(s), max)
 	case strings.TrimSpace(s) == "":
 		return fail("only whitespace")
 	}

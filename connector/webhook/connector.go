@@ -1,0 +1,183 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/erasure-worker/erasure-worker/connector"
+	"github.com/erasure-worker/erasure-worker/settings"
+)
+
+// Connector is the generic HTTP API, for in-house systems and scripts: requests are pushed to
+// POST /v1/erasure-requests with a bearer token, read back at GET /v1/erasure-requests/{ref},
+// and their outcomes sent as Standard Webhooks messages to REPORT_WEBHOOK_URL.
+type Connector struct{}
+
+// Info: reports are "webhook", the door is "api", and callers choose their refs.
+func (Connector) Info() connector.Info { return connector.Info{Name: "webhook", Door: "api"} }
+
+// Declare declares API_TOKEN, REPORT_WEBHOOK_URL and REPORT_WEBHOOK_SECRET.
+func (c Connector) Declare(s *settings.Set) func() *connector.Parts {
+	var (
+		token     = s.Secret("API_TOKEN", "bearer token that POST and GET /v1/erasure-requests require; the generic API is off when not set", "file holding API_TOKEN")
+		url       = s.Add("REPORT_WEBHOOK_URL", "", "where the outcomes of requests that came through the HTTP API are sent, as Standard Webhooks messages; none are sent when not set")
+		secretSet = s.Secret("REPORT_WEBHOOK_SECRET", "whsec_ and base64: the key that signs the outcome webhooks (required with REPORT_WEBHOOK_URL)", "file holding REPORT_WEBHOOK_SECRET")
+	)
+	return func() *connector.Parts {
+		tok, u, secret := s.Verbatim(token), s.String(url), s.Verbatim(secretSet)
+		switch {
+		case u != "" && secret == "":
+			s.Fail(secretSet, "is required with REPORT_WEBHOOK_URL: outcome webhooks are always signed")
+		case secret != "" && u == "":
+			s.Fail(url, "is required with REPORT_WEBHOOK_SECRET")
+		case u != "" && tok == "":
+			s.Fail(url, "is set but API_TOKEN is not: it reports the outcomes of the HTTP API's requests, and that door is off")
+		}
+		if tok == "" || s.Err() != nil {
+			return nil
+		}
+		d := &door{token: tok, info: c.Info()}
+		parts := &connector.Parts{Door: d, OnBy: "API_TOKEN"}
+		if u != "" {
+			sender, err := NewSender(u, secret, nil)
+			if err != nil {
+				s.SetErr(err)
+				return nil
+			}
+			d.reports = true
+			parts.Deliverer = deliverer{sender}
+		}
+		return parts
+	}
+}
+
+// door serves the generic API.
+type door struct {
+	info    connector.Info
+	token   string
+	reports bool // REPORT_WEBHOOK_URL is set: each request gets a report
+}
+
+func (d *door) Routes(in connector.Intake, log *slog.Logger) map[string]http.Handler {
+	h := handler{door: d, in: in, log: log}
+	return map[string]http.Handler{
+		"POST /v1/erasure-requests":      d.authenticated(h.submit),
+		"GET /v1/erasure-requests/{ref}": d.authenticated(h.lookup),
+	}
+}
+
+func (d *door) authenticated(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || !connector.EqualSecret(token, d.token) {
+			// Nothing past the headers is read, and the connection is closed so that net/http
+			// does not wait for a body it would discard.
+			connector.CloseAfter(w)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="erasure-worker"`)
+			writeError(w, http.StatusUnauthorized, "", "missing or wrong bearer token (Authorization: Bearer <API_TOKEN>)")
+			return
+		}
+		h(w, r)
+	})
+}
+
+// apiError is the generic API's error body.
+type apiError struct {
+	Error struct {
+		Field   string `json:"field,omitempty"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, status int, field, message string) {
+	var e apiError
+	e.Error.Field, e.Error.Message = field, message
+	connector.WriteJSON(w, status, e)
+}
+
+type handler struct {
+	*door
+	in  connector.Intake
+	log *slog.Logger
+}
+
+// submit is POST /v1/erasure-requests.
+func (h handler) submit(w http.ResponseWriter, r *http.Request) {
+	if !connector.IsJSON(r) {
+		writeError(w, http.StatusUnsupportedMediaType, "", "the body must be JSON (Content-Type: application/json)")
+		return
+	}
+	body, ok := connector.ReadBody(w, r, func() {
+		writeError(w, http.StatusRequestEntityTooLarge, "", "the body is larger than 64 KiB")
+	})
+	if !ok {
+		return
+	}
+	sub, err := connector.ParseSubmission(body)
+	if err != nil {
+		var fe *connector.FieldError
+		if errors.As(err, &fe) {
+			writeError(w, http.StatusBadRequest, fe.Field, err.Error())
+			return
+		}
+		writeError(w, http.StatusBadRequest, "", err.Error())
+		return
+	}
+	req := connector.Request{ID: sub.RequestRef, ExternalUserID: sub.ExternalUserID, DueAt: sub.DueAt}
+	if h.reports {
+		req.Reports = []connector.NewReport{{}}
+	}
+	got, err := h.in.Submit(r.Context(), req)
+	if err != nil {
+		h.unavailable(w, r, err)
+		return
+	}
+	switch a := got[0]; a.Admission {
+	case connector.Refused:
+		writeError(w, http.StatusBadRequest, a.Err.Field, a.Err.Error())
+	case connector.Conflict:
+		writeError(w, http.StatusConflict, "request_ref", "request_ref: already used by a request for another external_user_id")
+	case connector.Inserted:
+		connector.WriteJSON(w, http.StatusAccepted, a.Record)
+	default:
+		connector.WriteJSON(w, http.StatusOK, a.Record)
+	}
+}
+
+// lookup is GET /v1/erasure-requests/{ref}.
+func (h handler) lookup(w http.ResponseWriter, r *http.Request) {
+	rec, err := h.in.Lookup(r.Context(), r.PathValue("ref"))
+	switch {
+	case errors.Is(err, connector.ErrNotFound):
+		writeError(w, http.StatusNotFound, "request_ref", "no request has this request_ref")
+	case err != nil:
+		h.unavailable(w, r, err)
+	default:
+		connector.WriteJSON(w, http.StatusOK, rec)
+	}
+}
+
+// unavailable answers a request the database could not take: nothing was stored, and the
+// sender should try again.
+func (h handler) unavailable(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		return // the sender went away
+	}
+	h.log.Error("a door could not reach the database; the sender is told to retry", "door", h.info.DoorName(), "err", err)
+	w.Header().Set("Retry-After", connector.RetryLater)
+	writeError(w, http.StatusServiceUnavailable, "", "the database is unavailable; try again (repeating the same request is safe)")
+}
+
+// deliverer sends each report as a Standard Webhooks message whose webhook-id is the report's.
+type deliverer struct{ s *Sender }
+
+func (d deliverer) Deliver(ctx context.Context, r connector.Report) connector.Delivery {
+	return d.s.Send(ctx, "msg_"+strconv.FormatInt(r.ID, 10), Outcome{
+		RequestRef: r.RequestRef, Outcome: r.Outcome, ErrorCode: r.ErrorCode, CompletedAt: r.CompletedAt,
+	}, time.Now())
+}
