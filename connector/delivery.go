@@ -13,9 +13,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/erasure-worker/erasure-worker/internal/retryafter"
 )
 
 // Result is what a receiver's answer means for the report.
@@ -73,11 +74,11 @@ func FromAnswer(status int, header http.Header, now time.Time, closed ...int) De
 		d.Result = Unauthorized
 	case status == http.StatusTooManyRequests:
 		d.Result = RateLimited
-		d.RetryAfter = ParseRetryAfter(header.Get("Retry-After"), now)
+		d.RetryAfter = retryafter.Parse(header.Get("Retry-After"), now, MaxRetryAfter)
 	case status == http.StatusRequestTimeout, status >= 500 && status <= 599:
 		d.Result = Retry
 		if status == http.StatusServiceUnavailable {
-			d.RetryAfter = ParseRetryAfter(header.Get("Retry-After"), now)
+			d.RetryAfter = retryafter.Parse(header.Get("Retry-After"), now, MaxRetryAfter)
 		}
 	case status >= 400 && status <= 499:
 		d.Result = Rejected
@@ -124,35 +125,4 @@ func scrubURL(msg, rawURL string) string {
 		return msg
 	}
 	return strings.ReplaceAll(msg, rawURL, "<url>")
-}
-
-// ParseRetryAfter reads a Retry-After header (seconds or an HTTP date). Missing, malformed and
-// past values give 0; the result is capped at MaxRetryAfter.
-func ParseRetryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	if v[0] >= '0' && v[0] <= '9' {
-		secs, err := strconv.ParseUint(v, 10, 64)
-		if errors.Is(err, strconv.ErrRange) || (err == nil && secs > uint64(MaxRetryAfter/time.Second)) {
-			return MaxRetryAfter
-		}
-		if err != nil {
-			return 0
-		}
-		return time.Duration(secs) * time.Second
-	}
-	t, err := http.ParseTime(v)
-	if err != nil {
-		return 0
-	}
-	d := t.Sub(now)
-	switch {
-	case d <= 0:
-		return 0
-	case d > MaxRetryAfter:
-		return MaxRetryAfter
-	}
-	return d.Truncate(time.Second) + time.Second
 }

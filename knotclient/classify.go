@@ -2,12 +2,13 @@ package knotclient
 
 import (
 	"encoding/json"
-	"errors"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/erasure-worker/erasure-worker/internal/retryafter"
 )
 
 // maxMessageBytes bounds Error.Message: it is stored in last_error and logged,
@@ -51,13 +52,13 @@ func classify(status int, header http.Header, body []byte, now time.Time, scrub 
 		e.Class = Unauthorized
 	case status == http.StatusTooManyRequests:
 		e.Class = RateLimited
-		e.RetryAfter = parseRetryAfter(header.Get("Retry-After"), now)
+		e.RetryAfter = retryafter.Parse(header.Get("Retry-After"), now, MaxRetryAfter)
 	case status == http.StatusRequestTimeout:
 		e.Class = Retryable
 	case status >= 500 && status <= 599:
 		e.Class = Retryable
 		if status == http.StatusServiceUnavailable {
-			e.RetryAfter = parseRetryAfter(header.Get("Retry-After"), now)
+			e.RetryAfter = retryafter.Parse(header.Get("Retry-After"), now, MaxRetryAfter)
 		}
 	case status >= 400 && status <= 499:
 		// 400 with any code but USER_NOT_FOUND (unknown codes included), 403,
@@ -146,47 +147,4 @@ func cleanMessage(s string, scrub []string) string {
 		s = s[:cut] + "…"
 	}
 	return s
-}
-
-// parseRetryAfter reads delta-seconds or an HTTP-date. Absent, malformed or
-// past values give 0; the result is capped at MaxRetryAfter.
-func parseRetryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	if v[0] >= '0' && v[0] <= '9' {
-		secs, err := strconv.ParseUint(v, 10, 64)
-		if errors.Is(err, strconv.ErrRange) {
-			return MaxRetryAfter
-		}
-		if err != nil {
-			return 0
-		}
-		if secs > uint64(MaxRetryAfter/time.Second) {
-			return MaxRetryAfter
-		}
-		return time.Duration(secs) * time.Second
-	}
-	t, err := http.ParseTime(v)
-	if err != nil {
-		return 0
-	}
-	d := t.Sub(now)
-	switch {
-	case d <= 0:
-		return 0
-	case d > MaxRetryAfter:
-		return MaxRetryAfter
-	}
-	// HTTP-dates have whole-second precision; round up so a client that
-	// waits RetryAfter never comes back early.
-	return d.Truncate(time.Second) + roundUpSecond(d)
-}
-
-func roundUpSecond(d time.Duration) time.Duration {
-	if d%time.Second != 0 {
-		return time.Second
-	}
-	return 0
 }
