@@ -46,7 +46,7 @@ chaos:
 FUZZTIME ?= 100000x
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzClassify$$' -fuzztime $(FUZZTIME) ./knotclient
-	$(GO) test -run '^$$' -fuzz '^FuzzParseLine$$' -fuzztime $(FUZZTIME) ./cmd/erasure-worker
+	$(GO) test -run '^$$' -fuzz '^FuzzParseLine$$' -fuzztime $(FUZZTIME) ./connector
 	$(GO) test -run '^$$' -fuzz '^FuzzParseSubmission$$' -fuzztime $(FUZZTIME) ./connector
 	$(GO) test -run '^$$' -fuzz '^FuzzParseDeleteRequest$$' -fuzztime $(FUZZTIME) ./connector/ketch
 	$(GO) test -run '^$$' -fuzz '^FuzzPendingPage$$' -fuzztime $(FUZZTIME) ./connector/transcend

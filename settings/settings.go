@@ -416,3 +416,13 @@ func (s *Set) Period(st *Setting, maxDays int) time.Duration {
 	}
 	return d
 }
+
+// ParseTimeOrDate reads an RFC 3339 time or a date, which is midnight UTC.
+func ParseTimeOrDate(s string) (time.Time, bool) {
+	for _, layout := range []string{time.RFC3339, time.DateOnly} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, true
+		}
+	}
+	return time.Time{}, false
+}

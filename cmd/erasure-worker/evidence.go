@@ -14,6 +14,7 @@ import (
 
 	"github.com/erasure-worker/erasure-worker/connector"
 	"github.com/erasure-worker/erasure-worker/queue"
+	"github.com/erasure-worker/erasure-worker/settings"
 	"github.com/erasure-worker/erasure-worker/worker"
 )
 
@@ -133,7 +134,7 @@ func parseEvidenceQuery(given map[string]bool, ref, userID, since, until string,
 // parseEvidenceTime reads a date (midnight UTC) or an RFC 3339 time.
 func parseEvidenceTime(name, v string) (time.Time, error) {
 	v = strings.TrimSpace(v)
-	if t, ok := parseTimeOrDate(v); ok {
+	if t, ok := settings.ParseTimeOrDate(v); ok {
 		return t, nil
 	}
 	return time.Time{}, fmt.Errorf("--%s %q is not a date (2026-01-31, midnight UTC) or an RFC 3339 time (2026-01-31T09:30:00Z)", name, v)

@@ -1,4 +1,4 @@
-package main
+package connector
 
 import (
 	"encoding/json"
@@ -10,7 +10,7 @@ import (
 	"github.com/erasure-worker/erasure-worker/knotclient"
 )
 
-// FuzzParseLine feeds arbitrary lines to the enqueue parser. Whatever it accepts must be a
+// FuzzParseLine feeds arbitrary lines to enqueue's parser. Whatever it accepts must be a
 // request the worker can send unchanged; a JSON line it accepts must say the same thing when
 // written back and read again.
 func FuzzParseLine(f *testing.F) {
@@ -34,19 +34,15 @@ func FuzzParseLine(f *testing.F) {
 		f.Add(seed.csv, []byte(seed.line))
 	}
 	f.Fuzz(func(t *testing.T, csv bool, line []byte) {
-		format := "jsonl"
-		if csv {
-			format = "csv"
-		}
-		p := lineParser{format: format, now: time.Now()}
-		req, skip, err := p.parse(line)
+		p := LineParser{CSV: csv}
+		req, skip, err := p.Parse(line)
 		if err != nil || skip {
 			return
 		}
 		if !utf8.Valid(line) {
 			t.Fatalf("accepted invalid UTF-8 %q", line)
 		}
-		if strings.TrimSpace(req.RequestRef) == "" || len(req.RequestRef) > maxRequestRefBytes {
+		if strings.TrimSpace(req.RequestRef) == "" || strings.ContainsRune(req.RequestRef, 0) {
 			t.Fatalf("accepted request_ref %q", req.RequestRef)
 		}
 		if err := knotclient.ValidateExternalUserID(req.ExternalUserID); err != nil {
@@ -60,8 +56,8 @@ func FuzzParseLine(f *testing.F) {
 			rec["due_at"] = req.DueAt.Format(time.RFC3339Nano)
 		}
 		again, _ := json.Marshal(rec)
-		p2 := lineParser{format: "jsonl", now: p.now}
-		back, _, err := p2.parse(again)
+		var p2 LineParser
+		back, _, err := p2.Parse(again)
 		if err != nil {
 			t.Fatalf("re-reading %s: %v", again, err)
 		}
