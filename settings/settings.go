@@ -371,20 +371,6 @@ func ReadSecretFile(path string) (string, error) {
 	return s, nil
 }
 
-// ValidHeaderName tells whether h is an HTTP header's name (an RFC 9110 token).
-func ValidHeaderName(h string) bool {
-	if h == "" {
-		return false
-	}
-	for _, c := range h {
-		if c > 127 || !(c == '-' || c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' ||
-			strings.ContainsRune("!#$%&'*+.^`|~", c)) {
-			return false
-		}
-	}
-	return true
-}
-
 // Period reads a retention period in whole days (30d) or as a Go duration (36h), above zero and at most
 // maxDays.
 func (s *Set) Period(st *Setting, maxDays int) time.Duration {

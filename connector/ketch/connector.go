@@ -12,6 +12,7 @@ import (
 
 	"github.com/erasure-worker/erasure-worker/connector"
 	"github.com/erasure-worker/erasure-worker/settings"
+	"golang.org/x/net/http/httpguts"
 )
 
 // Connector is Ketch's Forwarder protocol: Ketch pushes DeleteRequests to POST /v1/ketch, and
@@ -35,7 +36,7 @@ func (c Connector) Declare(s *settings.Set) func() *connector.Parts {
 			return nil
 		case d.space == "":
 			s.Fail(space, "is required with KETCH_AUTH_VALUE: it names the identity that is Knot's external_user_id")
-		case !settings.ValidHeaderName(d.header):
+		case !httpguts.ValidHeaderFieldName(d.header):
 			s.Fail(header, "%q is not an HTTP header name", d.header)
 		}
 		if s.Err() != nil {

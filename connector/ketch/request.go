@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Limits on what a DeleteRequest may hold. Ketch documents none; these keep one request from
@@ -463,32 +465,12 @@ func checkCallback(cb Callback) (string, string) {
 
 // validHeaderName is RFC 9110's token.
 func validHeaderName(s string) bool {
-	if s == "" || len(s) > maxHeaderNameBytes {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
+	return len(s) <= maxHeaderNameBytes && httpguts.ValidHeaderFieldName(s)
 }
 
 // validHeaderValue refuses what net/http would refuse to send: control characters but tab.
 func validHeaderValue(s string) bool {
-	if len(s) > maxHeaderValueBytes {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; (c < 0x20 && c != '\t') || c == 0x7f {
-			return false
-		}
-	}
-	return true
+	return len(s) <= maxHeaderValueBytes && httpguts.ValidHeaderFieldValue(s)
 }
 
 // identity finds the one identityValue in space, decoding nothing of the other identities but
