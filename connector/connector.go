@@ -32,7 +32,7 @@ type Info struct {
 	// Door is the name of its door in erasure_api_requests_total and in the evidence ("api" for
 	// the generic API); Name when empty.
 	Door string
-	// RefPrefix starts the request_ref of every request this system sends ("ketch:"), so that
+	// RefPrefix starts the request_ref of every request this system sends ("acme:"), so that
 	// two systems' ids never meet; "" for the generic API, whose callers choose their refs and
 	// may not use another connector's prefix.
 	RefPrefix string
@@ -58,7 +58,7 @@ type Parts struct {
 
 // Door is a connector that the privacy request system pushes requests to.
 type Door interface {
-	// Routes are its handlers, by net/http.ServeMux pattern ("POST /v1/ketch"). Every handler
+	// Routes are its handlers, by net/http.ServeMux pattern ("POST /v1/acme"). Every handler
 	// authenticates before it reads the body, stores what it takes through in, and answers
 	// every refusal naming the field at fault.
 	Routes(in Intake, log *slog.Logger) map[string]http.Handler
@@ -99,7 +99,7 @@ type Request struct {
 
 // NewReport is one report to write beside a new request.
 type NewReport struct {
-	// Lane is the receiver, where a connector reports to many (Ketch's callback hosts): each
+	// Lane is the receiver, where a connector reports to many (one callback host each): each
 	// lane is delivered apart, so that one hung receiver holds back only its own reports. ""
 	// for the connector's one receiver.
 	Lane string
@@ -203,7 +203,7 @@ type Report struct {
 
 	RequestID      int64
 	RequestRef     string
-	ExternalUserID string // for a receiver that names the person (Transcend); never logged
+	ExternalUserID string // for a receiver that names the person; never logged
 	Outcome        string // deleted, not_found, rejected, invalid, exhausted
 	ErrorCode      string // Knot's error_code of a failed request
 	CompletedAt    time.Time

@@ -1,9 +1,12 @@
-// Package connector holds what every privacy request system's connector shares: the result of
-// delivering one report, classified the same way for every receiver, so that the worker's
-// reporter retries, pauses and closes reports without knowing whose they are.
+// Package connector is the shape every privacy request system plugs into: the Connector
+// interface and its registry, the Intake a connector stores requests through, what every door
+// shares, and the result of delivering one report, classified the same way for every receiver,
+// so that the worker's reporter retries, pauses and closes reports without knowing whose they
+// are.
 //
-// Each system lives in a package of its own below this one (ketch, transcend, webhook), with its
-// wire format, its authentication and a fake beside it. None of them knows PostgreSQL.
+// Each system lives in a folder of its own below this one, with its settings, its wire format,
+// its authentication and a fake beside it; connectortest is the suite each passes. None of them
+// knows PostgreSQL.
 package connector
 
 import (
@@ -26,7 +29,7 @@ const (
 	// Delivered: the receiver took the report (any 2xx).
 	Delivered Result = "delivered"
 	// Closed: the receiver answered that the request is already closed or no longer
-	// modifiable (Transcend's 409). Nothing more can be said to it: this counts as delivered.
+	// modifiable (a 409, where the receiver documents it so). Nothing more can be said to it: this counts as delivered.
 	Closed Result = "closed"
 	// Retry: no answer (network, timeout) or a 5xx; try again after a backoff.
 	Retry Result = "retry"
@@ -57,7 +60,7 @@ type Delivery struct {
 }
 
 // FromAnswer classifies a receiver's HTTP status. closed lists the statuses that this receiver
-// documents as "the request is already closed" (Transcend: 409); they count as delivered.
+// documents as "the request is already closed" (a 409, say); they count as delivered.
 func FromAnswer(status int, header http.Header, now time.Time, closed ...int) Delivery {
 	d := Delivery{HTTPStatus: status}
 	for _, c := range closed {

@@ -18,7 +18,7 @@ import (
 // pending or running row, so claims never wait for the purge.
 //
 // A request keeps its raw id while one of its reports is undelivered (pending, delivering, or
-// refused for good and waiting for `reports requeue`): Transcend's report names the person by
+// refused for good and waiting for `reports requeue`): a report may name the person by
 // it. Such rows count as due, so a report that never goes out shows as retention falling
 // behind.
 

@@ -203,7 +203,7 @@ func (q *Queue) Requeue(ctx context.Context, f RequeueFilter) (int64, error) {
 		return 0, err
 	}
 	// Reports of the failure not yet delivered wait again for the new outcome; one already
-	// delivered stays delivered (Ketch takes no status after a final one).
+	// delivered stays delivered (a receiver may take no status after a final one).
 	var n int64
 	err := q.pool.QueryRow(ctx, `
 WITH requeued AS (

@@ -13,8 +13,8 @@ type LeaderQueue interface {
 	Resign(ctx context.Context, name, holder string) error
 }
 
-// Duty is work that one replica at a time must do, every Interval: pulling Transcend's pending
-// requests, and later purging. Every replica runs it; the one that holds the duty's leader row
+// Duty is work that one replica at a time must do, every Interval: pulling a privacy
+// request system's pending requests, purging. Every replica runs it; the one that holds the duty's leader row
 // does the work, and another takes over within a term once it dies. Nothing depends on a
 // database session, so it also works behind PgBouncer in transaction mode.
 type Duty struct {

@@ -69,7 +69,7 @@ type Pusher interface {
 	BadInputs(base string) []BadInput
 	// Field reads the field a refusal names.
 	Field(status int, body []byte) string
-	// Accepted is the status of a request taken for the first time (202, or 200 for Ketch).
+	// Accepted is the status of a request taken for the first time (202, or 200 where the wire has no 202).
 	Accepted() int
 }
 
@@ -385,7 +385,7 @@ FROM erasure_reports WHERE status <> 'delivered'`).Scan(&open, &last)
 }
 
 // pulledID is how a pulled request's id is looked up: the fake's id may be qualified by the
-// connector (Transcend's data silo).
+// connector (with its data silo, say).
 func (h *harness) pulledID(id string) string {
 	if q, ok := h.fake.(interface{ StoredID(string) string }); ok {
 		return q.StoredID(id)
