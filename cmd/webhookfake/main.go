@@ -9,11 +9,9 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"regexp"
@@ -28,16 +26,9 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
 
-// run is the whole program. It returns the exit code: 0 after a clean stop on SIGINT/SIGTERM, 1
-// if serving failed, 2 for bad flags.
-func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	return command(getenv).Run(args, stdout, stderr)
-}
-
-// serve runs until ctx is done; tests call it directly instead of sending signals.
-func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	return command(getenv).Serve(ctx, args, stdout, stderr)
-}
+// run is the whole program; it returns the exit code: 0 after a clean stop on SIGINT/SIGTERM, 1
+// if serving failed, 2 for bad flags. serve runs until ctx is done.
+var run, serve = fakekit.Main(command)
 
 func command(getenv func(string) string) fakekit.Command {
 	var (

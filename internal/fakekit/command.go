@@ -36,11 +36,21 @@ type Command struct {
 // in-flight calls are waited for.
 const shutdownTimeout = 10 * time.Second
 
-// Run is Serve until SIGINT or SIGTERM.
-func (c Command) Run(args []string, stdout, stderr io.Writer) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return c.Serve(ctx, args, stdout, stderr)
+// Main returns a binary's whole program, run, and serve, which runs until ctx is done: tests
+// call serve instead of sending signals. Both return the exit code.
+func Main(command func(getenv func(string) string) Command) (
+	run func(args []string, getenv func(string) string, stdout, stderr io.Writer) int,
+	serve func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int,
+) {
+	serve = func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+		return command(getenv).Serve(ctx, args, stdout, stderr)
+	}
+	run = func(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return serve(ctx, args, getenv, stdout, stderr)
+	}
+	return run, serve
 }
 
 // Serve parses args, listens, prints "NAME listening on http://ADDR" and serves the fake until

@@ -289,36 +289,18 @@ type wireAttribute struct {
 }
 
 func (s *Server) servePull(w http.ResponseWriter, r *http.Request) {
-	s.arrive()
-	silo, typ := r.PathValue("silo"), r.PathValue("type")
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
-		s.respond(w, "pull", http.StatusMethodNotAllowed, message("Method Not Allowed"))
+	f, ok := s.enter(w, r, "pull", http.MethodGet)
+	if !ok {
 		return
 	}
-	f := s.Faults().Pull
-	if !fakekit.Sleep(r, time.Duration(f.Latency)) {
-		return
-	}
-	if s.gate(w, r, "pull", f) {
-		return
-	}
-	if silo != s.silo {
+	typ := r.PathValue("type")
+	if r.PathValue("silo") != s.silo {
 		s.count(func(st *Stats) { st.UnknownDataSilos++ })
 		s.respond(w, "pull", http.StatusUnauthorized, message("Unauthorized"))
 		return
 	}
-	switch kind := fakekit.Roll(f.rates(), rand.Float64()); kind {
-	case "hang":
-		s.count(func(st *Stats) { st.Faulted["pull_hang"]++ })
-		fakekit.Hang(r)
-		return
-	case "rate_limit":
-		fakekit.RetryAfter(w, f.RetryAfter)
-		s.fault(w, "pull", kind, http.StatusTooManyRequests, message("Too Many Requests"))
-		return
-	case "error":
-		s.fault(w, "pull", kind, http.StatusInternalServerError, message("Internal Server Error"))
+	switch kind := s.randomFault(w, r, "pull", f); kind {
+	case "answered":
 		return
 	case "truncated":
 		s.count(func(st *Stats) { st.Faulted["pull_truncated"]++; st.ByStatus["pull 200"]++ })
@@ -408,18 +390,9 @@ func pageQuery(q url.Values) (limit, offset int, problem string) {
 const maxReportBody = 1 << 20
 
 func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) {
-	s.arrive()
-	if r.Method != http.MethodPut {
-		// POST /v1/data-silo is the access-request answer; an erasure is confirmed with PUT.
-		w.Header().Set("Allow", http.MethodPut)
-		s.respond(w, "report", http.StatusMethodNotAllowed, message("Method Not Allowed"))
-		return
-	}
-	f := s.Faults().Report
-	if !fakekit.Sleep(r, time.Duration(f.Latency)) {
-		return
-	}
-	if s.gate(w, r, "report", f) {
+	// POST /v1/data-silo is the access-request answer; an erasure is confirmed with PUT.
+	f, ok := s.enter(w, r, "report", http.MethodPut)
+	if !ok {
 		return
 	}
 	nonce := r.Header.Get("X-Transcend-Nonce")
@@ -432,17 +405,8 @@ func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	switch kind := fakekit.Roll(f.rates(), rand.Float64()); kind {
-	case "hang":
-		s.count(func(st *Stats) { st.Faulted["report_hang"]++ })
-		fakekit.Hang(r)
-		return
-	case "rate_limit":
-		fakekit.RetryAfter(w, f.RetryAfter)
-		s.fault(w, "report", kind, http.StatusTooManyRequests, message("Too Many Requests"))
-		return
-	case "error":
-		s.fault(w, "report", kind, http.StatusInternalServerError, message("Internal Server Error"))
+	switch kind := s.randomFault(w, r, "report", f); kind {
+	case "answered":
 		return
 	case "conflict":
 		// The request was revoked meanwhile: it leaves the pending list, unreported.
@@ -575,22 +539,50 @@ func parseReport(contentType string, body []byte) (Report, string) {
 	return rep, ""
 }
 
-// gate applies the faults that come before anything else (outage, rejected credentials) and
-// the credential check. It reports whether it answered.
-func (s *Server) gate(w http.ResponseWriter, r *http.Request, door string, f FaultSet) bool {
+// enter counts a call at a door, refuses any method but the door's, and applies the door's
+// latency, outage, rejected credentials and the credential check. It returns the door's
+// faults, or false when it answered.
+func (s *Server) enter(w http.ResponseWriter, r *http.Request, door, method string) (FaultSet, bool) {
+	s.arrive()
+	f := s.Faults().Pull
+	if door == "report" {
+		f = s.Faults().Report
+	}
 	switch {
+	case r.Method != method:
+		w.Header().Set("Allow", method)
+		s.respond(w, door, http.StatusMethodNotAllowed, message("Method Not Allowed"))
+	case !fakekit.Sleep(r, time.Duration(f.Latency)):
+		// The client went away; nobody to answer.
 	case s.now().Before(f.OutageUntil):
 		s.fault(w, door, "outage", http.StatusInternalServerError, message("Internal Server Error"))
-		return true
 	case f.RejectCredentials:
 		s.fault(w, door, "reject_credentials", http.StatusUnauthorized, message("Unauthorized"))
-		return true
 	case !s.authorized(r):
 		s.count(func(st *Stats) { st.BadCredentials++ })
 		s.respond(w, door, http.StatusUnauthorized, message("Unauthorized"))
-		return true
+	default:
+		return f, true
 	}
-	return false
+	return f, false
+}
+
+// randomFault draws the door's random fault and answers those both doors have. It returns
+// "answered", the kind left to the door ("truncated", "conflict"), or "" for none.
+func (s *Server) randomFault(w http.ResponseWriter, r *http.Request, door string, f FaultSet) string {
+	switch kind := fakekit.Roll(f.rates(), rand.Float64()); kind {
+	case "hang":
+		s.count(func(st *Stats) { st.Faulted[door+"_hang"]++ })
+		fakekit.Hang(r)
+	case "rate_limit":
+		fakekit.RetryAfter(w, f.RetryAfter)
+		s.fault(w, door, kind, http.StatusTooManyRequests, message("Too Many Requests"))
+	case "error":
+		s.fault(w, door, kind, http.StatusInternalServerError, message("Internal Server Error"))
+	default:
+		return kind
+	}
+	return "answered"
 }
 
 func (s *Server) authorized(r *http.Request) bool {
