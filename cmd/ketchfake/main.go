@@ -34,7 +34,7 @@ func command(getenv func(string) string) fakekit.Command {
 		callbackBase, identitySpace, tenant string
 		callbacks                           int
 		outage                              time.Duration
-		f                                   = ketchfake.Faults{RetryAfter: ketchfake.Duration(time.Second)}
+		f                                   ketchfake.Faults
 		fake                                *ketchfake.Server
 	)
 	return fakekit.Command{
@@ -45,13 +45,9 @@ func command(getenv func(string) string) fakekit.Command {
 			fs.StringVar(&identitySpace, "identity-space", "", "identity space that carries the Knot id (default: env KETCH_IDENTITY_SPACE, else account_id)")
 			fs.StringVar(&tenant, "tenant", "ketchfake", "metadata.tenant of pushed requests")
 			fs.IntVar(&callbacks, "callbacks", 2, "callbacks per pushed request, 1 to 16")
-			fs.Float64Var(&f.ErrorRate, "error-rate", 0, "share of callbacks answered 500")
-			fs.Float64Var(&f.RateLimitRate, "rate-limit-rate", 0, "share of callbacks answered 429")
-			fs.Var(&f.RetryAfter, "retry-after", "Retry-After sent with 429s (whole seconds, rounded up)")
+			fakekit.FaultFlags(fs, "callbacks", &f.ErrorRate, &f.RateLimitRate, &f.RetryAfter, &f.HangRate)
+			fakekit.LatencyFlags(fs, "callback", &f.Latency, &f.LatencyJitter)
 			fs.Float64Var(&f.ConflictRate, "conflict-rate", 0, "share of callbacks answered 409")
-			fs.Float64Var(&f.HangRate, "hang-rate", 0, "share of callbacks never answered")
-			fs.Var(&f.Latency, "latency", "latency added to every callback")
-			fs.Var(&f.LatencyJitter, "latency-jitter", "uniform extra latency, 0 up to this")
 			fs.DurationVar(&outage, "outage", 0, "answer every callback 503 for this long after start")
 			fs.BoolVar(&f.RejectCredentials, "reject-credentials", false, "answer every callback 401")
 			fs.BoolVar(&f.RejectAfterFinal, "reject-after-final", false, "answer 409 to an event after a final one (it is counted either way)")

@@ -32,7 +32,7 @@ func command(getenv func(string) string) fakekit.Command {
 		clientID, secret string
 		missing          float64
 		outage           time.Duration
-		f                = knotfake.Faults{RetryAfter: knotfake.Duration(time.Second)}
+		f                knotfake.Faults
 		fake             *knotfake.Server
 	)
 	return fakekit.Command{
@@ -44,14 +44,10 @@ func command(getenv func(string) string) fakekit.Command {
 			fs.StringVar(&clientID, "client-id", "", "client id to accept (default: env KNOT_CLIENT_ID)")
 			fs.StringVar(&secret, "secret", "", "secret to accept (default: env KNOT_SECRET; prefer the env, flags show in ps)")
 			fs.Float64Var(&missing, "missing", 0.1, "share of users that never existed (answered USER_NOT_FOUND)")
-			fs.Float64Var(&f.ErrorRate, "error-rate", 0, "share of calls answered 500")
-			fs.Float64Var(&f.RateLimitRate, "rate-limit-rate", 0, "share of calls answered 429")
-			fs.Var(&f.RetryAfter, "retry-after", "Retry-After sent with 429s (whole seconds, rounded up)")
-			fs.Var(&f.Latency, "latency", "latency added to every call")
-			fs.Var(&f.LatencyJitter, "latency-jitter", "uniform extra latency, 0 up to this")
+			fakekit.FaultFlags(fs, "calls", &f.ErrorRate, &f.RateLimitRate, &f.RetryAfter, &f.HangRate)
+			fakekit.LatencyFlags(fs, "call", &f.Latency, &f.LatencyJitter)
 			fs.DurationVar(&outage, "outage", 0, "answer every call 500 for this long after start")
 			fs.BoolVar(&f.RejectCredentials, "reject-credentials", false, "answer every call 401 INVALID_API_KEYS")
-			fs.Float64Var(&f.HangRate, "hang-rate", 0, "share of calls never answered")
 			fs.Float64Var(&f.BadGatewayRate, "bad-gateway-rate", 0, "share of calls answered 502 with an HTML body")
 			fs.Float64Var(&f.TruncatedRate, "truncated-rate", 0, "share of calls answered 200 with truncated JSON (nothing deleted)")
 			fs.Float64Var(&f.EmptyOKRate, "empty-ok-rate", 0, "share of calls answered 200 with an empty body (nothing deleted)")

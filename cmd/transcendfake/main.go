@@ -40,8 +40,7 @@ func command(getenv func(string) string) fakekit.Command {
 		items                           int
 		daysUntilOverdue                float64
 		pullOutage, reportOutage        time.Duration
-		retryAfter                      = transcendfake.Duration(time.Second)
-		latency                         transcendfake.Duration
+		retryAfter, latency             time.Duration
 		rejectCredentials               bool
 		f                               transcendfake.Faults
 		fake                            *transcendfake.Server
@@ -69,8 +68,8 @@ func command(getenv func(string) string) fakekit.Command {
 			fs.Float64Var(&r.HangRate, "report-hang-rate", 0, "share of reports never answered (nothing recorded)")
 			fs.Float64Var(&r.ConflictRate, "report-conflict-rate", 0, "share of reports answered 409 as if the request had been revoked")
 			fs.DurationVar(&reportOutage, "report-outage", 0, "answer every report 500 for this long after start")
-			fs.Var(&retryAfter, "retry-after", "Retry-After sent with 429s (whole seconds, rounded up)")
-			fs.Var(&latency, "latency", "latency added to every pull and report")
+			fs.DurationVar(&retryAfter, "retry-after", time.Second, "Retry-After sent with 429s (whole seconds, rounded up)")
+			fs.DurationVar(&latency, "latency", 0, "latency added to every pull and report")
 			fs.BoolVar(&rejectCredentials, "reject-credentials", false, "answer every pull and report 401")
 		},
 		Check: func() (http.Handler, error) {
@@ -78,7 +77,8 @@ func command(getenv func(string) string) fakekit.Command {
 			sombraKey = cmp.Or(sombraKey, getenv("TRANSCEND_FAKE_SOMBRA_KEY"))
 			silo = cmp.Or(silo, getenv("TRANSCEND_FAKE_DATA_SILO_ID"))
 			for _, door := range []*transcendfake.FaultSet{p, r} {
-				door.RetryAfter, door.Latency, door.RejectCredentials = retryAfter, latency, rejectCredentials
+				door.RetryAfter, door.Latency = transcendfake.Duration(retryAfter), transcendfake.Duration(latency)
+				door.RejectCredentials = rejectCredentials
 			}
 			switch {
 			case apiKey == "":

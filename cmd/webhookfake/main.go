@@ -34,7 +34,7 @@ func command(getenv func(string) string) fakekit.Command {
 	var (
 		secretFile, userIDExpr string
 		tolerance, outage      time.Duration
-		f                      = webhookfake.Faults{RetryAfter: webhookfake.Duration(time.Second)}
+		f                      webhookfake.Faults
 		fake                   *webhookfake.Server
 	)
 	return fakekit.Command{
@@ -45,11 +45,8 @@ func command(getenv func(string) string) fakekit.Command {
 			fs.StringVar(&secretFile, "secret-file", "", "file holding the whsec_ secret (default: env WEBHOOK_FAKE_SECRET)")
 			fs.DurationVar(&tolerance, "tolerance", 5*time.Minute, "how far webhook-timestamp may be from the fake's clock")
 			fs.StringVar(&userIDExpr, "user-id-pattern", "", "regular expression: a string in a body that matches it counts as a violation (a user id)")
-			fs.Float64Var(&f.ErrorRate, "error-rate", 0, "share of valid messages answered 500")
-			fs.Float64Var(&f.RateLimitRate, "rate-limit-rate", 0, "share of valid messages answered 429")
-			fs.Var(&f.RetryAfter, "retry-after", "Retry-After sent with 429s (whole seconds, rounded up)")
+			fakekit.FaultFlags(fs, "valid messages", &f.ErrorRate, &f.RateLimitRate, &f.RetryAfter, &f.HangRate)
 			fs.Float64Var(&f.ConflictRate, "conflict-rate", 0, "share of valid messages answered 409")
-			fs.Float64Var(&f.HangRate, "hang-rate", 0, "share of valid messages never answered")
 			fs.Float64Var(&f.LostAnswerRate, "lost-answer-rate", 0, "share of valid messages processed, then dropped without an answer")
 			fs.BoolVar(&f.RejectSignatures, "reject-signatures", false, "answer every message 401")
 			fs.DurationVar(&outage, "outage", 0, "answer every message 500 for this long after start")

@@ -32,6 +32,21 @@ type Command struct {
 	Stopped func() []any
 }
 
+// FaultFlags declares the flags of the faults every fake has: -error-rate, -rate-limit-rate,
+// -retry-after and -hang-rate. what names the calls they apply to ("callbacks").
+func FaultFlags(fs *flag.FlagSet, what string, errorRate, rateLimitRate *float64, retryAfter *Duration, hangRate *float64) {
+	fs.Float64Var(errorRate, "error-rate", 0, "share of "+what+" answered 500")
+	fs.Float64Var(rateLimitRate, "rate-limit-rate", 0, "share of "+what+" answered 429")
+	fs.DurationVar((*time.Duration)(retryAfter), "retry-after", time.Second, "Retry-After sent with 429s (whole seconds, rounded up)")
+	fs.Float64Var(hangRate, "hang-rate", 0, "share of "+what+" never answered")
+}
+
+// LatencyFlags declares -latency and -latency-jitter; what names the calls they delay ("call").
+func LatencyFlags(fs *flag.FlagSet, what string, latency, jitter *Duration) {
+	fs.DurationVar((*time.Duration)(latency), "latency", 0, "latency added to every "+what)
+	fs.DurationVar((*time.Duration)(jitter), "latency-jitter", 0, "uniform extra latency, 0 up to this")
+}
+
 // shutdownTimeout bounds the graceful stop; hung calls are released first, so only ordinary
 // in-flight calls are waited for.
 const shutdownTimeout = 10 * time.Second

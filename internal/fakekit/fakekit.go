@@ -22,18 +22,10 @@ import (
 	"time"
 )
 
-// Duration is a time.Duration that reads and writes JSON as a Go duration string ("250ms"),
-// and serves as a flag.Value.
+// Duration is a time.Duration that reads and writes JSON as a Go duration string ("250ms").
 type Duration time.Duration
 
 func (d Duration) String() string { return time.Duration(d).String() }
-
-// Set parses a Go duration string, for package flag.
-func (d *Duration) Set(s string) error {
-	v, err := time.ParseDuration(s)
-	*d = Duration(v)
-	return err
-}
 
 // MarshalJSON writes the duration as a string.
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
@@ -44,7 +36,12 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &s); err != nil {
 		return fmt.Errorf("duration must be a string like \"250ms\", got %s", b)
 	}
-	return d.Set(s)
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
 }
 
 // Rates are the shares, in [0, 1], of calls that get each kind of random fault, by kind: what
@@ -244,8 +241,8 @@ func outageFor(v any, path string, now time.Time) error {
 		return nil
 	}
 	s, isString := raw.(string)
-	var d Duration
-	switch err := d.Set(s); {
+	d, err := time.ParseDuration(s)
+	switch {
 	case !isString:
 		return fmt.Errorf("%soutage_for: duration must be a string like \"30s\"", path)
 	case err != nil:
@@ -254,6 +251,6 @@ func outageFor(v any, path string, now time.Time) error {
 		return fmt.Errorf("%soutage_for must not be negative", path)
 	}
 	delete(m, "outage_for")
-	m["outage_until"] = now.Add(time.Duration(d))
+	m["outage_until"] = now.Add(d)
 	return nil
 }
