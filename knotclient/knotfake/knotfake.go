@@ -14,11 +14,9 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"hash/fnv"
 	"io"
 	"maps"
-	"math"
 	"math/rand/v2"
 	"mime"
 	"net/http"
@@ -27,6 +25,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/erasure-worker/erasure-worker/internal/fakekit"
 )
 
 // Options configures a Server.
@@ -45,55 +45,42 @@ type Options struct {
 // Server is the fake. It implements http.Handler and is safe for concurrent
 // use.
 type Server struct {
+	admin            *fakekit.Admin[Faults]
 	clientID, secret []byte
 	exists           func(string) bool
 	now              func() time.Time
 
 	mu      sync.Mutex
-	faults  Faults
 	deleted map[string]struct{}
 	// notBefore holds, per id answered 429, when the client may come back.
 	notBefore map[string]time.Time
-	st        counters
-}
-
-// counters is the mutable part of Stats; timestamps are kept whole so that
-// BusiestSecond and PerSecond can be computed exactly at read time.
-type counters struct {
-	calls            int64
-	byStatus         map[string]int64
-	deleted          int64
-	notFound         int64
-	duplicateDeletes int64
-	badCredentials   int64
-	invalidRequests  int64
-	faulted          map[string]int64
-	earlyRetries     int64
-	arrivals         []time.Time
-}
-
-func newCounters() counters {
-	return counters{byStatus: map[string]int64{}, faulted: map[string]int64{}}
+	// st holds the counts; the rest of Stats is computed from arrivals, kept
+	// whole so that BusiestSecond and PerSecond are exact at read time.
+	st       Stats
+	arrivals []time.Time
 }
 
 // New returns a fake Knot.
 func New(opts Options) *Server {
-	s := &Server{
-		clientID:  []byte(opts.ClientID),
-		secret:    []byte(opts.Secret),
-		exists:    opts.Exists,
-		now:       opts.Now,
-		faults:    opts.Faults,
-		deleted:   map[string]struct{}{},
-		notBefore: map[string]time.Time{},
-		st:        newCounters(),
-	}
+	s := &Server{clientID: []byte(opts.ClientID), secret: []byte(opts.Secret), exists: opts.Exists, now: opts.Now}
 	if s.exists == nil {
 		s.exists = func(string) bool { return true }
 	}
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.Reset()
+	wire := http.NewServeMux()
+	wire.HandleFunc("/user/delete", s.serveDelete)
+	wire.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+		fakekit.WriteJSON(w, http.StatusNotFound, knotError{Message: "Not Found"})
+	})
+	s.admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() }, Reset: s.Reset, Now: s.now})
+	// Each call's arrival time, in order: the record BusiestSecond and
+	// PerSecond are computed from.
+	s.admin.HandleFunc("GET /_fake/arrivals", func(w http.ResponseWriter, _ *http.Request) {
+		fakekit.WriteJSON(w, http.StatusOK, s.Arrivals())
+	})
 	return s
 }
 
@@ -123,18 +110,10 @@ func MissingShare(p float64) func(string) bool {
 }
 
 // SetFaults replaces all faults.
-func (s *Server) SetFaults(f Faults) {
-	s.mu.Lock()
-	s.faults = f
-	s.mu.Unlock()
-}
+func (s *Server) SetFaults(f Faults) { s.admin.SetFaults(f) }
 
 // Faults returns the faults in force.
-func (s *Server) Faults() Faults {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.faults
-}
+func (s *Server) Faults() Faults { return s.admin.Faults() }
 
 // Deleted reports whether the fake deleted this user.
 func (s *Server) Deleted(externalUserID string) bool {
@@ -150,26 +129,13 @@ func (s *Server) Reset() {
 	defer s.mu.Unlock()
 	s.deleted = map[string]struct{}{}
 	s.notBefore = map[string]time.Time{}
-	s.st = newCounters()
+	s.st = Stats{ByStatus: map[string]int64{}, Faulted: map[string]int64{}}
+	s.arrivals = nil
 }
-
-const (
-	deletePath = "/user/delete"
-	adminPath  = "/_fake/"
-)
 
 // ServeHTTP answers /user/delete like Knot, and the unauthenticated /_fake/
-// admin endpoints (GET stats, GET/PUT faults, POST reset).
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	switch {
-	case r.URL.Path == deletePath:
-		s.serveDelete(w, r)
-	case strings.HasPrefix(r.URL.Path, adminPath):
-		s.serveAdmin(w, r)
-	default:
-		writeJSON(w, http.StatusNotFound, map[string]string{"message": "Not Found"})
-	}
-}
+// admin endpoints (GET stats, GET arrivals, GET/PUT faults, POST reset).
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.admin.ServeHTTP(w, r) }
 
 // Knot's answers, from user-delete.openapi.yaml.
 var (
@@ -198,18 +164,15 @@ func (s *Server) serveDelete(w http.ResponseWriter, r *http.Request) {
 	// Read the body first: the id is needed for early-retry bookkeeping even
 	// when the call is then answered by a fault.
 	id, idErr := readExternalUserID(r)
-
+	f := s.Faults()
 	s.mu.Lock()
-	s.st.calls++
-	s.st.arrivals = append(s.st.arrivals, arrived)
-	f := s.faults
-	if idErr == nil {
-		if nb, ok := s.notBefore[id]; ok {
-			if arrived.Before(nb) {
-				s.st.earlyRetries++
-			} else {
-				delete(s.notBefore, id)
-			}
+	s.st.Calls++
+	s.arrivals = append(s.arrivals, arrived)
+	if nb, ok := s.notBefore[id]; ok && idErr == nil {
+		if arrived.Before(nb) {
+			s.st.EarlyRetries++
+		} else {
+			delete(s.notBefore, id)
 		}
 	}
 	s.mu.Unlock()
@@ -219,8 +182,7 @@ func (s *Server) serveDelete(w http.ResponseWriter, r *http.Request) {
 		s.respond(w, http.StatusMethodNotAllowed, knotError{Message: "Method Not Allowed"})
 		return
 	}
-
-	if !sleep(r, f.latency()) {
+	if !fakekit.Sleep(r, fakekit.Latency(f.Latency, f.LatencyJitter)) {
 		return // client went away; nobody to answer
 	}
 
@@ -233,7 +195,7 @@ func (s *Server) serveDelete(w http.ResponseWriter, r *http.Request) {
 		s.fault(w, "reject_credentials", http.StatusUnauthorized, bodyInvalidKeys)
 		return
 	case !s.authorized(r):
-		s.count(func(c *counters) { c.badCredentials++ })
+		s.count(func(st *Stats) { st.BadCredentials++ })
 		s.respond(w, http.StatusUnauthorized, bodyInvalidKeys)
 		return
 	}
@@ -242,43 +204,39 @@ func (s *Server) serveDelete(w http.ResponseWriter, r *http.Request) {
 	// of authorized calls that get that fault (as long as they sum to <= 1).
 	switch kind := f.roll(rand.Float64()); kind {
 	case "hang":
-		s.count(func(c *counters) { c.faulted[kind]++ })
-		<-r.Context().Done()
+		s.count(func(st *Stats) { st.Faulted[kind]++ })
+		fakekit.Hang(r)
 		return
 	case "bad_gateway":
-		s.count(func(c *counters) { c.faulted[kind]++; c.byStatus["502"]++ })
+		s.count(func(st *Stats) { st.Faulted[kind]++; st.ByStatus["502"]++ })
 		w.Header().Set("Content-Type", "text/html")
 		w.WriteHeader(http.StatusBadGateway)
 		io.WriteString(w, badGatewayHTML)
 		return
 	case "rate_limit":
-		wait := f.retryAfterSeconds()
+		wait := fakekit.RetryAfter(w, f.RetryAfter)
 		if idErr == nil {
 			s.mu.Lock()
 			s.notBefore[id] = now.Add(time.Duration(wait) * time.Second)
 			s.mu.Unlock()
 		}
-		w.Header().Set("Retry-After", strconv.FormatInt(wait, 10))
 		s.fault(w, kind, http.StatusTooManyRequests, bodyTooMany)
 		return
 	case "error":
 		s.fault(w, kind, http.StatusInternalServerError, bodyServerError)
 		return
-	case "truncated":
-		s.count(func(c *counters) { c.faulted[kind]++; c.byStatus["200"]++ })
+	case "truncated", "empty_ok":
+		s.count(func(st *Stats) { st.Faulted[kind]++; st.ByStatus["200"]++ })
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusOK)
-		io.WriteString(w, `{"message":"Succ`)
-		return
-	case "empty_ok":
-		s.count(func(c *counters) { c.faulted[kind]++; c.byStatus["200"]++ })
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusOK)
+		if kind == "truncated" {
+			io.WriteString(w, `{"message":"Succ`)
+		}
 		return
 	}
 
 	if idErr != nil {
-		s.count(func(c *counters) { c.invalidRequests++ })
+		s.count(func(st *Stats) { st.InvalidRequests++ })
 		s.respond(w, http.StatusBadRequest, bodyInvalidField)
 		return
 	}
@@ -289,12 +247,12 @@ func (s *Server) serveDelete(w http.ResponseWriter, r *http.Request) {
 	_, already := s.deleted[id]
 	switch {
 	case already:
-		s.st.duplicateDeletes++
+		s.st.DuplicateDeletes++
 	case !exists:
-		s.st.notFound++
+		s.st.NotFound++
 	default:
 		s.deleted[id] = struct{}{}
-		s.st.deleted++
+		s.st.Deleted++
 	}
 	s.mu.Unlock()
 	if already || !exists {
@@ -339,47 +297,21 @@ func (s *Server) authorized(r *http.Request) bool {
 	return ok && u&p == 1
 }
 
-func (s *Server) count(f func(*counters)) {
+func (s *Server) count(f func(*Stats)) {
 	s.mu.Lock()
 	f(&s.st)
 	s.mu.Unlock()
 }
 
 func (s *Server) fault(w http.ResponseWriter, kind string, status int, body knotError) {
-	s.count(func(c *counters) { c.faulted[kind]++ })
+	s.count(func(st *Stats) { st.Faulted[kind]++ })
 	s.respond(w, status, body)
 }
 
 // respond writes a JSON answer and counts its status.
 func (s *Server) respond(w http.ResponseWriter, status int, body any) {
-	s.count(func(c *counters) { c.byStatus[strconv.Itoa(status)]++ })
-	writeJSON(w, status, body)
-}
-
-func writeJSON(w http.ResponseWriter, status int, body any) {
-	b, err := json.Marshal(body)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	w.Write(b)
-}
-
-// sleep waits d, or until the client goes away (then it returns false).
-func sleep(r *http.Request, d time.Duration) bool {
-	if d <= 0 {
-		return true
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-r.Context().Done():
-		return false
-	}
+	s.count(func(st *Stats) { st.ByStatus[strconv.Itoa(status)]++ })
+	fakekit.WriteJSON(w, status, body)
 }
 
 // Faults are injected into /user/delete calls. Rates are shares in [0, 1].
@@ -412,90 +344,24 @@ type Faults struct {
 	EmptyOKRate float64 `json:"empty_ok_rate"`
 }
 
+func (f Faults) rates() fakekit.Rates {
+	return fakekit.Rates{"error": f.ErrorRate, "rate_limit": f.RateLimitRate, "hang": f.HangRate,
+		"bad_gateway": f.BadGatewayRate, "truncated": f.TruncatedRate, "empty_ok": f.EmptyOKRate}
+}
+
 // Validate reports a rate outside [0, 1], rates that sum above 1, or a
 // negative duration, naming the field.
 func (f Faults) Validate() error {
-	sum := 0.0
-	for _, r := range []struct {
-		name string
-		v    float64
-	}{
-		{"error_rate", f.ErrorRate}, {"rate_limit_rate", f.RateLimitRate}, {"hang_rate", f.HangRate},
-		{"bad_gateway_rate", f.BadGatewayRate}, {"truncated_rate", f.TruncatedRate}, {"empty_ok_rate", f.EmptyOKRate},
-	} {
-		if math.IsNaN(r.v) || r.v < 0 || r.v > 1 {
-			return fmt.Errorf("%s must be between 0 and 1, got %v", r.name, r.v)
-		}
-		sum += r.v
-	}
-	if sum > 1+1e-9 {
-		return fmt.Errorf("fault rates add up to %v; they are shares of the same calls and must not exceed 1", sum)
-	}
-	for _, d := range []struct {
-		name string
-		v    Duration
-	}{{"retry_after", f.RetryAfter}, {"latency", f.Latency}, {"latency_jitter", f.LatencyJitter}} {
-		if d.v < 0 {
-			return fmt.Errorf("%s must not be negative, got %v", d.name, time.Duration(d.v))
-		}
-	}
-	return nil
+	return fakekit.Check("", f.rates(), map[string]Duration{
+		"retry_after": f.RetryAfter, "latency": f.Latency, "latency_jitter": f.LatencyJitter})
 }
 
 // roll maps a uniform draw u in [0,1) to a fault kind, or "" for none.
-func (f Faults) roll(u float64) string {
-	for _, k := range []struct {
-		kind string
-		rate float64
-	}{
-		{"hang", f.HangRate}, {"bad_gateway", f.BadGatewayRate}, {"rate_limit", f.RateLimitRate},
-		{"error", f.ErrorRate}, {"truncated", f.TruncatedRate}, {"empty_ok", f.EmptyOKRate},
-	} {
-		if k.rate > 0 && u < k.rate {
-			return k.kind
-		}
-		u -= max(k.rate, 0)
-	}
-	return ""
-}
-
-func (f Faults) latency() time.Duration {
-	d := time.Duration(f.Latency)
-	if j := time.Duration(f.LatencyJitter); j > 0 {
-		d += rand.N(j + 1)
-	}
-	return d
-}
-
-func (f Faults) retryAfterSeconds() int64 {
-	secs := int64(math.Ceil(time.Duration(f.RetryAfter).Seconds()))
-	return max(secs, 1)
-}
+func (f Faults) roll(u float64) string { return fakekit.Roll(f.rates(), u) }
 
 // Duration is a time.Duration that reads and writes JSON as a Go duration
 // string ("250ms", "1m30s").
-type Duration time.Duration
-
-func (d Duration) String() string { return time.Duration(d).String() }
-
-// MarshalJSON writes the duration as a string.
-func (d Duration) MarshalJSON() ([]byte, error) {
-	return json.Marshal(time.Duration(d).String())
-}
-
-// UnmarshalJSON reads a Go duration string.
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("duration must be a string like \"250ms\", got %s", b)
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return err
-	}
-	*d = Duration(v)
-	return nil
-}
+type Duration = fakekit.Duration
 
 // Stats is what the fake saw. All counts are since New or the last Reset.
 type Stats struct {
@@ -534,27 +400,15 @@ type Stats struct {
 // Stats returns a snapshot.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
-	c := s.st
-	st := Stats{
-		Calls:            c.calls,
-		ByStatus:         maps.Clone(c.byStatus),
-		Deleted:          c.deleted,
-		NotFound:         c.notFound,
-		DuplicateDeletes: c.duplicateDeletes,
-		BadCredentials:   c.badCredentials,
-		InvalidRequests:  c.invalidRequests,
-		Faulted:          maps.Clone(c.faulted),
-		EarlyRetries:     c.earlyRetries,
-	}
-	arrivals := slices.Clone(c.arrivals)
+	st := s.st
+	st.ByStatus, st.Faulted = maps.Clone(st.ByStatus), maps.Clone(st.Faulted)
 	s.mu.Unlock()
 
+	arrivals := s.Arrivals()
 	st.PerSecond = []int64{}
 	if len(arrivals) == 0 {
 		return st
 	}
-	// Concurrent calls append slightly out of order.
-	slices.SortFunc(arrivals, func(a, b time.Time) int { return a.Compare(b) })
 	st.FirstCall, st.LastCall = arrivals[0], arrivals[len(arrivals)-1]
 	st.BusiestSecond = busiestSecond(arrivals)
 	st.PerSecond = make([]int64, int(st.LastCall.Sub(st.FirstCall)/time.Second)+1)
@@ -570,7 +424,7 @@ func (s *Server) Stats() Stats {
 // its arrival, before its latency and whatever it is answered.
 func (s *Server) Arrivals() []time.Time {
 	s.mu.Lock()
-	arrivals := slices.Clone(s.st.arrivals)
+	arrivals := slices.Clone(s.arrivals)
 	s.mu.Unlock()
 	// Concurrent calls append slightly out of order.
 	slices.SortFunc(arrivals, func(a, b time.Time) int { return a.Compare(b) })

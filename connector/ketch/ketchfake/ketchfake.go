@@ -17,6 +17,7 @@
 package ketchfake
 
 import (
+	"cmp"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
@@ -32,6 +33,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/erasure-worker/erasure-worker/internal/fakekit"
 )
 
 // Options configures a Server.
@@ -58,18 +61,18 @@ type Options struct {
 
 // Server is the fake. It implements http.Handler and is safe for concurrent use.
 type Server struct {
+	admin         *fakekit.Admin[Faults]
 	space, tenant string
 	perRequest    int
 	now           func() time.Time
 	client        *http.Client
 
-	mu     sync.Mutex
-	base   string
-	faults Faults
-	reqs   map[string]*request
+	mu   sync.Mutex
+	base string
+	reqs map[string]*request
 	// tokens maps a callback credential to its request and callback.
 	tokens map[string]callbackRef
-	st     counters
+	st     Stats // counts; the UIDs* are counted at read time
 }
 
 type callbackRef struct {
@@ -95,51 +98,15 @@ type callback struct {
 	notBefore      time.Time
 }
 
-type counters struct {
-	pushed             int64
-	responses          map[string]int64
-	malformedResponses int64
-	callbacks          int64
-	events             int64
-	eventsByPair       map[string]int64
-	finals             int64
-	duplicateFinals    int64
-	afterFinal         int64
-	badCredentials     int64
-	faulted            map[string]int64
-	earlyRetries       int64
-	malformed          int64
-	malformedByField   map[string]int64
-	firstEvent         time.Time
-	lastEvent          time.Time
-	firstPush          time.Time
-	lastPush           time.Time
-}
-
-func newCounters() counters {
-	return counters{responses: map[string]int64{}, eventsByPair: map[string]int64{},
-		faulted: map[string]int64{}, malformedByField: map[string]int64{}}
-}
-
 // New returns a fake Ketch.
 func New(opts Options) *Server {
 	s := &Server{
-		space:      opts.IdentitySpace,
-		tenant:     opts.Tenant,
+		space:      cmp.Or(opts.IdentitySpace, "account_id"),
+		tenant:     cmp.Or(opts.Tenant, "ketchfake"),
 		perRequest: opts.CallbacksPerRequest,
 		now:        opts.Now,
 		client:     opts.Client,
 		base:       strings.TrimRight(opts.CallbackBaseURL, "/"),
-		faults:     opts.Faults,
-		reqs:       map[string]*request{},
-		tokens:     map[string]callbackRef{},
-		st:         newCounters(),
-	}
-	if s.space == "" {
-		s.space = "account_id"
-	}
-	if s.tenant == "" {
-		s.tenant = "ketchfake"
 	}
 	if s.perRequest <= 0 {
 		s.perRequest = 2
@@ -151,6 +118,23 @@ func New(opts Options) *Server {
 	if s.client == nil {
 		s.client = &http.Client{Timeout: 30 * time.Second}
 	}
+	s.Reset()
+	wire := http.NewServeMux()
+	wire.HandleFunc("/callbacks/{name...}", s.serveCallback)
+	wire.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "Not found", nil)
+	})
+	s.admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() },
+		Reset: s.Reset, Now: s.now, ErrorKey: "error", ResetNoContent: true})
+	s.admin.HandleFunc("POST /_fake/push", s.servePush)
+	s.admin.HandleFunc("GET /_fake/requests/{uid}", func(w http.ResponseWriter, r *http.Request) {
+		rec, ok := s.Request(r.PathValue("uid"))
+		if !ok {
+			s.admin.Refuse(w, http.StatusNotFound, "no request with this uid")
+			return
+		}
+		fakekit.WriteJSON(w, http.StatusOK, rec)
+	})
 	return s
 }
 
@@ -162,18 +146,10 @@ func (s *Server) SetCallbackBaseURL(base string) {
 }
 
 // SetFaults replaces all faults.
-func (s *Server) SetFaults(f Faults) {
-	s.mu.Lock()
-	s.faults = f
-	s.mu.Unlock()
-}
+func (s *Server) SetFaults(f Faults) { s.admin.SetFaults(f) }
 
 // Faults returns the faults in force.
-func (s *Server) Faults() Faults {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.faults
-}
+func (s *Server) Faults() Faults { return s.admin.Faults() }
 
 // Reset forgets every request (their callbacks' credentials with them) and clears the stats;
 // faults stay.
@@ -182,27 +158,17 @@ func (s *Server) Reset() {
 	defer s.mu.Unlock()
 	s.reqs = map[string]*request{}
 	s.tokens = map[string]callbackRef{}
-	s.st = newCounters()
+	s.st = Stats{Responses: map[string]int64{}, EventsByPair: map[string]int64{}, Faulted: map[string]int64{}, MalformedByField: map[string]int64{}}
 }
 
 // ServeHTTP serves the callbacks (POST /callbacks/{name}) and the unauthenticated /_fake/ admin
-// endpoints.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	switch {
-	case strings.HasPrefix(r.URL.Path, callbackPath):
-		s.serveCallback(w, r, strings.TrimPrefix(r.URL.Path, callbackPath))
-	case strings.HasPrefix(r.URL.Path, adminPath):
-		s.serveAdmin(w, r)
-	default:
-		writeError(w, http.StatusNotFound, "not_found", "Not found", nil)
-	}
-}
+// endpoints: GET stats, GET and PUT faults, POST reset, POST push and GET requests/{uid}.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.admin.ServeHTTP(w, r) }
 
 const (
 	// maxCallbacksPerRequest caps Options.CallbacksPerRequest at what package ketch accepts.
 	maxCallbacksPerRequest = 16
 	callbackPath           = "/callbacks/"
-	adminPath              = "/_fake/"
 	// maxEventBody bounds a callback body: Ketch limits the data of all callbacks to 1 MB.
 	maxEventBody = 1 << 20
 )
@@ -247,45 +213,23 @@ type metadata struct {
 }
 
 func writeError(w http.ResponseWriter, code int, status, message string, md *metadata) {
-	writeJSON(w, code, ketchError{APIVersion: "dsr/v1", Kind: "Error", Metadata: md,
+	fakekit.WriteJSON(w, code, ketchError{APIVersion: "dsr/v1", Kind: "Error", Metadata: md,
 		Error: errorBody{Code: code, Status: status, Message: message}})
 }
 
-func writeJSON(w http.ResponseWriter, status int, body any) {
-	b, err := json.Marshal(body)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	w.Write(b)
-}
-
-// span widens [first, last] to hold t; concurrent calls take the lock out of order.
-func span(first, last, t time.Time) (time.Time, time.Time) {
-	if first.IsZero() || t.Before(first) {
-		first = t
-	}
-	if t.After(last) {
-		last = t
-	}
-	return first, last
-}
-
-func (s *Server) count(f func(*counters)) {
+func (s *Server) count(f func(*Stats)) {
 	s.mu.Lock()
 	f(&s.st)
 	s.mu.Unlock()
 }
 
-func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request, name string) {
+func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request) {
 	arrived := s.now()
-	s.count(func(c *counters) {
-		c.callbacks++
-		c.firstEvent, c.lastEvent = span(c.firstEvent, c.lastEvent, arrived)
+	s.count(func(st *Stats) {
+		st.Callbacks++
+		st.FirstCallback, st.LastCallback = fakekit.Span(st.FirstCallback, st.LastCallback, arrived)
 	})
-	index, known := callbackIndex(name)
+	index, known := callbackIndex(r.PathValue("name"))
 	if !known {
 		writeError(w, http.StatusNotFound, "not_found", "no such callback", nil)
 		return
@@ -297,14 +241,14 @@ func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request, name stri
 	}
 	body, bodyErr := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxEventBody))
 
+	f := s.Faults()
 	s.mu.Lock()
-	f := s.faults
 	ref, tokenKnown := s.lookup(r.Header.Get(callbackHeader(index)))
 	authorized := tokenKnown && ref.index == index
 	if authorized {
 		if cb := s.reqs[ref.uid].callbacks[index]; !cb.notBefore.IsZero() {
 			if arrived.Before(cb.notBefore) {
-				s.st.earlyRetries++
+				s.st.EarlyRetries++
 			} else {
 				cb.notBefore = time.Time{}
 			}
@@ -312,8 +256,8 @@ func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request, name stri
 	}
 	s.mu.Unlock()
 
-	if !sleep(r, f.latency()) {
-		abort()
+	if !fakekit.Sleep(r, fakekit.Latency(f.Latency, f.LatencyJitter)) {
+		fakekit.Abort()
 	}
 	now := s.now()
 	switch {
@@ -324,24 +268,23 @@ func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request, name stri
 		s.fault(w, "reject_credentials", http.StatusUnauthorized, "forbidden", "operation is not authorized")
 		return
 	case !authorized:
-		s.count(func(c *counters) { c.badCredentials++ })
+		s.count(func(st *Stats) { st.BadCredentials++ })
 		writeError(w, http.StatusUnauthorized, "forbidden", "operation is not authorized", nil)
 		return
 	}
 
-	switch kind := f.roll(randv2.Float64()); kind {
+	switch kind := fakekit.Roll(f.rates(), randv2.Float64()); kind {
 	case "hang":
-		s.count(func(c *counters) { c.faulted[kind]++ })
-		<-r.Context().Done()
-		abort()
+		s.count(func(st *Stats) { st.Faulted[kind]++ })
+		fakekit.Hang(r)
+		fakekit.Abort()
 	case "rate_limit":
-		wait := f.retryAfterSeconds()
+		wait := fakekit.RetryAfter(w, f.RetryAfter)
 		s.mu.Lock()
 		if rq := s.reqs[ref.uid]; rq != nil {
 			rq.callbacks[index].notBefore = now.Add(time.Duration(wait) * time.Second)
 		}
 		s.mu.Unlock()
-		w.Header().Set("Retry-After", strconv.FormatInt(wait, 10))
 		s.fault(w, kind, http.StatusTooManyRequests, "unavailable", "too many requests")
 		return
 	case "error":
@@ -360,7 +303,7 @@ func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request, name stri
 		if otherKnown {
 			// Another request's event with this request's credential: the forwarder mixed up
 			// whose headers go where.
-			s.count(func(c *counters) { c.badCredentials++ })
+			s.count(func(st *Stats) { st.BadCredentials++ })
 			writeError(w, http.StatusUnauthorized, "forbidden", "operation is not authorized", nil)
 			return
 		}
@@ -370,7 +313,7 @@ func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request, name stri
 		field, reason = "metadata.tenant", "not the request's tenant"
 	}
 	if field != "" {
-		s.count(func(c *counters) { c.malformed++; c.malformedByField[field]++ })
+		s.count(func(st *Stats) { st.MalformedEvents++; st.MalformedByField[field]++ })
 		writeError(w, http.StatusBadRequest, "invalid", field+": "+reason, nil)
 		return
 	}
@@ -380,7 +323,7 @@ func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request, name stri
 	s.mu.Lock()
 	rq := s.reqs[ref.uid]
 	if rq == nil { // reset while this event was in flight: its credential is gone
-		s.st.badCredentials++
+		s.st.BadCredentials++
 		s.mu.Unlock()
 		writeError(w, http.StatusUnauthorized, "forbidden", "operation is not authorized", nil)
 		return
@@ -389,22 +332,22 @@ func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request, name stri
 	closed := cb.finals > 0 || (rq.response != nil && finalStatus(rq.response.Status))
 	cb.events++
 	cb.pairs[pair]++
-	s.st.events++
-	s.st.eventsByPair[pair]++
+	s.st.Events++
+	s.st.EventsByPair[pair]++
 	if closed {
 		cb.afterFinal++
-		s.st.afterFinal++
+		s.st.EventsAfterFinal++
 	}
 	if final {
 		cb.finals++
-		s.st.finals++
+		s.st.FinalEvents++
 		if cb.finals > 1 {
-			s.st.duplicateFinals++
+			s.st.DuplicateFinals++
 		}
 	}
 	reject := closed && f.RejectAfterFinal
 	if reject {
-		s.st.faulted["reject_after_final"]++
+		s.st.Faulted["reject_after_final"]++
 	}
 	s.mu.Unlock()
 
@@ -430,27 +373,8 @@ func (s *Server) lookup(value string) (callbackRef, bool) {
 }
 
 func (s *Server) fault(w http.ResponseWriter, kind string, code int, status, message string) {
-	s.count(func(c *counters) { c.faulted[kind]++ })
+	s.count(func(st *Stats) { st.Faulted[kind]++ })
 	writeError(w, code, status, message, nil)
-}
-
-// abort ends a call without an answer. Returning from the handler instead would send an empty
-// 200, and a hang released by the server's shutdown would count as a delivered event.
-func abort() { panic(http.ErrAbortHandler) }
-
-// sleep waits d, or until the client goes away (then it returns false).
-func sleep(r *http.Request, d time.Duration) bool {
-	if d <= 0 {
-		return true
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-r.Context().Done():
-		return false
-	}
 }
 
 // statusEvent is a DeleteStatusEvent as the fake reads it.
@@ -553,14 +477,7 @@ func pairKey(status, reason string) string {
 }
 
 // newUUID returns a random UUIDv4, as metadata.uid is (Metadata.md).
-func newUUID() string {
-	var b [16]byte
-	rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
-}
+func newUUID() string { return fakekit.NewUUID() }
 
 func newToken() string {
 	var b [16]byte
@@ -622,27 +539,9 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c := s.st
-	st := Stats{
-		RequestsPushed:     c.pushed,
-		Responses:          maps.Clone(c.responses),
-		MalformedResponses: c.malformedResponses,
-		Callbacks:          c.callbacks,
-		Events:             c.events,
-		EventsByPair:       maps.Clone(c.eventsByPair),
-		FinalEvents:        c.finals,
-		DuplicateFinals:    c.duplicateFinals,
-		EventsAfterFinal:   c.afterFinal,
-		BadCredentials:     c.badCredentials,
-		Faulted:            maps.Clone(c.faulted),
-		EarlyRetries:       c.earlyRetries,
-		MalformedEvents:    c.malformed,
-		MalformedByField:   maps.Clone(c.malformedByField),
-		FirstCallback:      c.firstEvent,
-		LastCallback:       c.lastEvent,
-		FirstPush:          c.firstPush,
-		LastPush:           c.lastPush,
-	}
+	st := s.st
+	st.Responses, st.EventsByPair = maps.Clone(st.Responses), maps.Clone(st.EventsByPair)
+	st.Faulted, st.MalformedByField = maps.Clone(st.Faulted), maps.Clone(st.MalformedByField)
 	for _, rq := range s.reqs {
 		switch {
 		case rq.response != nil && finalStatus(rq.response.Status):
@@ -671,3 +570,43 @@ func (s *Server) Stats() Stats {
 	}
 	return st
 }
+
+// Faults are injected into the callbacks the fake serves. Rates are shares in [0, 1] of the
+// events that pass the credential check; a faulted event is not recorded, so its retry counts.
+type Faults struct {
+	// ErrorRate is the share answered 500 with a Ketch Error (status "internal").
+	ErrorRate float64 `json:"error_rate"`
+	// RateLimitRate is the share answered 429 with Retry-After.
+	RateLimitRate float64 `json:"rate_limit_rate"`
+	// RetryAfter is sent on 429s, in whole seconds rounded up (at least 1).
+	RetryAfter Duration `json:"retry_after"`
+	// ConflictRate is the share answered 409 (status "conflict").
+	ConflictRate float64 `json:"conflict_rate"`
+	// HangRate is the share never answered: they block until the client goes away, and end
+	// without an answer (not an empty 200) when the server shuts down.
+	HangRate float64 `json:"hang_rate"`
+	// Latency is added to every callback; LatencyJitter adds a uniform 0..jitter.
+	Latency       Duration `json:"latency"`
+	LatencyJitter Duration `json:"latency_jitter"`
+	// OutageUntil: every callback answers 503 (status "unavailable") until this time.
+	OutageUntil time.Time `json:"outage_until,omitzero"`
+	// RejectCredentials: every callback answers 401, whatever its headers.
+	RejectCredentials bool `json:"reject_credentials"`
+	// RejectAfterFinal: an event after a final one is answered 409 instead of 204. Ketch
+	// documents that it accepts no such event but not how it answers; either way it is counted.
+	RejectAfterFinal bool `json:"reject_after_final"`
+}
+
+func (f Faults) rates() fakekit.Rates {
+	return fakekit.Rates{"error": f.ErrorRate, "rate_limit": f.RateLimitRate, "conflict": f.ConflictRate, "hang": f.HangRate}
+}
+
+// Validate reports a rate outside [0, 1], rates that sum above 1, or a negative duration, naming
+// the field.
+func (f Faults) Validate() error {
+	return fakekit.Check("", f.rates(), map[string]Duration{
+		"retry_after": f.RetryAfter, "latency": f.Latency, "latency_jitter": f.LatencyJitter})
+}
+
+// Duration is a time.Duration that reads and writes JSON as a Go duration string ("250ms").
+type Duration = fakekit.Duration

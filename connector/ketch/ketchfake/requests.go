@@ -2,6 +2,7 @@ package ketchfake
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/erasure-worker/erasure-worker/internal/fakekit"
 )
 
 // RequestOption changes one DeleteRequest the fake builds.
@@ -282,6 +285,47 @@ func readAnswer(resp *http.Response, md metadata) Response {
 	return r
 }
 
+// PushSpec is the body of POST /_fake/push.
+type PushSpec struct {
+	// Target is the forwarder's endpoint ("http://127.0.0.1:8090/v1/ketch").
+	Target string `json:"target"`
+	// AuthHeader and AuthValue are the header Ketch is configured to send; AuthHeader defaults
+	// to "Authorization", an empty AuthValue sends none.
+	AuthHeader string `json:"auth_header"`
+	AuthValue  string `json:"auth_value"`
+	// Count is how many requests to send.
+	Count int `json:"count"`
+	// Prefix starts every identity value; default "user-".
+	Prefix string `json:"prefix"`
+	// IdentitySpace puts the identity in this space instead of the configured one (a forwarder
+	// configured for another space answers denied/insufficient_identification).
+	IdentitySpace string `json:"identity_space"`
+	// Kind replaces "DeleteRequest" (an unknown kind is answered with an Error).
+	Kind string `json:"kind"`
+}
+
+func (s *Server) servePush(w http.ResponseWriter, r *http.Request) {
+	var p PushSpec
+	if err := fakekit.DecodeStrict(r.Body, &p); err != nil {
+		s.admin.Refuse(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	var opts []RequestOption
+	if p.IdentitySpace != "" {
+		opts = append(opts, InSpace(p.IdentitySpace))
+	}
+	if p.Kind != "" {
+		opts = append(opts, Kind(p.Kind))
+	}
+	res, err := s.Push(r.Context(), p.Target, cmp.Or(p.AuthHeader, "Authorization"), p.AuthValue, p.Count, cmp.Or(p.Prefix, "user-"), opts...)
+	if err != nil && res.Sent == 0 {
+		// Argument errors name the JSON field; none quotes auth_value.
+		s.admin.Refuse(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	fakekit.WriteJSON(w, http.StatusOK, res)
+}
+
 // PushResult is what one Push did.
 type PushResult struct {
 	Sent int `json:"sent"`
@@ -364,9 +408,9 @@ feed:
 
 func (s *Server) send(ctx context.Context, target, authHeader, authValue, uid string, body []byte) Response {
 	now := s.now()
-	s.count(func(c *counters) {
-		c.pushed++
-		c.firstPush, c.lastPush = span(c.firstPush, c.lastPush, now)
+	s.count(func(st *Stats) {
+		st.RequestsPushed++
+		st.FirstPush, st.LastPush = fakekit.Span(st.FirstPush, st.LastPush, now)
 	})
 	var ans Response
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
@@ -386,9 +430,9 @@ func (s *Server) send(ctx context.Context, target, authHeader, authValue, uid st
 	if rq := s.reqs[uid]; rq != nil {
 		rq.response = &ans
 	}
-	s.st.responses[ans.key()]++
+	s.st.Responses[ans.key()]++
 	if ans.Malformed != "" {
-		s.st.malformedResponses++
+		s.st.MalformedResponses++
 	}
 	s.mu.Unlock()
 	return ans

@@ -17,12 +17,11 @@ import (
 	crand "crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
-	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -31,6 +30,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/erasure-worker/erasure-worker/internal/fakekit"
 )
 
 // Options configures a Server.
@@ -92,44 +93,51 @@ type entry struct {
 
 // Server is the fake. It implements http.Handler and is safe for concurrent use.
 type Server struct {
+	admin             *fakekit.Admin[Faults]
 	apiKey, sombraKey []byte
 	silo              string
 	now               func() time.Time
 
 	mu      sync.Mutex
-	faults  Faults
 	items   []*entry // oldest first, as the reference lists them
 	byNonce map[string]*entry
 	seq     int64 // numbers generated identifiers
-	st      counters
-}
-
-type counters struct {
-	pulls, itemsServed, invalidPulls                 int64
-	reports, duplicateReports, badNonces, mismatched int64
-	malformedReports, badCredentials, unknownSilos   int64
-	byEffective, byStatus, faulted                   map[string]int64
-	firstCall, lastCall                              time.Time
-}
-
-func newCounters() counters {
-	return counters{byEffective: map[string]int64{}, byStatus: map[string]int64{}, faulted: map[string]int64{}}
+	st      Stats // counts; the items' states are counted at read time
 }
 
 // New returns a fake Sombra gateway with no items.
 func New(opts Options) *Server {
-	s := &Server{
-		apiKey:    []byte(opts.APIKey),
-		sombraKey: []byte(opts.SombraKey),
-		silo:      opts.DataSiloID,
-		now:       opts.Now,
-		faults:    opts.Faults,
-		byNonce:   map[string]*entry{},
-		st:        newCounters(),
-	}
+	s := &Server{apiKey: []byte(opts.APIKey), sombraKey: []byte(opts.SombraKey), silo: opts.DataSiloID, now: opts.Now}
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.Reset()
+	wire := http.NewServeMux()
+	wire.HandleFunc("/v1/data-silo", s.serveReport)
+	wire.HandleFunc("/v1/data-silo/{silo}/pending-requests/{type}", s.servePull)
+	wire.HandleFunc("/v1/data-silo/", func(w http.ResponseWriter, r *http.Request) {
+		s.arrive()
+		s.respond(w, "pull", http.StatusNotFound, message("Not Found"))
+	})
+	wire.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fakekit.WriteJSON(w, http.StatusNotFound, message("Not Found"))
+	})
+	s.admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() }, Reset: s.Reset, Now: s.now})
+	// POST /_fake/items {"count":N,"prefix":"p","days_until_overdue":30} adds N pending items
+	// p-000001, … and answers {"added":N,"pending":M}; GET /_fake/items lists every item with
+	// its state and reports.
+	s.admin.HandleFunc("POST /_fake/items", func(w http.ResponseWriter, r *http.Request) {
+		req, err := decodeGenerate(r.Body)
+		if err != nil {
+			s.admin.Refuse(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		added := s.Generate(req.Count, req.Prefix, *req.DaysUntilOverdue)
+		fakekit.WriteJSON(w, http.StatusOK, map[string]int64{"added": int64(len(added)), "pending": s.Stats().ItemsPending})
+	})
+	s.admin.HandleFunc("GET /_fake/items", func(w http.ResponseWriter, _ *http.Request) {
+		fakekit.WriteJSON(w, http.StatusOK, s.itemViews())
+	})
 	return s
 }
 
@@ -143,7 +151,7 @@ func (s *Server) Add(items ...Item) []Item {
 	out := make([]Item, 0, len(items))
 	for _, it := range items {
 		if it.RequestID == "" {
-			it.RequestID = newUUID()
+			it.RequestID = fakekit.NewUUID()
 		}
 		if it.Nonce == "" {
 			it.Nonce = newNonce()
@@ -182,15 +190,6 @@ func (s *Server) Generate(count int, prefix string, daysUntilOverdue float64) []
 
 func days(d float64) time.Duration { return time.Duration(d * float64(24*time.Hour)) }
 
-func newUUID() string {
-	var b [16]byte
-	crand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
-}
-
 // newNonce looks like Transcend's: a JWT, three base64url parts.
 func newNonce() string {
 	var p, sig [24]byte
@@ -227,46 +226,23 @@ func (s *Server) Reports() map[string][]Report {
 }
 
 // SetFaults replaces all faults.
-func (s *Server) SetFaults(f Faults) {
-	s.mu.Lock()
-	s.faults = f
-	s.mu.Unlock()
-}
+func (s *Server) SetFaults(f Faults) { s.admin.SetFaults(f) }
 
 // Faults returns the faults in force.
-func (s *Server) Faults() Faults {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.faults
-}
+func (s *Server) Faults() Faults { return s.admin.Faults() }
 
 // Reset forgets every item and clears the stats; faults stay.
 func (s *Server) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.items, s.byNonce, s.seq, s.st = nil, map[string]*entry{}, 0, newCounters()
+	s.items, s.byNonce, s.seq = nil, map[string]*entry{}, 0
+	s.st = Stats{ReportsByProfileStatus: map[string]int64{}, ByStatus: map[string]int64{}, Faulted: map[string]int64{}}
 }
-
-const (
-	reportPath = "/v1/data-silo"
-	siloPrefix = "/v1/data-silo/"
-	adminPath  = "/_fake/"
-)
 
 // ServeHTTP answers GET pending-requests and PUT /v1/data-silo like Sombra, and the
-// unauthenticated /_fake/ admin endpoints.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	switch {
-	case r.URL.Path == reportPath:
-		s.serveReport(w, r)
-	case strings.HasPrefix(r.URL.Path, siloPrefix):
-		s.servePull(w, r)
-	case strings.HasPrefix(r.URL.Path, adminPath):
-		s.serveAdmin(w, r)
-	default:
-		writeJSON(w, http.StatusNotFound, message("Not Found"))
-	}
-}
+// unauthenticated /_fake/ admin endpoints (GET stats, GET/PUT faults, POST reset, GET/POST
+// items).
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.admin.ServeHTTP(w, r) }
 
 type errorBody struct {
 	Message string `json:"message"`
@@ -313,43 +289,21 @@ type wireAttribute struct {
 }
 
 func (s *Server) servePull(w http.ResponseWriter, r *http.Request) {
-	s.arrive()
-	silo, typ, ok := pullRoute(r.URL)
+	f, ok := s.enter(w, r, "pull", http.MethodGet)
 	if !ok {
-		s.respond(w, "pull", http.StatusNotFound, message("Not Found"))
 		return
 	}
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
-		s.respond(w, "pull", http.StatusMethodNotAllowed, message("Method Not Allowed"))
-		return
-	}
-	f := s.Faults().Pull
-	if !sleep(r, time.Duration(f.Latency)) {
-		return
-	}
-	if s.gate(w, r, "pull", f) {
-		return
-	}
-	if silo != s.silo {
-		s.count(func(c *counters) { c.unknownSilos++ })
+	typ := r.PathValue("type")
+	if r.PathValue("silo") != s.silo {
+		s.count(func(st *Stats) { st.UnknownDataSilos++ })
 		s.respond(w, "pull", http.StatusUnauthorized, message("Unauthorized"))
 		return
 	}
-	switch kind := f.roll(rand.Float64()); kind {
-	case "hang":
-		s.count(func(c *counters) { c.faulted["pull_hang"]++ })
-		hang(r)
-		return
-	case "rate_limit":
-		w.Header().Set("Retry-After", strconv.FormatInt(f.retryAfterSeconds(), 10))
-		s.fault(w, "pull", kind, http.StatusTooManyRequests, message("Too Many Requests"))
-		return
-	case "error":
-		s.fault(w, "pull", kind, http.StatusInternalServerError, message("Internal Server Error"))
+	switch kind := s.randomFault(w, r, "pull", f); kind {
+	case "answered":
 		return
 	case "truncated":
-		s.count(func(c *counters) { c.faulted["pull_truncated"]++; c.byStatus["pull 200"]++ })
+		s.count(func(st *Stats) { st.Faulted["pull_truncated"]++; st.ByStatus["pull 200"]++ })
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusOK)
 		io.WriteString(w, `{"items":[{"identifier":"`)
@@ -362,7 +316,7 @@ func (s *Server) servePull(w http.ResponseWriter, r *http.Request) {
 		problem = "type must be one of the DSR types, such as ERASURE"
 	}
 	if problem != "" {
-		s.count(func(c *counters) { c.invalidPulls++ })
+		s.count(func(st *Stats) { st.InvalidPulls++ })
 		s.respond(w, "pull", http.StatusBadRequest, message(problem))
 		return
 	}
@@ -386,8 +340,8 @@ func (s *Server) servePull(w http.ResponseWriter, r *http.Request) {
 			page = append(page, s.wire(e, now))
 		}
 	}
-	s.st.pulls++
-	s.st.itemsServed += int64(len(page))
+	s.st.Pulls++
+	s.st.ItemsServed += int64(len(page))
 	s.mu.Unlock()
 	s.respond(w, "pull", http.StatusOK, struct {
 		Items []wireItem `json:"items"`
@@ -408,20 +362,6 @@ func (s *Server) wire(e *entry, now time.Time) wireItem {
 		Locale:           "en",
 		DataSubjectType:  "customer",
 	}
-}
-
-// pullRoute splits /v1/data-silo/{id}/pending-requests/{type}, unescaping each segment.
-func pullRoute(u *url.URL) (silo, typ string, ok bool) {
-	parts := strings.Split(strings.TrimPrefix(u.EscapedPath(), siloPrefix), "/")
-	if len(parts) != 3 || parts[1] != "pending-requests" {
-		return "", "", false
-	}
-	silo, err1 := url.PathUnescape(parts[0])
-	typ, err2 := url.PathUnescape(parts[2])
-	if err1 != nil || err2 != nil || silo == "" || typ == "" {
-		return "", "", false
-	}
-	return silo, typ, true
 }
 
 // pageQuery reads limit and offset as the reference defines them: whole numbers, limit 1 to
@@ -450,18 +390,9 @@ func pageQuery(q url.Values) (limit, offset int, problem string) {
 const maxReportBody = 1 << 20
 
 func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) {
-	s.arrive()
-	if r.Method != http.MethodPut {
-		// POST /v1/data-silo is the access-request answer; an erasure is confirmed with PUT.
-		w.Header().Set("Allow", http.MethodPut)
-		s.respond(w, "report", http.StatusMethodNotAllowed, message("Method Not Allowed"))
-		return
-	}
-	f := s.Faults().Report
-	if !sleep(r, time.Duration(f.Latency)) {
-		return
-	}
-	if s.gate(w, r, "report", f) {
+	// POST /v1/data-silo is the access-request answer; an erasure is confirmed with PUT.
+	f, ok := s.enter(w, r, "report", http.MethodPut)
+	if !ok {
 		return
 	}
 	nonce := r.Header.Get("X-Transcend-Nonce")
@@ -469,22 +400,13 @@ func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) {
 	e := s.byNonce[nonce]
 	s.mu.Unlock()
 	if e == nil {
-		s.count(func(c *counters) { c.badNonces++ })
+		s.count(func(st *Stats) { st.BadNonces++ })
 		s.respond(w, "report", http.StatusBadRequest, message("x-transcend-nonce is missing or not a nonce of this data silo"))
 		return
 	}
 
-	switch kind := f.roll(rand.Float64()); kind {
-	case "hang":
-		s.count(func(c *counters) { c.faulted["report_hang"]++ })
-		hang(r)
-		return
-	case "rate_limit":
-		w.Header().Set("Retry-After", strconv.FormatInt(f.retryAfterSeconds(), 10))
-		s.fault(w, "report", kind, http.StatusTooManyRequests, message("Too Many Requests"))
-		return
-	case "error":
-		s.fault(w, "report", kind, http.StatusInternalServerError, message("Internal Server Error"))
+	switch kind := s.randomFault(w, r, "report", f); kind {
+	case "answered":
 		return
 	case "conflict":
 		// The request was revoked meanwhile: it leaves the pending list, unreported.
@@ -499,27 +421,27 @@ func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) {
 
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxReportBody))
 	if err != nil {
-		s.count(func(c *counters) { c.malformedReports++ })
+		s.count(func(st *Stats) { st.MalformedReports++ })
 		s.respond(w, "report", http.StatusRequestEntityTooLarge, message("Payload Too Large"))
 		return
 	}
 	rep, problem := parseReport(r.Header.Get("Content-Type"), body)
 	if problem != "" {
-		s.count(func(c *counters) { c.malformedReports++ })
+		s.count(func(st *Stats) { st.MalformedReports++ })
 		s.respond(w, "report", http.StatusBadRequest, message(problem))
 		return
 	}
 
 	s.mu.Lock()
 	if e.state != statePending {
-		s.st.duplicateReports++
+		s.st.DuplicateReports++
 		s.mu.Unlock()
 		s.respond(w, "report", http.StatusConflict, message("Conflict"))
 		return
 	}
 	for _, id := range rep.ProfileIDs {
 		if subtle.ConstantTimeCompare([]byte(id), []byte(e.item.Identifier)) != 1 {
-			s.st.mismatched++
+			s.st.MismatchedProfileIDs++
 			s.mu.Unlock()
 			s.respond(w, "report", http.StatusBadRequest, message("profiles[].profileId is not the identifier of this nonce's request"))
 			return
@@ -530,8 +452,8 @@ func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) {
 	if rep.Effective != "WAITING" && rep.Effective != "ACTION_REQUIRED" {
 		e.state = stateReported
 	}
-	s.st.reports++
-	s.st.byEffective[rep.Effective]++
+	s.st.Reports++
+	s.st.ReportsByProfileStatus[rep.Effective]++
 	s.mu.Unlock()
 	s.respond(w, "report", http.StatusOK, struct{}{})
 }
@@ -617,22 +539,50 @@ func parseReport(contentType string, body []byte) (Report, string) {
 	return rep, ""
 }
 
-// gate applies the faults that come before anything else (outage, rejected credentials) and
-// the credential check. It reports whether it answered.
-func (s *Server) gate(w http.ResponseWriter, r *http.Request, door string, f FaultSet) bool {
+// enter counts a call at a door, refuses any method but the door's, and applies the door's
+// latency, outage, rejected credentials and the credential check. It returns the door's
+// faults, or false when it answered.
+func (s *Server) enter(w http.ResponseWriter, r *http.Request, door, method string) (FaultSet, bool) {
+	s.arrive()
+	f := s.Faults().Pull
+	if door == "report" {
+		f = s.Faults().Report
+	}
 	switch {
+	case r.Method != method:
+		w.Header().Set("Allow", method)
+		s.respond(w, door, http.StatusMethodNotAllowed, message("Method Not Allowed"))
+	case !fakekit.Sleep(r, time.Duration(f.Latency)):
+		// The client went away; nobody to answer.
 	case s.now().Before(f.OutageUntil):
 		s.fault(w, door, "outage", http.StatusInternalServerError, message("Internal Server Error"))
-		return true
 	case f.RejectCredentials:
 		s.fault(w, door, "reject_credentials", http.StatusUnauthorized, message("Unauthorized"))
-		return true
 	case !s.authorized(r):
-		s.count(func(c *counters) { c.badCredentials++ })
+		s.count(func(st *Stats) { st.BadCredentials++ })
 		s.respond(w, door, http.StatusUnauthorized, message("Unauthorized"))
-		return true
+	default:
+		return f, true
 	}
-	return false
+	return f, false
+}
+
+// randomFault draws the door's random fault and answers those both doors have. It returns
+// "answered", the kind left to the door ("truncated", "conflict"), or "" for none.
+func (s *Server) randomFault(w http.ResponseWriter, r *http.Request, door string, f FaultSet) string {
+	switch kind := fakekit.Roll(f.rates(), rand.Float64()); kind {
+	case "hang":
+		s.count(func(st *Stats) { st.Faulted[door+"_hang"]++ })
+		fakekit.Hang(r)
+	case "rate_limit":
+		fakekit.RetryAfter(w, f.RetryAfter)
+		s.fault(w, door, kind, http.StatusTooManyRequests, message("Too Many Requests"))
+	case "error":
+		s.fault(w, door, kind, http.StatusInternalServerError, message("Internal Server Error"))
+	default:
+		return kind
+	}
+	return "answered"
 }
 
 func (s *Server) authorized(r *http.Request) bool {
@@ -652,63 +602,24 @@ func bearer(header string, key []byte) bool {
 
 func (s *Server) arrive() {
 	now := s.now()
-	s.mu.Lock()
-	if s.st.firstCall.IsZero() {
-		s.st.firstCall = now
-	}
-	s.st.lastCall = now
-	s.mu.Unlock()
+	s.count(func(st *Stats) { st.FirstCall, st.LastCall = fakekit.Span(st.FirstCall, st.LastCall, now) })
 }
 
-func (s *Server) count(f func(*counters)) {
+func (s *Server) count(f func(*Stats)) {
 	s.mu.Lock()
 	f(&s.st)
 	s.mu.Unlock()
 }
 
 func (s *Server) fault(w http.ResponseWriter, door, kind string, status int, body any) {
-	s.count(func(c *counters) { c.faulted[door+"_"+kind]++ })
+	s.count(func(st *Stats) { st.Faulted[door+"_"+kind]++ })
 	s.respond(w, door, status, body)
 }
 
 // respond writes a JSON answer and counts its status by door ("pull 200", "report 409").
 func (s *Server) respond(w http.ResponseWriter, door string, status int, body any) {
-	s.count(func(c *counters) { c.byStatus[door+" "+strconv.Itoa(status)]++ })
-	writeJSON(w, status, body)
-}
-
-func writeJSON(w http.ResponseWriter, status int, body any) {
-	b, err := json.Marshal(body)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	w.Write(b)
-}
-
-// hang never answers: it waits until the client goes away (or the server's base context ends).
-// The body is read first: net/http notices a closed connection only once the handler has
-// consumed the body.
-func hang(r *http.Request) {
-	io.Copy(io.Discard, io.LimitReader(r.Body, maxReportBody))
-	<-r.Context().Done()
-}
-
-// sleep waits d, or until the client goes away (then it returns false).
-func sleep(r *http.Request, d time.Duration) bool {
-	if d <= 0 {
-		return true
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-r.Context().Done():
-		return false
-	}
+	s.count(func(st *Stats) { st.ByStatus[door+" "+strconv.Itoa(status)]++ })
+	fakekit.WriteJSON(w, status, body)
 }
 
 // Stats is what the fake saw. Counts are since New or the last Reset.
@@ -753,15 +664,8 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c := s.st
-	st := Stats{
-		Pulls: c.pulls, ItemsServed: c.itemsServed, InvalidPulls: c.invalidPulls,
-		Reports: c.reports, ReportsByProfileStatus: maps.Clone(c.byEffective),
-		DuplicateReports: c.duplicateReports, BadNonces: c.badNonces, MismatchedProfileIDs: c.mismatched,
-		MalformedReports: c.malformedReports, BadCredentials: c.badCredentials, UnknownDataSilos: c.unknownSilos,
-		ByStatus: maps.Clone(c.byStatus), Faulted: maps.Clone(c.faulted),
-		FirstCall: c.firstCall, LastCall: c.lastCall,
-	}
+	st := s.st
+	st.ReportsByProfileStatus, st.ByStatus, st.Faulted = maps.Clone(st.ReportsByProfileStatus), maps.Clone(st.ByStatus), maps.Clone(st.Faulted)
 	for _, e := range s.items {
 		switch e.state {
 		case statePending:
@@ -841,72 +745,47 @@ func (f Faults) Validate() error {
 }
 
 func (f FaultSet) validate(door string) error {
-	sum := 0.0
-	for _, r := range []struct {
-		name string
-		v    float64
-	}{
-		{"error_rate", f.ErrorRate}, {"rate_limit_rate", f.RateLimitRate}, {"hang_rate", f.HangRate},
-		{"truncated_rate", f.TruncatedRate}, {"conflict_rate", f.ConflictRate},
-	} {
-		if math.IsNaN(r.v) || r.v < 0 || r.v > 1 {
-			return fmt.Errorf("%s.%s must be between 0 and 1, got %v", door, r.name, r.v)
-		}
-		sum += r.v
-	}
-	if sum > 1+1e-9 {
-		return fmt.Errorf("%s: fault rates add up to %v; they are shares of the same calls and must not exceed 1", door, sum)
-	}
-	for _, d := range []struct {
-		name string
-		v    Duration
-	}{{"retry_after", f.RetryAfter}, {"latency", f.Latency}} {
-		if d.v < 0 {
-			return fmt.Errorf("%s.%s must not be negative, got %v", door, d.name, time.Duration(d.v))
-		}
-	}
-	return nil
+	return fakekit.Check(door, f.rates(), map[string]Duration{"retry_after": f.RetryAfter, "latency": f.Latency})
 }
 
-// roll maps a uniform draw u in [0,1) to a fault kind, or "" for none.
-func (f FaultSet) roll(u float64) string {
-	for _, k := range []struct {
-		kind string
-		rate float64
-	}{
-		{"hang", f.HangRate}, {"rate_limit", f.RateLimitRate}, {"error", f.ErrorRate},
-		{"truncated", f.TruncatedRate}, {"conflict", f.ConflictRate},
-	} {
-		if k.rate > 0 && u < k.rate {
-			return k.kind
-		}
-		u -= max(k.rate, 0)
-	}
-	return ""
-}
-
-func (f FaultSet) retryAfterSeconds() int64 {
-	return max(int64(math.Ceil(time.Duration(f.RetryAfter).Seconds())), 1)
+func (f FaultSet) rates() fakekit.Rates {
+	return fakekit.Rates{"error": f.ErrorRate, "rate_limit": f.RateLimitRate, "hang": f.HangRate,
+		"truncated": f.TruncatedRate, "conflict": f.ConflictRate}
 }
 
 // Duration is a time.Duration that reads and writes JSON as a Go duration string ("250ms").
-type Duration time.Duration
+type Duration = fakekit.Duration
 
-func (d Duration) String() string { return time.Duration(d).String() }
+// maxGenerated bounds one POST /_fake/items.
+const maxGenerated = 1_000_000
 
-// MarshalJSON writes the duration as a string.
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
-
-// UnmarshalJSON reads a Go duration string.
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("duration must be a string like \"250ms\", got %s", b)
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return err
-	}
-	*d = Duration(v)
-	return nil
+type generateRequest struct {
+	Count            int      `json:"count"`
+	Prefix           string   `json:"prefix"`
+	DaysUntilOverdue *float64 `json:"days_until_overdue"`
 }
+
+func decodeGenerate(body io.Reader) (generateRequest, error) {
+	var req generateRequest
+	if err := fakekit.DecodeStrict(body, &req); err != nil {
+		return req, fmt.Errorf("items: %v", err)
+	}
+	if req.Prefix == "" {
+		req.Prefix = "user"
+	}
+	if req.DaysUntilOverdue == nil {
+		thirty := 30.0
+		req.DaysUntilOverdue = &thirty
+	}
+	switch {
+	case req.Count < 1 || req.Count > maxGenerated:
+		return req, fmt.Errorf("items: count must be between 1 and %d, got %d", maxGenerated, req.Count)
+	case len(req.Prefix) > 64 || strings.ContainsFunc(req.Prefix, isControl):
+		return req, errors.New("items: prefix must be at most 64 bytes without control characters")
+	case *req.DaysUntilOverdue < -36500 || *req.DaysUntilOverdue > 36500:
+		return req, errors.New("items: days_until_overdue must be within 36500 days either way")
+	}
+	return req, nil
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }

@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"math"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -28,6 +27,7 @@ import (
 	"time"
 
 	"github.com/erasure-worker/erasure-worker/connector/webhook"
+	"github.com/erasure-worker/erasure-worker/internal/fakekit"
 )
 
 // Options configures a Server.
@@ -48,35 +48,18 @@ type Options struct {
 
 // Server is the fake receiver. It implements http.Handler and is safe for concurrent use.
 type Server struct {
+	admin           *fakekit.Admin[Faults]
 	secret          string
 	now             func() time.Time
 	tolerance       time.Duration
 	looksLikeUserID func(string) bool
 
-	mu     sync.Mutex
-	faults Faults
-	st     counters
+	mu sync.Mutex
+	st Stats
 	// ids holds the first accepted event of every webhook-id; refs every accepted delivery per
 	// request_ref, repeats included.
 	ids  map[string]Event
 	refs map[string][]Event
-}
-
-type counters struct {
-	messages, valid, accepted                 int64
-	badSignatures, staleTimestamps, malformed int64
-	violations                                int64
-	duplicateIDs, conflictingIDs              int64
-	malformedReasons, byStatus, faulted       map[string]int64
-	byType, byOutcome                         map[string]int64
-	first, last                               time.Time
-}
-
-func newCounters() counters {
-	return counters{
-		malformedReasons: map[string]int64{}, byStatus: map[string]int64{}, faulted: map[string]int64{},
-		byType: map[string]int64{}, byOutcome: map[string]int64{},
-	}
 }
 
 // New returns a fake receiver. It fails when the secret is not a valid whsec_ secret or the
@@ -89,48 +72,42 @@ func New(opts Options) (*Server, error) {
 	if err := opts.Faults.Validate(); err != nil {
 		return nil, fmt.Errorf("faults: %w", err)
 	}
-	s := &Server{
-		secret:          opts.Secret,
-		now:             opts.Now,
-		tolerance:       opts.Tolerance,
-		looksLikeUserID: opts.LooksLikeUserID,
-		faults:          opts.Faults,
-	}
+	s := &Server{secret: opts.Secret, now: opts.Now, tolerance: opts.Tolerance, looksLikeUserID: opts.LooksLikeUserID}
 	if s.now == nil {
 		s.now = time.Now
 	}
 	if s.tolerance <= 0 {
 		s.tolerance = webhook.DefaultTolerance
 	}
-	s.resetLocked()
+	s.Reset()
+	s.admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{
+		Wire: http.HandlerFunc(s.serveMessage), Stats: func() any { return s.Stats() }, Reset: s.Reset, Now: s.now})
+	// GET /_fake/events?request_ref=REF: {"request_ref":REF,"events":[...]}, every accepted delivery.
+	s.admin.HandleFunc("GET /_fake/events", func(w http.ResponseWriter, r *http.Request) {
+		ref := r.URL.Query().Get("request_ref")
+		if ref == "" {
+			s.admin.Refuse(w, http.StatusBadRequest, "request_ref: missing from the query")
+			return
+		}
+		fakekit.WriteJSON(w, http.StatusOK, map[string]any{"request_ref": ref, "events": append([]Event{}, s.Events(ref)...)})
+	})
 	return s, nil
 }
 
-func (s *Server) resetLocked() {
-	s.st = newCounters()
-	s.ids = map[string]Event{}
-	s.refs = map[string][]Event{}
-}
-
 // SetFaults replaces all faults.
-func (s *Server) SetFaults(f Faults) {
-	s.mu.Lock()
-	s.faults = f
-	s.mu.Unlock()
-}
+func (s *Server) SetFaults(f Faults) { s.admin.SetFaults(f) }
 
 // Faults returns the faults in force.
-func (s *Server) Faults() Faults {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.faults
-}
+func (s *Server) Faults() Faults { return s.admin.Faults() }
 
 // Reset forgets every message and event; faults stay.
 func (s *Server) Reset() {
 	s.mu.Lock()
-	s.resetLocked()
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	s.st = Stats{MalformedReasons: map[string]int64{}, ByStatus: map[string]int64{}, Faulted: map[string]int64{},
+		ByType: map[string]int64{}, ByOutcome: map[string]int64{}}
+	s.ids = map[string]Event{}
+	s.refs = map[string][]Event{}
 }
 
 // Event is one accepted delivery of an outcome webhook.
@@ -162,34 +139,21 @@ func (s *Server) Events(requestRef string) []Event {
 	return slices.Clone(s.refs[requestRef])
 }
 
-const adminPath = "/_fake/"
-
 // maxBody bounds what is read; the spec recommends bodies under 20 kB.
 const maxBody = 1 << 20
 
 // ServeHTTP receives outcome webhooks on every path outside /_fake/, and serves the admin
-// endpoints under it.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if strings.HasPrefix(r.URL.Path, adminPath) {
-		s.serveAdmin(w, r)
-		return
-	}
-	s.serveMessage(w, r)
-}
+// endpoints under it (GET stats, GET/PUT faults, GET events, POST reset).
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.admin.ServeHTTP(w, r) }
 
 func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
 	arrived := s.now()
 	body, readErr := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	s.mu.Lock()
-	s.st.messages++
-	if s.st.first.IsZero() || arrived.Before(s.st.first) {
-		s.st.first = arrived
-	}
-	if arrived.After(s.st.last) {
-		s.st.last = arrived
-	}
-	f := s.faults
-	s.mu.Unlock()
+	s.count(func(st *Stats) {
+		st.Messages++
+		st.FirstMessage, st.LastMessage = fakekit.Span(st.FirstMessage, st.LastMessage, arrived)
+	})
+	f := s.Faults()
 
 	switch {
 	case r.Method != http.MethodPost:
@@ -213,11 +177,11 @@ func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
 
 	if err := webhook.Verify(s.secret, r.Header, body, now, s.tolerance); err != nil {
 		stale := errors.Is(err, webhook.ErrStaleTimestamp)
-		s.count(func(c *counters) {
+		s.count(func(st *Stats) {
 			if stale {
-				c.staleTimestamps++
+				st.StaleTimestamps++
 			} else {
-				c.badSignatures++
+				st.BadSignatures++
 			}
 		})
 		// The reason names the header at fault; it holds no signature or secret.
@@ -230,7 +194,7 @@ func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
 	var v *violation
 	switch {
 	case errors.As(err, &v):
-		s.count(func(c *counters) { c.violations++ })
+		s.count(func(st *Stats) { st.Violations++ })
 		s.respond(w, http.StatusBadRequest, err.Error())
 		return
 	case err != nil:
@@ -240,25 +204,23 @@ func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
 	ev.WebhookID = r.Header.Get(webhook.HeaderID)
 	ev.SentAt = time.Unix(sentAt, 0).UTC()
 	ev.ReceivedAt = arrived
-	s.count(func(c *counters) { c.valid++ })
+	s.count(func(st *Stats) { st.Valid++ })
 
 	// One draw decides among the random faults, so each rate is the share of valid messages
 	// that get that fault (as long as they sum to <= 1).
-	switch kind := f.roll(rand.Float64()); kind {
+	switch kind := fakekit.Roll(f.rates(), rand.Float64()); kind {
 	case "hang":
-		s.count(func(c *counters) { c.faulted[kind]++ })
-		<-r.Context().Done()
-		// Returning would let net/http answer 200 for us when the hang ends at shutdown, and
-		// the sender would count as delivered what was never processed: drop the connection.
-		panic(http.ErrAbortHandler)
+		s.count(func(st *Stats) { st.Faulted[kind]++ })
+		fakekit.Hang(r)
+		fakekit.Abort()
 	case "lost_answer":
 		// Processed, but the answer never reaches the sender: it will retry with the same
 		// webhook-id, and that repeat is legitimate.
 		s.accept(ev)
-		s.count(func(c *counters) { c.faulted[kind]++ })
-		panic(http.ErrAbortHandler)
+		s.count(func(st *Stats) { st.Faulted[kind]++ })
+		fakekit.Abort()
 	case "rate_limit":
-		w.Header().Set("Retry-After", strconv.FormatInt(f.retryAfterSeconds(), 10))
+		fakekit.RetryAfter(w, f.RetryAfter)
 		s.fault(w, kind, http.StatusTooManyRequests, "slow down")
 		return
 	case "conflict":
@@ -269,7 +231,7 @@ func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.accept(ev)
-	s.count(func(c *counters) { c.byStatus["204"]++ })
+	s.count(func(st *Stats) { st.ByStatus["204"]++ })
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -277,52 +239,41 @@ func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
 func (s *Server) accept(ev Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.st.accepted++
+	s.st.Accepted++
 	if first, seen := s.ids[ev.WebhookID]; seen {
 		ev.Repeat = true
-		s.st.duplicateIDs++
+		s.st.DuplicateWebhookIDs++
 		if !first.same(ev) {
-			s.st.conflictingIDs++
+			s.st.ConflictingWebhookIDs++
 		}
 	} else {
 		s.ids[ev.WebhookID] = ev
-		s.st.byType[ev.Type]++
-		s.st.byOutcome[ev.Outcome]++
+		s.st.ByType[ev.Type]++
+		s.st.ByOutcome[ev.Outcome]++
 	}
 	s.refs[ev.RequestRef] = append(s.refs[ev.RequestRef], ev)
 }
 
-func (s *Server) count(f func(*counters)) {
+func (s *Server) count(f func(*Stats)) {
 	s.mu.Lock()
 	f(&s.st)
 	s.mu.Unlock()
 }
 
 func (s *Server) refuseMalformed(w http.ResponseWriter, status int, reason string) {
-	s.count(func(c *counters) { c.malformed++; c.malformedReasons[reason]++ })
+	s.count(func(st *Stats) { st.Malformed++; st.MalformedReasons[reason]++ })
 	s.respond(w, status, reason)
 }
 
 func (s *Server) fault(w http.ResponseWriter, kind string, status int, message string) {
-	s.count(func(c *counters) { c.faulted[kind]++ })
+	s.count(func(st *Stats) { st.Faulted[kind]++ })
 	s.respond(w, status, message)
 }
 
 // respond writes a JSON {"message": ...} and counts its status.
 func (s *Server) respond(w http.ResponseWriter, status int, message string) {
-	s.count(func(c *counters) { c.byStatus[strconv.Itoa(status)]++ })
-	writeJSON(w, status, map[string]string{"message": message})
-}
-
-func writeJSON(w http.ResponseWriter, status int, body any) {
-	b, err := json.Marshal(body)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	w.Write(b)
+	s.count(func(st *Stats) { st.ByStatus[strconv.Itoa(status)]++ })
+	fakekit.WriteJSON(w, status, map[string]string{"message": message})
 }
 
 // The contract of connector/webhook, read independently of its encoder.
@@ -480,74 +431,19 @@ type Faults struct {
 	OutageUntil time.Time `json:"outage_until,omitzero"`
 }
 
+func (f Faults) rates() fakekit.Rates {
+	return fakekit.Rates{"error": f.ErrorRate, "rate_limit": f.RateLimitRate, "conflict": f.ConflictRate,
+		"hang": f.HangRate, "lost_answer": f.LostAnswerRate}
+}
+
 // Validate reports a rate outside [0, 1], rates that sum above 1, or a negative retry_after,
 // naming the field.
 func (f Faults) Validate() error {
-	sum := 0.0
-	for _, r := range f.rates() {
-		if math.IsNaN(r.rate) || r.rate < 0 || r.rate > 1 {
-			return fmt.Errorf("%s must be between 0 and 1, got %v", r.name, r.rate)
-		}
-		sum += r.rate
-	}
-	if sum > 1+1e-9 {
-		return fmt.Errorf("fault rates add up to %v; they are shares of the same messages and must not exceed 1", sum)
-	}
-	if f.RetryAfter < 0 {
-		return fmt.Errorf("retry_after must not be negative, got %v", time.Duration(f.RetryAfter))
-	}
-	return nil
-}
-
-type rate struct {
-	name, kind string
-	rate       float64
-}
-
-func (f Faults) rates() []rate {
-	return []rate{
-		{"hang_rate", "hang", f.HangRate}, {"lost_answer_rate", "lost_answer", f.LostAnswerRate},
-		{"rate_limit_rate", "rate_limit", f.RateLimitRate}, {"conflict_rate", "conflict", f.ConflictRate},
-		{"error_rate", "error", f.ErrorRate},
-	}
-}
-
-// roll maps a uniform draw u in [0,1) to a fault kind, or "" for none.
-func (f Faults) roll(u float64) string {
-	for _, r := range f.rates() {
-		if r.rate > 0 && u < r.rate {
-			return r.kind
-		}
-		u -= max(r.rate, 0)
-	}
-	return ""
-}
-
-func (f Faults) retryAfterSeconds() int64 {
-	return max(int64(math.Ceil(time.Duration(f.RetryAfter).Seconds())), 1)
+	return fakekit.Check("", f.rates(), map[string]Duration{"retry_after": f.RetryAfter})
 }
 
 // Duration is a time.Duration that reads and writes JSON as a Go duration string ("250ms").
-type Duration time.Duration
-
-func (d Duration) String() string { return time.Duration(d).String() }
-
-// MarshalJSON writes the duration as a string.
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
-
-// UnmarshalJSON reads a Go duration string.
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("duration must be a string like \"250ms\", got %s", b)
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return err
-	}
-	*d = Duration(v)
-	return nil
-}
+type Duration = fakekit.Duration
 
 // Stats is what the fake saw since New or the last Reset. Every message lands in exactly one of
 // valid, bad_signatures, stale_timestamps, malformed, violations, faulted["outage"] and
@@ -597,17 +493,10 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c := s.st
-	st := Stats{
-		Messages: c.messages, Valid: c.valid, Accepted: c.accepted,
-		BadSignatures: c.badSignatures, StaleTimestamps: c.staleTimestamps,
-		Malformed: c.malformed, MalformedReasons: maps.Clone(c.malformedReasons),
-		Violations: c.violations, ByStatus: maps.Clone(c.byStatus),
-		ByType: maps.Clone(c.byType), ByOutcome: maps.Clone(c.byOutcome),
-		RequestRefs:         int64(len(s.refs)),
-		DuplicateWebhookIDs: c.duplicateIDs, ConflictingWebhookIDs: c.conflictingIDs,
-		Faulted: maps.Clone(c.faulted), FirstMessage: c.first, LastMessage: c.last,
-	}
+	st := s.st
+	st.MalformedReasons, st.ByStatus, st.Faulted = maps.Clone(st.MalformedReasons), maps.Clone(st.ByStatus), maps.Clone(st.Faulted)
+	st.ByType, st.ByOutcome = maps.Clone(st.ByType), maps.Clone(st.ByOutcome)
+	st.RequestRefs = int64(len(s.refs))
 	for _, evs := range s.refs {
 		if len(evs) > 1 {
 			st.RequestRefsRepeated++
