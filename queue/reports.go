@@ -56,12 +56,7 @@ type ReportLane struct {
 	Name      string
 }
 
-// DueReportLanes returns the lanes of the given connectors that have a deliverable report, in
-// order. It reads one index entry per lane, not every due row: a loose index scan (a recursive
-// CTE that jumps from each lane to the next) over erasure_reports_lane_due, then one descent
-// into each lane for its earliest run_after.
-func (q *Queue) DueReportLanes(ctx context.Context, connectors []string) ([]ReportLane, error) {
-	const dueReportLanesSQL = `
+const dueReportLanesSQL = `
 WITH RECURSIVE lanes AS (
     SELECT c.connector, first.lane
     FROM unnest($1::text[]) AS c(connector)
@@ -79,11 +74,21 @@ WITH RECURSIVE lanes AS (
         ORDER BY lane LIMIT 1
     ) next
 )
-SELECT l.connector, l.lane FROM lanes l
-WHERE EXISTS (SELECT 1 FROM erasure_reports
-              WHERE status IN ('pending', 'delivering') AND connector = l.connector AND lane = l.lane
-                AND run_after <= now())
+SELECT l.connector, l.lane
+FROM lanes l
+-- LATERAL ... LIMIT 1, not EXISTS: the planner may turn an EXISTS into a join over every due row.
+CROSS JOIN LATERAL (
+    SELECT 1 FROM erasure_reports
+    WHERE status IN ('pending', 'delivering') AND connector = l.connector AND lane = l.lane AND run_after <= now()
+    LIMIT 1
+) due
 ORDER BY l.connector, l.lane`
+
+// DueReportLanes returns the lanes of the given connectors that have a deliverable report, in
+// order. It reads one index entry per lane, not every due row: a loose index scan (a recursive
+// CTE that jumps from each lane to the next) over erasure_reports_lane_due, then one descent
+// into each lane to see whether its earliest row is due.
+func (q *Queue) DueReportLanes(ctx context.Context, connectors []string) ([]ReportLane, error) {
 	if connectors == nil {
 		connectors = []string{}
 	}
@@ -102,12 +107,7 @@ ORDER BY l.connector, l.lane`
 	return lanes, nil
 }
 
-// ClaimReports leases up to limit deliverable reports of one lane for leaseFor, oldest due
-// first. It reads only that lane's due rows, through erasure_reports_lane_due: a lane that is
-// paused or full costs the others nothing. A delivering report whose lease ran out is
-// deliverable again.
-func (q *Queue) ClaimReports(ctx context.Context, owner string, lane ReportLane, limit int, leaseFor time.Duration) ([]Report, error) {
-	const claimReportsSQL = `
+const claimReportsSQL = `
 WITH picked AS (
     SELECT id FROM erasure_reports
     WHERE status IN ('pending', 'delivering') AND connector = $4 AND lane = $5 AND run_after <= now()
@@ -125,6 +125,12 @@ WHERE rep.id = picked.id AND r.id = rep.request_id
 RETURNING rep.id, rep.lease_token, rep.connector, rep.lane, rep.target, rep.attempts, rep.credentials,
           r.id, r.request_ref, r.external_user_id, r.status, coalesce(r.outcome, ''),
           coalesce(r.last_error_code, ''), coalesce(r.completed_at, now())`
+
+// ClaimReports leases up to limit deliverable reports of one lane for leaseFor, oldest due
+// first. It reads only that lane's due rows, through erasure_reports_lane_due: a lane that is
+// paused or full costs the others nothing. A delivering report whose lease ran out is
+// deliverable again.
+func (q *Queue) ClaimReports(ctx context.Context, owner string, lane ReportLane, limit int, leaseFor time.Duration) ([]Report, error) {
 	rows, err := q.pool.Query(ctx, claimReportsSQL, owner, limit, leaseFor.Milliseconds(), lane.Connector, lane.Name)
 	if err != nil {
 		return nil, fmt.Errorf("claim reports: %w", err)
