@@ -9,13 +9,15 @@
 -- Metadata only: a constant default rewrites no row.
 ALTER TABLE erasure_reports ADD COLUMN lane text NOT NULL DEFAULT '';
 
--- A host name is at most 253 bytes. NOT VALID: every existing row holds '', and checking them
--- would scan the table under this migration's lock; every write is checked.
-ALTER TABLE erasure_reports ADD CONSTRAINT report_lane_bounded CHECK (octet_length(lane) <= 255) NOT VALID;
+-- A lane is a host and port (a host name is at most 253 bytes); bounded so that no caller's URL
+-- can make an index entry too large to store. NOT VALID: every existing row holds '', and
+-- checking them would scan the table under this migration's lock; every write is checked.
+ALTER TABLE erasure_reports ADD CONSTRAINT report_lane_bounded CHECK (octet_length(lane) <= 512) NOT VALID;
 
 -- The claim of one lane reads only that lane's due rows, in order; finding the lanes that have
 -- due rows is a loose index scan over its leading columns, one descent per lane. Partial, as
--- erasure_reports_due: small however many reports were delivered.
+-- erasure_reports_due: small however many reports were delivered. Not CONCURRENTLY (migrate runs
+-- in one transaction): writes of reports wait while it is built, one read of the table.
 CREATE INDEX erasure_reports_lane_due ON erasure_reports (connector, lane, run_after, id)
     WHERE status IN ('pending', 'delivering');
 

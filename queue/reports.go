@@ -9,17 +9,6 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Connectors: the privacy request systems a request's outcome can be reported to. Neither queue
-// nor worker uses these names: a connector is a name the caller passes, as data.
-const (
-	ConnectorWebhook   = "webhook"   // the generic HTTP API's outcome webhook (Standard Webhooks)
-	ConnectorKetch     = "ketch"     // Ketch Forwarder callbacks
-	ConnectorTranscend = "transcend" // Transcend's PUT /v1/data-silo
-)
-
-// Connectors lists every connector, in the order status shows them.
-var Connectors = []string{ConnectorWebhook, ConnectorKetch, ConnectorTranscend}
-
 // Report statuses.
 const (
 	ReportWaiting    = "waiting"    // the request has not finished
