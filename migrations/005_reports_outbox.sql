@@ -31,7 +31,6 @@ CREATE TABLE erasure_reports (
     last_error       text,
 
     CONSTRAINT erasure_reports_target_key UNIQUE (request_id, connector, target),
-    CONSTRAINT report_connector_known CHECK (connector IN ('webhook', 'ketch', 'transcend')),
     CONSTRAINT report_status_known
         CHECK (status IN ('waiting', 'pending', 'delivering', 'delivered', 'failed')),
     CONSTRAINT report_due_iff_undelivered

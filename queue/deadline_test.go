@@ -68,7 +68,7 @@ func TestTheQueueLeavesNoPreparedStatementBehind(t *testing.T) {
 	q := queue.New(pool)
 
 	if _, err := q.Enqueue(ctx, []queue.NewRequest{{RequestRef: "r-1", ExternalUserID: "u-1",
-		Reports: []queue.NewReport{{Connector: queue.ConnectorWebhook, Credentials: []byte(`{"k":"v"}`)}}}}); err != nil {
+		Reports: []queue.NewReport{{Connector: "webhook", Credentials: []byte(`{"k":"v"}`)}}}}); err != nil {
 		t.Fatal(err)
 	}
 	jobs, err := q.Claim(ctx, "w", 10, time.Minute)

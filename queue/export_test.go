@@ -7,3 +7,9 @@ const (
 	PseudonymiseSQL   = pseudonymiseSQL
 	DeleteEvidenceSQL = deleteEvidenceSQL
 )
+
+// The outbox's statements, for tests that read their plans.
+const (
+	DueReportLanesSQL = dueReportLanesSQL
+	ClaimReportsSQL   = claimReportsSQL
+)

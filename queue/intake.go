@@ -23,9 +23,11 @@ type NewRequest struct {
 
 // NewReport is one report to write beside a new request.
 type NewReport struct {
-	Connector string // ConnectorWebhook, ConnectorKetch or ConnectorTranscend
+	Connector string // the connector's name
 	Target    int    // which of the request's receivers (Ketch's callbacks); 0 otherwise
-	Lane      string // the receiver, where a connector has many; "" otherwise
+	// Lane is the receiver's host where the connector reports to many (Ketch's callbacks), so
+	// that each is delivered apart; "" for the connector's one receiver.
+	Lane string
 	// Credentials is what the delivery needs (JSON): kept until delivered, never shown.
 	Credentials []byte
 }
@@ -108,7 +110,7 @@ func (q *Queue) enqueueBatch(ctx context.Context, reqs []NewRequest) ([]EnqueueR
 	refs := make([]string, len(reqs))
 	users := make([]string, len(reqs))
 	dues := make([]*time.Time, len(reqs))
-	var repRefs, repConnectors []string
+	var repRefs, repConnectors, repLanes []string
 	var repTargets []int32
 	// JSON as text, not []byte: sent unprepared (QueryExecModeExec), a []byte goes as bytea,
 	// which no cast turns into jsonb.
@@ -121,6 +123,7 @@ func (q *Queue) enqueueBatch(ctx context.Context, reqs []NewRequest) ([]EnqueueR
 		for _, rep := range r.Reports {
 			repRefs = append(repRefs, r.RequestRef)
 			repConnectors = append(repConnectors, rep.Connector)
+			repLanes = append(repLanes, rep.Lane)
 			repTargets = append(repTargets, int32(rep.Target))
 			var cred *string
 			if rep.Credentials != nil {
@@ -142,14 +145,14 @@ WITH inserted AS (
     RETURNING id, request_ref
 ),
 reports AS (
-    INSERT INTO erasure_reports (request_id, connector, target, credentials)
-    SELECT i.id, r.connector, r.target, r.credentials
-    FROM unnest($5::text[], $6::text[], $7::int[], $8::jsonb[]) AS r(ref, connector, target, credentials)
+    INSERT INTO erasure_reports (request_id, connector, lane, target, credentials)
+    SELECT i.id, r.connector, r.lane, r.target, r.credentials
+    FROM unnest($5::text[], $6::text[], $7::int[], $8::jsonb[], $9::text[]) AS r(ref, connector, target, credentials, lane)
     JOIN inserted i ON i.request_ref = r.ref
 )
 SELECT id, request_ref FROM inserted`
 	rows, err := q.pool.Query(ctx, enqueueSQL, refs, users, dues, int64(DefaultDeadline/time.Second),
-		repRefs, repConnectors, repTargets, repCredentials)
+		repRefs, repConnectors, repTargets, repCredentials, repLanes)
 	if err != nil {
 		return nil, err
 	}

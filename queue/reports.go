@@ -9,16 +9,6 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Connectors: the privacy request systems a request's outcome can be reported to.
-const (
-	ConnectorWebhook   = "webhook"   // the generic HTTP API's outcome webhook (Standard Webhooks)
-	ConnectorKetch     = "ketch"     // Ketch Forwarder callbacks
-	ConnectorTranscend = "transcend" // Transcend's PUT /v1/data-silo
-)
-
-// Connectors lists every connector, in the order status shows them.
-var Connectors = []string{ConnectorWebhook, ConnectorKetch, ConnectorTranscend}
-
 // Report statuses.
 const (
 	ReportWaiting    = "waiting"    // the request has not finished
@@ -34,6 +24,7 @@ type Report struct {
 	ID          int64
 	Token       int64 // the claim's fence
 	Connector   string
+	Lane        string // the receiver's host where the connector has many; "" otherwise
 	Target      int
 	Attempts    int // earlier delivery attempts that counted
 	Credentials []byte
@@ -47,14 +38,68 @@ type Report struct {
 	CompletedAt    time.Time
 }
 
-// ClaimReports leases up to limit deliverable reports for leaseFor, skipping the connectors in
-// skip (paused ones). A delivering report whose lease ran out is deliverable again.
-func (q *Queue) ClaimReports(ctx context.Context, owner string, limit int, leaseFor time.Duration, skip []string) ([]Report, error) {
-	const claimReportsSQL = `
+// ReportLane is one lane of the outbox: a connector's reports to one receiver. Name is "" for
+// the connector's one receiver, the receiver's host where a connector reports to many.
+type ReportLane struct {
+	Connector string
+	Name      string
+}
+
+const dueReportLanesSQL = `
+WITH RECURSIVE lanes AS (
+    SELECT c.connector, first.lane
+    FROM unnest($1::text[]) AS c(connector)
+    CROSS JOIN LATERAL (
+        SELECT lane FROM erasure_reports
+        WHERE status IN ('pending', 'delivering') AND connector = c.connector
+        ORDER BY lane LIMIT 1
+    ) first
+  UNION ALL
+    SELECT l.connector, next.lane
+    FROM lanes l
+    CROSS JOIN LATERAL (
+        SELECT lane FROM erasure_reports
+        WHERE status IN ('pending', 'delivering') AND connector = l.connector AND lane > l.lane
+        ORDER BY lane LIMIT 1
+    ) next
+)
+SELECT l.connector, l.lane
+FROM lanes l
+-- LATERAL ... LIMIT 1, not EXISTS: the planner may turn an EXISTS into a join over every due row.
+CROSS JOIN LATERAL (
+    SELECT 1 FROM erasure_reports
+    WHERE status IN ('pending', 'delivering') AND connector = l.connector AND lane = l.lane AND run_after <= now()
+    LIMIT 1
+) due
+ORDER BY l.connector, l.lane`
+
+// DueReportLanes returns the lanes of the given connectors that have a deliverable report, in
+// order. It reads one index entry per lane, not every due row: a loose index scan (a recursive
+// CTE that jumps from each lane to the next) over erasure_reports_lane_due, then one descent
+// into each lane to see whether its earliest row is due.
+func (q *Queue) DueReportLanes(ctx context.Context, connectors []string) ([]ReportLane, error) {
+	if connectors == nil {
+		connectors = []string{}
+	}
+	rows, err := q.pool.Query(ctx, dueReportLanesSQL, connectors)
+	if err != nil {
+		return nil, fmt.Errorf("find due report lanes: %w", err)
+	}
+	lanes, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ReportLane, error) {
+		var l ReportLane
+		err := row.Scan(&l.Connector, &l.Name)
+		return l, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("find due report lanes: %w", err)
+	}
+	return lanes, nil
+}
+
+const claimReportsSQL = `
 WITH picked AS (
     SELECT id FROM erasure_reports
-    WHERE status IN ('pending', 'delivering') AND run_after <= now()
-      AND NOT (connector = ANY($4::text[]))
+    WHERE status IN ('pending', 'delivering') AND connector = $4 AND lane = $5 AND run_after <= now()
     ORDER BY run_after, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -66,19 +111,22 @@ SET status = 'delivering',
     run_after = now() + $3 * interval '1 millisecond'
 FROM picked, erasure_requests r
 WHERE rep.id = picked.id AND r.id = rep.request_id
-RETURNING rep.id, rep.lease_token, rep.connector, rep.target, rep.attempts, rep.credentials,
+RETURNING rep.id, rep.lease_token, rep.connector, rep.lane, rep.target, rep.attempts, rep.credentials,
           r.id, r.request_ref, r.external_user_id, r.status, coalesce(r.outcome, ''),
           coalesce(r.last_error_code, ''), coalesce(r.completed_at, now())`
-	if skip == nil {
-		skip = []string{}
-	}
-	rows, err := q.pool.Query(ctx, claimReportsSQL, owner, limit, leaseFor.Milliseconds(), skip)
+
+// ClaimReports leases up to limit deliverable reports of one lane for leaseFor, oldest due
+// first. It reads only that lane's due rows, through erasure_reports_lane_due: a lane that is
+// paused or full costs the others nothing. A delivering report whose lease ran out is
+// deliverable again.
+func (q *Queue) ClaimReports(ctx context.Context, owner string, lane ReportLane, limit int, leaseFor time.Duration) ([]Report, error) {
+	rows, err := q.pool.Query(ctx, claimReportsSQL, owner, limit, leaseFor.Milliseconds(), lane.Connector, lane.Name)
 	if err != nil {
 		return nil, fmt.Errorf("claim reports: %w", err)
 	}
 	reports, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Report, error) {
 		var r Report
-		err := row.Scan(&r.ID, &r.Token, &r.Connector, &r.Target, &r.Attempts, &r.Credentials,
+		err := row.Scan(&r.ID, &r.Token, &r.Connector, &r.Lane, &r.Target, &r.Attempts, &r.Credentials,
 			&r.RequestID, &r.RequestRef, &r.ExternalUserID, &r.Status, &r.Outcome, &r.ErrorCode, &r.CompletedAt)
 		return r, err
 	})
@@ -226,29 +274,37 @@ func (s ReportStats) OldestPendingAge() time.Duration {
 	return s.Now.Sub(s.OldestPending)
 }
 
-// ReportStats reads the report gauges in one statement.
-func (q *Queue) ReportStats(ctx context.Context) (ReportStats, error) {
+// ReportStats reads the report gauges of the given connectors in one statement.
+func (q *Queue) ReportStats(ctx context.Context, connectors []string) (ReportStats, error) {
+	// One row per connector, or a single row without one when none is asked for: the oldest
+	// undelivered report is of every connector, configured or not.
 	const reportStatsSQL = `
 SELECT c.connector,
        (SELECT count(*) FROM erasure_reports WHERE status IN ('pending', 'delivering') AND connector = c.connector),
        (SELECT count(*) FROM erasure_reports WHERE status = 'failed' AND connector = c.connector),
-       (SELECT min(ready_at) FROM erasure_reports WHERE status IN ('pending', 'delivering')),
+       o.oldest,
        now()
-FROM unnest($1::text[]) AS c(connector)`
-	rows, err := q.pool.Query(ctx, reportStatsSQL, Connectors)
+FROM (SELECT min(ready_at) AS oldest FROM erasure_reports WHERE status IN ('pending', 'delivering')) AS o
+LEFT JOIN unnest($1::text[]) AS c(connector) ON true`
+	if connectors == nil {
+		connectors = []string{}
+	}
+	rows, err := q.pool.Query(ctx, reportStatsSQL, connectors)
 	if err != nil {
 		return ReportStats{}, fmt.Errorf("report stats: %w", err)
 	}
 	defer rows.Close()
 	s := ReportStats{Pending: map[string]int64{}, Failed: map[string]int64{}}
 	for rows.Next() {
-		var connector string
+		var connector *string
 		var pending, failed int64
 		var oldest *time.Time
 		if err := rows.Scan(&connector, &pending, &failed, &oldest, &s.Now); err != nil {
 			return ReportStats{}, fmt.Errorf("report stats: %w", err)
 		}
-		s.Pending[connector], s.Failed[connector] = pending, failed
+		if connector != nil {
+			s.Pending[*connector], s.Failed[*connector] = pending, failed
+		}
 		if oldest != nil {
 			s.OldestPending = *oldest
 		}

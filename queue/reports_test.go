@@ -10,6 +10,13 @@ import (
 	"github.com/erasure-worker/erasure-worker/queue"
 )
 
+// The lanes of the connectors' one receiver each.
+var (
+	webhookLane   = queue.ReportLane{Connector: "webhook"}
+	ketchLane     = queue.ReportLane{Connector: "ketch"}
+	transcendLane = queue.ReportLane{Connector: "transcend"}
+)
+
 // enqueueReported adds n requests (rep-0..) each with one report of connector, whose
 // credentials name the request.
 func (b *testBundle) enqueueReported(t *testing.T, q *queue.Queue, connector string, n int) []int64 {
@@ -67,10 +74,10 @@ func finishAll(t *testing.T, q *queue.Queue, b *testBundle, tr queue.Transition,
 
 func TestAReportBecomesDeliverableInTheStatementThatFinishesItsRequest(t *testing.T) {
 	q, b := setup(t)
-	ids := b.enqueueReported(t, q, queue.ConnectorTranscend, 3)
+	ids := b.enqueueReported(t, q, "transcend", 3)
 	b.insert(t, 2) // through the SQL contract: no report
 
-	if got, err := q.ClaimReports(b.ctx, "r1", 10, time.Minute, nil); err != nil || len(got) != 0 {
+	if got, err := q.ClaimReports(b.ctx, "r1", transcendLane, 10, time.Minute); err != nil || len(got) != 0 {
 		t.Fatalf("claimed %d reports of unfinished requests (%v), want none", len(got), err)
 	}
 	// A retry is not a finish: the report waits.
@@ -98,13 +105,13 @@ func TestAReportBecomesDeliverableInTheStatementThatFinishesItsRequest(t *testin
 	if err := b.pool.QueryRow(b.ctx, `SELECT count(*) FROM erasure_reports`).Scan(&reports); err != nil || reports != 3 {
 		t.Fatalf("%d reports (%v), want one per reported request and none for the SQL contract's", reports, err)
 	}
-	got, err := q.ClaimReports(b.ctx, "r1", 10, time.Minute, nil)
+	got, err := q.ClaimReports(b.ctx, "r1", transcendLane, 10, time.Minute)
 	if err != nil || len(got) != 3 {
 		t.Fatalf("claimed %d reports (%v), want 3", len(got), err)
 	}
 	for _, r := range got {
 		if r.Status != queue.StatusSucceeded || r.Outcome != queue.OutcomeDeleted || r.ExternalUserID == "" ||
-			r.CompletedAt.IsZero() || len(r.Credentials) == 0 || r.Connector != queue.ConnectorTranscend {
+			r.CompletedAt.IsZero() || len(r.Credentials) == 0 || r.Connector != "transcend" {
 			t.Errorf("claimed report %+v lacks what its delivery needs", r)
 		}
 	}
@@ -112,7 +119,7 @@ func TestAReportBecomesDeliverableInTheStatementThatFinishesItsRequest(t *testin
 
 func TestARequestExhaustedByRecoveryIsReported(t *testing.T) {
 	q, b := setup(t)
-	ids := b.enqueueReported(t, q, queue.ConnectorWebhook, 1)
+	ids := b.enqueueReported(t, q, "webhook", 1)
 	if _, err := q.Claim(b.ctx, "w1", 10, time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -127,10 +134,10 @@ func TestARequestExhaustedByRecoveryIsReported(t *testing.T) {
 
 func TestARepeatedRequestKeepsTheReportsItCameWith(t *testing.T) {
 	q, b := setup(t)
-	b.enqueueReported(t, q, queue.ConnectorKetch, 1)
+	b.enqueueReported(t, q, "ketch", 1)
 	res, err := q.Enqueue(b.ctx, []queue.NewRequest{{
 		RequestRef: "rep-0", ExternalUserID: "user-0",
-		Reports: []queue.NewReport{{Connector: queue.ConnectorKetch, Target: 1, Credentials: []byte(`{}`)}},
+		Reports: []queue.NewReport{{Connector: "ketch", Target: 1, Credentials: []byte(`{}`)}},
 	}})
 	if err != nil || res[0].Admission != queue.Duplicate {
 		t.Fatalf("repeat: %+v, %v; want a duplicate", res, err)
@@ -143,9 +150,9 @@ func TestARepeatedRequestKeepsTheReportsItCameWith(t *testing.T) {
 
 func TestDeliveryOutcomesMoveReportsAndKeepEvidence(t *testing.T) {
 	q, b := setup(t)
-	ids := b.enqueueReported(t, q, queue.ConnectorTranscend, 6)
+	ids := b.enqueueReported(t, q, "transcend", 6)
 	finishAll(t, q, b, queue.Succeed, queue.OutcomeNotFound)
-	claimed, err := q.ClaimReports(b.ctx, "r1", 10, time.Minute, nil)
+	claimed, err := q.ClaimReports(b.ctx, "r1", transcendLane, 10, time.Minute)
 	if err != nil || len(claimed) != 6 {
 		t.Fatalf("claimed %d (%v), want 6", len(claimed), err)
 	}
@@ -194,13 +201,13 @@ func TestDeliveryOutcomesMoveReportsAndKeepEvidence(t *testing.T) {
 		t.Fatalf("%d delivery attempts kept (%v), want 6", evidence, err)
 	}
 	// The retried ones wait for their delay; nothing is claimable now.
-	if again, err := q.ClaimReports(b.ctx, "r2", 10, time.Minute, nil); err != nil || len(again) != 0 {
+	if again, err := q.ClaimReports(b.ctx, "r2", transcendLane, 10, time.Minute); err != nil || len(again) != 0 {
 		t.Fatalf("claimed %d reports before their retry time (%v)", len(again), err)
 	}
 	if n, err := q.RequeueReports(b.ctx, ""); err != nil || n != 1 {
 		t.Fatalf("requeued %d failed reports (%v), want 1", n, err)
 	}
-	if again, err := q.ClaimReports(b.ctx, "r2", 10, time.Minute, nil); err != nil || len(again) != 1 || again[0].RequestID != ids[5] {
+	if again, err := q.ClaimReports(b.ctx, "r2", transcendLane, 10, time.Minute); err != nil || len(again) != 1 || again[0].RequestID != ids[5] {
 		t.Fatalf("after requeue claimed %+v (%v), want the rejected report", again, err)
 	}
 }
@@ -208,7 +215,7 @@ func TestDeliveryOutcomesMoveReportsAndKeepEvidence(t *testing.T) {
 func TestAReportIsDeliveredByOneReporterAndTakenOverWhenItsLeaseEnds(t *testing.T) {
 	q, b := setup(t)
 	const n, reporters = 300, 6
-	b.enqueueReported(t, q, queue.ConnectorWebhook, n)
+	b.enqueueReported(t, q, "webhook", n)
 	finishAll(t, q, b, queue.Succeed, queue.OutcomeDeleted)
 
 	var mu sync.Mutex
@@ -218,7 +225,7 @@ func TestAReportIsDeliveredByOneReporterAndTakenOverWhenItsLeaseEnds(t *testing.
 		wg.Go(func() {
 			owner := fmt.Sprintf("reporter-%d", w)
 			for {
-				got, err := q.ClaimReports(b.ctx, owner, 7, time.Minute, nil)
+				got, err := q.ClaimReports(b.ctx, owner, webhookLane, 7, time.Minute)
 				if err != nil {
 					t.Error(err)
 					return
@@ -247,7 +254,7 @@ func TestAReportIsDeliveredByOneReporterAndTakenOverWhenItsLeaseEnds(t *testing.
 	if _, err := b.pool.Exec(b.ctx, `UPDATE erasure_reports SET run_after = now() - interval '1 second'`); err != nil {
 		t.Fatal(err)
 	}
-	first, err := q.ClaimReports(b.ctx, "survivor", 1000, time.Minute, nil)
+	first, err := q.ClaimReports(b.ctx, "survivor", webhookLane, 1000, time.Minute)
 	if err != nil || len(first) != n {
 		t.Fatalf("took over %d of %d reports (%v)", len(first), n, err)
 	}
@@ -258,31 +265,31 @@ func TestAReportIsDeliveredByOneReporterAndTakenOverWhenItsLeaseEnds(t *testing.
 	if err := q.ReleaseReports(b.ctx, "survivor", first); err != nil {
 		t.Fatal(err)
 	}
-	if again, err := q.ClaimReports(b.ctx, "next", 1000, time.Minute, nil); err != nil || len(again) != n {
+	if again, err := q.ClaimReports(b.ctx, "next", webhookLane, 1000, time.Minute); err != nil || len(again) != n {
 		t.Fatalf("after release claimed %d (%v), want %d", len(again), err, n)
 	}
 }
 
-func TestClaimReportsSkipsPausedConnectors(t *testing.T) {
+func TestAClaimOfAnotherConnectorsLaneLeavesTheReportsBe(t *testing.T) {
 	q, b := setup(t)
-	b.enqueueReported(t, q, queue.ConnectorKetch, 2)
+	b.enqueueReported(t, q, "ketch", 2)
 	finishAll(t, q, b, queue.Fail, queue.OutcomeExhausted)
-	got, err := q.ClaimReports(b.ctx, "r1", 10, time.Minute, []string{queue.ConnectorKetch})
+	got, err := q.ClaimReports(b.ctx, "r1", webhookLane, 10, time.Minute)
 	if err != nil || len(got) != 0 {
-		t.Fatalf("claimed %d reports of a paused connector (%v)", len(got), err)
+		t.Fatalf("claimed %d reports of another connector (%v)", len(got), err)
 	}
-	st, err := q.ReportStats(b.ctx)
+	st, err := q.ReportStats(b.ctx, []string{"webhook", "ketch", "transcend"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Pending[queue.ConnectorKetch] != 2 || st.Pending[queue.ConnectorWebhook] != 0 || st.OldestPendingAge() <= 0 {
+	if st.Pending["ketch"] != 2 || st.Pending["webhook"] != 0 || st.OldestPendingAge() <= 0 {
 		t.Fatalf("report stats %+v, want 2 ketch reports pending and an age", st)
 	}
 }
 
 func TestRequeueOfAFailedRequestHoldsItsUndeliveredReport(t *testing.T) {
 	q, b := setup(t)
-	ids := b.enqueueReported(t, q, queue.ConnectorWebhook, 1)
+	ids := b.enqueueReported(t, q, "webhook", 1)
 	finishAll(t, q, b, queue.Fail, queue.OutcomeRejected)
 	if n, err := q.Requeue(b.ctx, queue.RequeueFilter{All: true}); err != nil || n != 1 {
 		t.Fatalf("requeue: %d, %v", n, err)
@@ -291,7 +298,7 @@ func TestRequeueOfAFailedRequestHoldsItsUndeliveredReport(t *testing.T) {
 		t.Fatalf("the report of a requeued request is %s, want waiting for the new outcome", st)
 	}
 	finishAll(t, q, b, queue.Succeed, queue.OutcomeDeleted)
-	got, err := q.ClaimReports(b.ctx, "r1", 10, time.Minute, nil)
+	got, err := q.ClaimReports(b.ctx, "r1", webhookLane, 10, time.Minute)
 	if err != nil || len(got) != 1 || got[0].Outcome != queue.OutcomeDeleted {
 		t.Fatalf("claimed %+v (%v), want one report of the new outcome", got, err)
 	}
@@ -299,7 +306,7 @@ func TestRequeueOfAFailedRequestHoldsItsUndeliveredReport(t *testing.T) {
 
 func TestLookupReadsTheWholeRecord(t *testing.T) {
 	q, b := setup(t)
-	ids := b.enqueueReported(t, q, queue.ConnectorWebhook, 1)
+	ids := b.enqueueReported(t, q, "webhook", 1)
 	jobs, err := q.Claim(b.ctx, "w1", 1, time.Minute)
 	if err != nil || len(jobs) != 1 {
 		t.Fatal(err)
@@ -354,9 +361,9 @@ func TestOneLeaderAtATimeAndATakeoverOnceTheTermLapses(t *testing.T) {
 
 func TestAFinishOfReportsRetriedAfterALostAnswerKeepsEachAttemptOnce(t *testing.T) {
 	q, b := setup(t)
-	b.enqueueReported(t, q, queue.ConnectorWebhook, 3)
+	b.enqueueReported(t, q, "webhook", 3)
 	finishAll(t, q, b, queue.Succeed, queue.OutcomeDeleted)
-	claimed, err := q.ClaimReports(b.ctx, "r1", 10, time.Minute, nil)
+	claimed, err := q.ClaimReports(b.ctx, "r1", webhookLane, 10, time.Minute)
 	if err != nil || len(claimed) != 3 {
 		t.Fatalf("claimed %d (%v)", len(claimed), err)
 	}

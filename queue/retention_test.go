@@ -221,7 +221,7 @@ func TestPseudonymiseSkipsRowsThatChangedSinceTheyWereRead(t *testing.T) {
 
 func TestAnUndeliveredReportKeepsItsRequestsID(t *testing.T) {
 	q, b := setup(t)
-	ids := b.enqueueReported(t, q, queue.ConnectorTranscend, 1)
+	ids := b.enqueueReported(t, q, "transcend", 1)
 	finishAll(t, q, b, queue.Succeed, queue.OutcomeDeleted)
 	b.finishedAgo(t, ids[0], retainIDs+aMinute)
 
@@ -240,7 +240,7 @@ func TestAnUndeliveredReportKeepsItsRequestsID(t *testing.T) {
 		t.Fatalf("stats %+v (%v): want 1 due, a minute late", s, err)
 	}
 
-	reps, err := q.ClaimReports(b.ctx, "r1", 10, time.Minute, nil)
+	reps, err := q.ClaimReports(b.ctx, "r1", transcendLane, 10, time.Minute)
 	if err != nil || len(reps) != 1 {
 		t.Fatalf("claim reports: %v, %v", reps, err)
 	}
@@ -255,7 +255,7 @@ func TestAnUndeliveredReportKeepsItsRequestsID(t *testing.T) {
 
 func TestNoCopyOfAPseudonymisedIDSurvivesInAnyTable(t *testing.T) {
 	q, b := setup(t)
-	ids := b.enqueueReported(t, q, queue.ConnectorKetch, 3)
+	ids := b.enqueueReported(t, q, "ketch", 3)
 	jobs, err := q.Claim(b.ctx, "w1", 10, time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -272,7 +272,7 @@ func TestNoCopyOfAPseudonymisedIDSurvivesInAnyTable(t *testing.T) {
 	if _, err := q.Finish(b.ctx, "w1", results); err != nil {
 		t.Fatal(err)
 	}
-	reps, err := q.ClaimReports(b.ctx, "r1", 10, time.Minute, nil)
+	reps, err := q.ClaimReports(b.ctx, "r1", ketchLane, 10, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,7 +284,7 @@ func TestNoCopyOfAPseudonymisedIDSurvivesInAnyTable(t *testing.T) {
 		if _, err := q.FinishReports(b.ctx, "r1", rr); err != nil {
 			t.Fatal(err)
 		}
-		if reps, err = q.ClaimReports(b.ctx, "r1", 10, time.Minute, nil); err != nil {
+		if reps, err = q.ClaimReports(b.ctx, "r1", ketchLane, 10, time.Minute); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -349,7 +349,7 @@ func TestRequeueLeavesPseudonymisedRequestsFailed(t *testing.T) {
 
 func TestEvidenceIsDeletedAfterItsRetentionWithItsCallsAndReports(t *testing.T) {
 	q, b := setup(t)
-	ids := b.enqueueReported(t, q, queue.ConnectorWebhook, 4)
+	ids := b.enqueueReported(t, q, "webhook", 4)
 	jobs, err := q.Claim(b.ctx, "w1", 10, time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -363,7 +363,7 @@ func TestEvidenceIsDeletedAfterItsRetentionWithItsCallsAndReports(t *testing.T) 
 	if _, err := q.Finish(b.ctx, "w1", results); err != nil {
 		t.Fatal(err)
 	}
-	reps, err := q.ClaimReports(b.ctx, "r1", 10, time.Minute, nil)
+	reps, err := q.ClaimReports(b.ctx, "r1", webhookLane, 10, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}

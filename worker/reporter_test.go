@@ -26,6 +26,8 @@ import (
 // sendWebhook is the glue `run` puts between the reporter and the generic connector.
 type sendWebhook struct{ s *webhook.Sender }
 
+func (sendWebhook) Info() connector.Info { return connector.Info{Name: "webhook"} }
+
 func (w sendWebhook) Deliver(ctx context.Context, r connector.Report) connector.Delivery {
 	return w.s.Send(ctx, "msg_"+strconv.FormatInt(r.ID, 10), webhook.Outcome{
 		RequestRef: r.RequestRef, Outcome: r.Outcome, ErrorCode: r.ErrorCode, CompletedAt: r.CompletedAt,
@@ -66,7 +68,7 @@ func setupReporter(t *testing.T, n int, faults webhookfake.Faults) *reporterBund
 	for i := range reqs {
 		ref := fmt.Sprintf("api-%d", i)
 		reqs[i] = queue.NewRequest{RequestRef: ref, ExternalUserID: fmt.Sprintf("user-%d", i),
-			Reports: []queue.NewReport{{Connector: queue.ConnectorWebhook}}}
+			Reports: []queue.NewReport{{Connector: "webhook"}}}
 		b.finished = append(b.finished, ref)
 	}
 	if _, err := b.q.Enqueue(b.ctx, reqs); err != nil {
@@ -89,7 +91,7 @@ func setupReporter(t *testing.T, n int, faults webhookfake.Faults) *reporterBund
 	}
 	b.cfg = worker.ReporterConfig{
 		ID:            "reporter-1",
-		Deliverers:    map[string]connector.Deliverer{queue.ConnectorWebhook: sendWebhook{sender}},
+		Deliverers:    map[string]connector.Deliverer{"webhook": sendWebhook{sender}},
 		PollInterval:  10 * time.Millisecond,
 		Timeout:       time.Second,
 		MinBackoff:    5 * time.Millisecond,
@@ -123,15 +125,15 @@ func (b *reporterBundle) waitDelivered(t *testing.T, want int64, within time.Dur
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		st, err := b.q.ReportStats(b.ctx)
+		st, err := b.q.ReportStats(b.ctx, []string{"webhook"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if b.fake.Stats().RequestRefs >= want && st.Pending[queue.ConnectorWebhook] == 0 {
+		if b.fake.Stats().RequestRefs >= want && st.Pending["webhook"] == 0 {
 			return st
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after %s: receiver has %d of %d requests, %d reports pending", within, b.fake.Stats().RequestRefs, want, st.Pending[queue.ConnectorWebhook])
+			t.Fatalf("after %s: receiver has %d of %d requests, %d reports pending", within, b.fake.Stats().RequestRefs, want, st.Pending["webhook"])
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -173,7 +175,7 @@ func TestReportersDeliverEveryOutcomeOnceThroughReceiverFaults(t *testing.T) {
 	if attempts < n+st.Faulted["error"] {
 		t.Fatalf("%d delivery attempts recorded, want at least one per request plus one per 500 (%d)", attempts, n+st.Faulted["error"])
 	}
-	if got := testutil.ToFloat64(b.metrics.Delivered.WithLabelValues(queue.ConnectorWebhook, "retry")); got < float64(st.Faulted["error"]) {
+	if got := testutil.ToFloat64(b.metrics.Delivered.WithLabelValues("webhook", "retry")); got < float64(st.Faulted["error"]) {
 		t.Errorf("erasure_reports_delivered_total{result=retry} = %v, want at least the %d 500s", got, st.Faulted["error"])
 	}
 }
@@ -184,7 +186,7 @@ func TestAConnectorWhoseReceiverRejectsOurCredentialsIsPausedThenResumes(t *test
 	b.run(t, 1)
 
 	deadline := time.Now().Add(10 * time.Second)
-	for testutil.ToFloat64(b.metrics.Paused.WithLabelValues(queue.ConnectorWebhook)) != 1 {
+	for testutil.ToFloat64(b.metrics.Paused.WithLabelValues("webhook")) != 1 {
 		if time.Now().After(deadline) {
 			t.Fatal("erasure_reports_paused{connector=webhook} never became 1")
 		}
@@ -200,7 +202,7 @@ func TestAConnectorWhoseReceiverRejectsOurCredentialsIsPausedThenResumes(t *test
 	}
 	b.fake.SetFaults(webhookfake.Faults{})
 	b.waitDelivered(t, n, 10*time.Second)
-	if got := testutil.ToFloat64(b.metrics.Paused.WithLabelValues(queue.ConnectorWebhook)); got != 0 {
+	if got := testutil.ToFloat64(b.metrics.Paused.WithLabelValues("webhook")); got != 0 {
 		t.Fatalf("erasure_reports_paused = %v after the receiver took our reports, want 0", got)
 	}
 }
@@ -211,11 +213,11 @@ func TestAReportRefusedForGoodWaitsForRequeue(t *testing.T) {
 	stop := b.run(t, 1)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		st, err := b.q.ReportStats(b.ctx)
+		st, err := b.q.ReportStats(b.ctx, []string{"webhook"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.Failed[queue.ConnectorWebhook] == n {
+		if st.Failed["webhook"] == n {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -231,7 +233,7 @@ func TestAReportRefusedForGoodWaitsForRequeue(t *testing.T) {
 	stop()
 
 	b.fake.SetFaults(webhookfake.Faults{})
-	if got, err := b.q.RequeueReports(b.ctx, queue.ConnectorWebhook); err != nil || got != n {
+	if got, err := b.q.RequeueReports(b.ctx, "webhook"); err != nil || got != n {
 		t.Fatalf("requeued %d (%v), want %d", got, err, n)
 	}
 	b.run(t, 1)
@@ -249,7 +251,7 @@ func (p pacedWebhook) Pace() (rate.Limit, int) { return rate.Every(time.Hour), p
 func TestAReceiverThatPublishesALimitGetsNoMore(t *testing.T) {
 	const n, burst = 10, 3
 	b := setupReporter(t, n, webhookfake.Faults{})
-	b.cfg.Deliverers[queue.ConnectorWebhook] = pacedWebhook{b.cfg.Deliverers[queue.ConnectorWebhook].(sendWebhook), burst}
+	b.cfg.Deliverers["webhook"] = pacedWebhook{b.cfg.Deliverers["webhook"].(sendWebhook), burst}
 	stop := b.run(t, 1)
 	b.waitReceived(t, burst, 10*time.Second)
 	time.Sleep(300 * time.Millisecond) // thirty rounds: none may send another

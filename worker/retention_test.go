@@ -229,7 +229,7 @@ func TestOneReplicaPurgesWhileEveryReplicaShowsTheLag(t *testing.T) {
 	// user-6's request came with a Transcend report that was never delivered: it keeps its raw
 	// id, and retention shows as behind.
 	if _, err := b.q.Enqueue(b.ctx, []queue.NewRequest{{RequestRef: "transcend:held", ExternalUserID: "held-user",
-		Reports: []queue.NewReport{{Connector: queue.ConnectorTranscend, Credentials: []byte(`{"nonce":"n"}`)}}}}); err != nil {
+		Reports: []queue.NewReport{{Connector: "transcend", Credentials: []byte(`{"nonce":"n"}`)}}}}); err != nil {
 		t.Fatal(err)
 	}
 	jobs, err := b.q.Claim(b.ctx, "w", 1, time.Minute)
