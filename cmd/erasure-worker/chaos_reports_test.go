@@ -10,9 +10,9 @@ package main
 // holds the outbox (erasure_reports, erasure_report_attempts), each fake's counts and what an
 // operator sees (logs, /metrics) against each other.
 //
-// The reporter's own timings are not settings (worker/reporter.go: delivery timeout 10s, lease
-// 3 × 10s, backoff from 1s doubling to 5m with jitter, poll 1s): the scenarios are built around
-// them.
+// The scenarios are built around the reporter's default timings (REPORT_TIMEOUT 10s,
+// REPORT_LEASE 3 × 10s, backoff from 1s doubling to 5m with jitter, REPORT_POLL_INTERVAL 1s),
+// which they leave as they are.
 
 import (
 	"context"

@@ -35,6 +35,7 @@ type runConfig struct {
 	logFormat   string
 	worker      worker.Config
 	doors       doorsConfig
+	reporter    worker.ReporterConfig
 	retention   retentionConfig
 }
 
@@ -67,6 +68,7 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 		stats       = s.Add("STATS_INTERVAL", dur(worker.DefaultStatsInterval), "how often the queue gauges are read from the database")
 		noListen    = s.Add("DISABLE_LISTEN", "false", "true behind a pooler in transaction mode (PgBouncer's pool_mode = transaction), which cannot carry LISTEN/NOTIFY: poll only, every POLL_INTERVAL, and send every statement unprepared (without it run keeps pgx's cache of prepared statements, which spares PostgreSQL planning each statement again). The only setting a pooler needs: no command takes a session lock or SETs anything, and the other commands never prepare statements")
 		doors       = declareDoors(s)
+		reporter    = declareReporter(s)
 		retention   = declareRetention(s)
 	)
 	if _, err := s.Parse(args); err != nil {
@@ -107,6 +109,7 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 		c.worker.Burst = s.Int(burst, 1)
 	}
 	c.doors = doors()
+	c.reporter = reporter()
 	if s.Err() != nil {
 		return runConfig{}, s.Err()
 	}
@@ -224,15 +227,14 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 	defer services.Wait()
 	ctx, stopServices := context.WithCancel(ctx)
 	defer stopServices()
-	reportMetrics := worker.NewReportMetrics(reg)
+	reportMetrics := worker.NewReportMetrics(reg, connectors.Names()...)
 	if cfg.doors.apiAddr != "" && !cfg.doors.listening() {
 		log.Warn("API_LISTEN_ADDR is set but no connector's door is on: nothing is served there")
 	}
 	if deliverers := cfg.doors.deliverers(); len(deliverers) > 0 {
-		rep := worker.NewReporter(q, worker.ReporterConfig{
-			ID: cfg.worker.ID, Deliverers: deliverers, StatsInterval: cfg.worker.StatsInterval,
-			Logger: log, Metrics: reportMetrics,
-		})
+		rc := cfg.reporter
+		rc.ID, rc.Deliverers, rc.StatsInterval, rc.Logger, rc.Metrics = cfg.worker.ID, deliverers, cfg.worker.StatsInterval, log, reportMetrics
+		rep := worker.NewReporter(q, rc)
 		services.Go(func() { rep.Run(ctx) })
 	}
 	for _, c := range cfg.doors.on {

@@ -119,9 +119,11 @@ func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"metadata.uid: already used by a request for another identity"))
 		return
 	}
+	// A request just stored is in progress, even if it was carried out before this answer:
+	// its callbacks tell the outcome, and Ketch takes no event after a final answer.
 	status, reason := StatusInProgress, Reason("")
 	expected := a.Record.DueAt
-	if a.Record.Finished() {
+	if a.Admission == connector.Duplicate && a.Record.Finished() {
 		status, reason = FinalEvent(a.Record.Outcome)
 		expected = *a.Record.CompletedAt
 	}

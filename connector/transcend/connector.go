@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"github.com/erasure-worker/erasure-worker/connector"
@@ -42,9 +43,16 @@ func (c Connector) Declare(s *settings.Set) func() *connector.Parts {
 			s.SetErr(err)
 			return nil
 		}
+		// A report has no timeout of its own: the reporter bounds each delivery (REPORT_TIMEOUT).
+		cfg.HTTP = &http.Client{}
+		reporter, err := New(cfg)
+		if err != nil {
+			s.SetErr(err)
+			return nil
+		}
 		return &connector.Parts{
 			Puller:    &puller{c: client, info: c.Info(), interval: interval, pageSize: MaxPageSize},
-			Deliverer: deliverer{client},
+			Deliverer: deliverer{reporter},
 		}
 	}
 }

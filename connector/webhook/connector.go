@@ -44,7 +44,8 @@ func (c Connector) Declare(s *settings.Set) func() *connector.Parts {
 		d := &door{token: tok, info: c.Info()}
 		parts := &connector.Parts{Door: d, OnBy: "API_TOKEN"}
 		if u != "" {
-			sender, err := NewSender(u, secret, nil)
+			// No timeout of its own: the reporter bounds each delivery (REPORT_TIMEOUT).
+			sender, err := NewSender(u, secret, &http.Client{})
 			if err != nil {
 				s.SetErr(err)
 				return nil
