@@ -24,8 +24,8 @@ type NewRequest struct {
 // NewReport is one report to write beside a new request.
 type NewReport struct {
 	Connector string // the connector's name
-	Target    int    // which of the request's receivers (Ketch's callbacks); 0 otherwise
-	// Lane is the receiver's host where the connector reports to many (Ketch's callbacks), so
+	Target    int    // which of the request's receivers (one per callback); 0 otherwise
+	// Lane is the receiver's host where the connector reports to many (callback hosts), so
 	// that each is delivered apart; "" for the connector's one receiver.
 	Lane string
 	// Credentials is what the delivery needs (JSON): kept until delivered, never shown.

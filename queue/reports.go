@@ -31,7 +31,7 @@ type Report struct {
 
 	RequestID      int64
 	RequestRef     string
-	ExternalUserID string // Transcend's profileId; never logged
+	ExternalUserID string // for a receiver that names the person; never logged
 	Status         string // the request's: succeeded or failed
 	Outcome        string
 	ErrorCode      string

@@ -17,7 +17,7 @@ func declareReporter(s *settings.Set) func() worker.ReporterConfig {
 	lease := s.Add("REPORT_LEASE", "",
 		"how long a replica holds a report it claimed before another replica may take it over (after a crash, say); longer than REPORT_TIMEOUT. Default 3 × REPORT_TIMEOUT")
 	concurrency := s.Add("REPORT_CONCURRENCY", strconv.Itoa(worker.DefaultReportConcurrency),
-		"deliveries in flight at once in one lane: each connector has a lane, and a connector that reports to many receiver hosts (Ketch's callbacks) one per host; a slot is refilled as soon as its delivery ends, so a receiver that hangs holds back only its own lane")
+		"deliveries in flight at once in one lane: each connector has a lane, and a connector that reports to many receiver hosts (callbacks) one per host; a slot is refilled as soon as its delivery ends, so a receiver that hangs holds back only its own lane")
 	maxInFlight := s.Add("REPORT_MAX_IN_FLIGHT", strconv.Itoa(worker.DefaultReportMaxInFlight),
 		"deliveries in flight at once over all the lanes of one connector, so that many hung receiver hosts hold this many connections at most; at least REPORT_CONCURRENCY")
 	minBackoff := s.Add("REPORT_MIN_BACKOFF", worker.DefaultReportMinBackoff.String(),
