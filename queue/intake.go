@@ -220,7 +220,8 @@ type FieldError struct {
 func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
 
 // ValidateIDs applies the table's rules to a request's ids, and what PostgreSQL's text needs:
-// present, not blank, within its limit, valid UTF-8 and no NUL. It is the one place these rules
+// present, not blank, within its limit, valid UTF-8 and no NUL; a request_ref has no control
+// character, and an external_user_id does not look like a pseudonym. It is the one place these rules
 // are written: every door's refusal of an id comes from here, counting a connector's prefix,
 // since it checks the request_ref that will be stored.
 func ValidateIDs(requestRef, externalUserID string) *FieldError {
@@ -249,5 +250,20 @@ func validateID(field, v string, limit int) *FieldError {
 	if i := strings.IndexByte(v, 0); i >= 0 {
 		return fail("contains a NUL character at byte %d", i)
 	}
+	if field == "request_ref" {
+		// status, evidence and logs print it: a terminal would obey an escape sequence in it.
+		if i := strings.IndexFunc(v, isControl); i >= 0 {
+			r, _ := utf8.DecodeRuneInString(v[i:])
+			return fail("contains the control character %U at byte %d", r, i)
+		}
+	} else if strings.HasPrefix(v, PseudonymPrefix) {
+		return fail("starts with %s, which marks an id already pseudonymised", PseudonymPrefix)
+	}
 	return nil
 }
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) }
+
+// PseudonymPrefix starts every pseudonymised external_user_id (worker/pseudonym.go), and no id
+// that intake takes: a raw id of that shape would be taken for a pseudonym.
+const PseudonymPrefix = "hmac-sha256:"

@@ -17,7 +17,9 @@ func (r NewRequest) String() string {
 func (r NewRequest) GoString() string { return r.String() }
 
 // LogValue names the request by its ref.
-func (r NewRequest) LogValue() slog.Value { return slog.GroupValue(slog.String("request_ref", r.RequestRef)) }
+func (r NewRequest) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("request_ref", r.RequestRef))
+}
 
 func (r NewReport) String() string {
 	return fmt.Sprintf("queue.NewReport{Connector:%s Target:%d Lane:%q Credentials:<redacted>}", r.Connector, r.Target, r.Lane)

@@ -10,11 +10,13 @@ import (
 	"fmt"
 	"os"
 	"strings"
+
+	"github.com/erasure-worker/erasure-worker/queue"
 )
 
 // PseudonymPrefix starts every pseudonymised external_user_id: what is left of a finished
 // request's id once IDENTIFIER_RETENTION has passed.
-const PseudonymPrefix = "hmac-sha256:"
+const PseudonymPrefix = queue.PseudonymPrefix
 
 // minKeyBytes is the shortest key accepted: HMAC-SHA256's own block of security.
 const minKeyBytes = 32
