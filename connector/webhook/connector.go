@@ -174,11 +174,18 @@ func (h handler) unavailable(w http.ResponseWriter, r *http.Request, err error) 
 	writeError(w, http.StatusServiceUnavailable, "", "the database is unavailable; try again (repeating the same request is safe)")
 }
 
-// deliverer sends each report as a Standard Webhooks message whose webhook-id is the report's.
+// deliverer sends each report as a Standard Webhooks message.
 type deliverer struct{ s *Sender }
 
+// messageID is a report's webhook-id: the same on every attempt of one outcome, so that the
+// receiver drops repeats, and a new one when a requeued request's outcome changed, so that the
+// receiver does not drop the new outcome as a repeat of the old.
+func messageID(r connector.Report) string {
+	return "msg_" + strconv.FormatInt(r.ID, 10) + "_" + r.Outcome
+}
+
 func (d deliverer) Deliver(ctx context.Context, r connector.Report) connector.Delivery {
-	return d.s.Send(ctx, "msg_"+strconv.FormatInt(r.ID, 10), Outcome{
+	return d.s.Send(ctx, messageID(r), Outcome{
 		RequestRef: r.RequestRef, Outcome: r.Outcome, ErrorCode: r.ErrorCode, CompletedAt: r.CompletedAt,
 	}, time.Now())
 }
