@@ -111,7 +111,7 @@ func serveDoors(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, log
 func doorsHandler(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, log *slog.Logger, reg prometheus.Registerer) (http.Handler, []string) {
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "erasure_api_requests_total",
-		Help: "Requests to the HTTP doors on API_LISTEN_ADDR, by door (a connector's door) and HTTP status of the answer.",
+		Help: "Requests to the HTTP doors on API_LISTEN_ADDR, by door (a connector's door) and HTTP status of the answer; code abandoned when the sender went away before it was answered.",
 	}, []string{"door", "code"})
 	if reg != nil {
 		reg.MustRegister(requests)
@@ -134,18 +134,39 @@ func doorsHandler(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, l
 // statusRecorder keeps the status a handler answered with, for the counter.
 type statusRecorder struct {
 	http.ResponseWriter
-	status int
+	status int // 0 until the handler writes
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
-	s.status = code
+	if s.status == 0 {
+		s.status = code
+	}
 	s.ResponseWriter.WriteHeader(code)
 }
 
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// abandoned is the code of a request whose sender went away before it was answered: nothing
+// was written, and counting it 200 would read like success.
+const abandoned = "abandoned"
+
 func counted(requests *prometheus.CounterVec, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		rec := &statusRecorder{ResponseWriter: w}
 		h.ServeHTTP(rec, r)
-		requests.WithLabelValues(strconv.Itoa(rec.status)).Inc()
+		code := strconv.Itoa(rec.status)
+		switch {
+		case rec.status != 0:
+		case r.Context().Err() != nil:
+			code = abandoned
+		default:
+			code = strconv.Itoa(http.StatusOK) // net/http answers 200 for a handler that wrote nothing
+		}
+		requests.WithLabelValues(code).Inc()
 	})
 }
