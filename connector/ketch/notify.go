@@ -42,7 +42,8 @@ func EventBody(md Metadata, ev Event) []byte {
 const maxAnswerBytes = 4 << 10
 
 // Notify posts one DeleteStatusEvent to one callback, with that callback's headers, and
-// classifies the answer. Only a 2xx delivers it: Ketch documents no answer meaning "already
+// classifies the answer. A 401 or 403 fails the report: the headers are that callback's
+// credential, so no other report is concerned. Only a 2xx delivers it: Ketch documents no answer meaning "already
 // closed", it only says that it accepts no event after a final one, so nothing counts as
 // connector.Closed. Redirects are not followed (headers such as a custom credential would follow
 // them to another host). client nil means http.DefaultClient; its timeout bounds the call,
@@ -81,5 +82,12 @@ func Notify(ctx context.Context, client *http.Client, cb Callback, md Metadata, 
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, maxAnswerBytes))
 	resp.Body.Close()
-	return connector.FromAnswer(resp.StatusCode, resp.Header, time.Now())
+	d := connector.FromAnswer(resp.StatusCode, resp.Header, time.Now())
+	if d.Result == connector.Unauthorized {
+		// The credential is the callback's own, not ours: refused, it fails this report alone,
+		// where pausing the connector would hold back every other callback's report.
+		d.Result = connector.Rejected
+		d.Err = fmt.Errorf("ketch: the callback refused the credentials it came with: %w", d.Err)
+	}
+	return d
 }

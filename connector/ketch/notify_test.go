@@ -121,7 +121,9 @@ func TestNotifyClassifiesTheAnswer(t *testing.T) {
 	}{
 		{"200", status(200), connector.Delivered, 200, 0},
 		{"202", status(202), connector.Delivered, 202, 0},
-		{"401", status(401), connector.Unauthorized, 401, 0},
+		// The callback's credentials are its own: a refusal fails its report alone, never
+		// pausing every Ketch report as our own credential's refusal would.
+		{"401", status(401), connector.Rejected, 401, 0},
 		{"403", status(403), connector.Rejected, 403, 0},
 		// Ketch documents no "already closed" answer: a 409 is not taken as delivered.
 		{"409", status(409), connector.Rejected, 409, 0},
