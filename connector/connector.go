@@ -135,7 +135,29 @@ type Intake interface {
 	Submit(ctx context.Context, reqs ...Request) ([]Admitted, error)
 	// Lookup reads the request of this connector with the system's id, or ErrNotFound.
 	Lookup(ctx context.Context, id string) (Record, error)
+	// Refused says that the door refused a request before or at intake, for one of the
+	// Refusal reasons, naming the field at fault where one is ("" otherwise): every refusal is
+	// logged (without ids) and counted by reason, so that a door refusing most of its traffic
+	// (a typo in a setting, a sender misconfigured) is seen.
+	Refused(reason Refusal, field string)
 }
+
+// Refusal is why a door refused a request: a metric's label, so a small fixed set.
+type Refusal string
+
+const (
+	RefusedUnauthenticated Refusal = "unauthenticated" // a missing or wrong credential
+	RefusedTooLarge        Refusal = "too_large"       // a body over MaxBody
+	RefusedNotJSON         Refusal = "not_json"        // a body that says it is not JSON
+	RefusedInvalid         Refusal = "invalid"         // a field the wire or intake refuses
+	RefusedConflict        Refusal = "conflict"        // an id already used for another person
+	// RefusedUnidentified: the request names no person the connector can erase (Ketch: no
+	// identity in KETCH_IDENTITY_SPACE). Often a setting's typo: most of a door's traffic.
+	RefusedUnidentified Refusal = "unidentified"
+)
+
+// Refusals are every Refusal, for the metric's series.
+var Refusals = []Refusal{RefusedUnauthenticated, RefusedTooLarge, RefusedNotJSON, RefusedInvalid, RefusedConflict, RefusedUnidentified}
 
 // ErrNotFound is Lookup's answer for an id that no request has.
 var ErrNotFound = fmt.Errorf("no request has this id")

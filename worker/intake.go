@@ -6,10 +6,14 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/erasure-worker/erasure-worker/connector"
 	"github.com/erasure-worker/erasure-worker/queue"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // IntakeQueue is what intake needs of the queue.
@@ -27,18 +31,89 @@ type Intake struct {
 	// generic API) may not use.
 	reserved []string
 	keys     IdentifierKeys // to recognise a repeat of a request whose id was pseudonymised
+	refusals *prometheus.CounterVec
+	log      *slog.Logger
+
+	mu     sync.Mutex
+	logged map[connector.Refusal]refusalLog
 }
 
-// NewIntake returns the intake of the connector info, among the connectors that use the
-// prefixes all.
-func NewIntake(q IntakeQueue, info connector.Info, all []string, keys IdentifierKeys) *Intake {
-	in := &Intake{q: q, info: info, keys: keys}
-	for _, p := range all {
-		if p != info.RefPrefix {
+// IntakeConfig configures an Intake.
+type IntakeConfig struct {
+	Info connector.Info
+	// Prefixes are every registered connector's ref prefix.
+	Prefixes []string
+	Keys     IdentifierKeys
+	// Refusals counts refusals by door and reason (NewRefusalMetric); nil counts none.
+	Refusals *prometheus.CounterVec
+	Logger   *slog.Logger // nil logs nothing
+}
+
+// NewIntake returns the intake of one connector.
+func NewIntake(q IntakeQueue, cfg IntakeConfig) *Intake {
+	in := &Intake{q: q, info: cfg.Info, keys: cfg.Keys, refusals: cfg.Refusals, log: cfg.Logger,
+		logged: map[connector.Refusal]refusalLog{}}
+	if in.log == nil {
+		in.log = slog.New(slog.DiscardHandler)
+	}
+	for _, p := range cfg.Prefixes {
+		if p != cfg.Info.RefPrefix {
 			in.reserved = append(in.reserved, p)
 		}
 	}
+	if in.refusals != nil {
+		for _, r := range connector.Refusals {
+			in.refusals.WithLabelValues(in.info.DoorName(), string(r))
+		}
+	}
 	return in
+}
+
+// NewRefusalMetric is erasure_door_refusals_total, registered with reg unless it is nil.
+func NewRefusalMetric(reg prometheus.Registerer) *prometheus.CounterVec {
+	m := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "erasure_door_refusals_total",
+		Help: "Requests a door refused, by door and reason: unauthenticated, too_large, not_json, invalid, conflict, unidentified (the request names no person the connector can erase).",
+	}, []string{"door", "reason"})
+	if reg != nil {
+		reg.MustRegister(m)
+	}
+	return m
+}
+
+// refusalLogEvery is how often one reason of one door is logged at most; the refusals between
+// two lines are counted in the second.
+const refusalLogEvery = 10 * time.Second
+
+type refusalLog struct {
+	at     time.Time
+	unsaid int
+}
+
+// Refused implements connector.Intake.
+func (in *Intake) Refused(reason connector.Refusal, field string) {
+	if in.refusals != nil {
+		in.refusals.WithLabelValues(in.info.DoorName(), string(reason)).Inc()
+	}
+	in.mu.Lock()
+	l := in.logged[reason]
+	now := time.Now()
+	if !l.at.IsZero() && now.Sub(l.at) < refusalLogEvery {
+		l.unsaid++
+		in.logged[reason] = l
+		in.mu.Unlock()
+		return
+	}
+	in.logged[reason] = refusalLog{at: now}
+	in.mu.Unlock()
+	args := []any{"door", in.info.DoorName(), "reason", string(reason)}
+	if field != "" {
+		args = append(args, "field", field)
+	}
+	if l.unsaid > 0 {
+		args = append(args, "more_since_last_line", l.unsaid)
+	}
+	in.log.Warn("a door refused a request", args...)
 }
 
 // Submit implements connector.Intake.
@@ -46,6 +121,16 @@ func (in *Intake) Submit(ctx context.Context, reqs ...connector.Request) ([]conn
 	out := make([]connector.Admitted, len(reqs))
 	rows := make([]queue.NewRequest, 0, len(reqs))
 	at := make([]int, 0, len(reqs))
+	defer func() {
+		for i, a := range out {
+			switch a.Admission {
+			case connector.Refused:
+				in.Refused(connector.RefusedInvalid, a.Err.Field)
+			case connector.Conflict:
+				in.Refused(connector.RefusedConflict, orField(reqs[i].IDField, "request_ref"))
+			}
+		}
+	}()
 	for i, r := range reqs {
 		if err := in.reservedPrefix(r); err != nil {
 			out[i] = connector.Admitted{Admission: connector.Refused, Err: err}

@@ -41,7 +41,7 @@ func TestIntakeRefusesAnIDThatIsTooLongWithItsPrefixNamingTheSendersField(t *tes
 			"request_ref", "request_ref: the prefixes ketch: and transcend: are kept for the connectors' requests"},
 	}
 	for _, c := range cases {
-		in := worker.NewIntake(q, c.info, prefixes, worker.IdentifierKeys{})
+		in := worker.NewIntake(q, worker.IntakeConfig{Info: c.info, Prefixes: prefixes})
 		got, err := in.Submit(ctx, c.req, connector.Request{ID: "beside-" + c.name, ExternalUserID: "person-2"})
 		if err != nil {
 			t.Fatal(err)

@@ -57,7 +57,7 @@ func setupDoors(t *testing.T) *doorBundle {
 	if s.Err() != nil {
 		t.Fatal(s.Err())
 	}
-	h, _ := doorsHandler(cfg, testKeys, b.q, slog.New(slog.NewJSONHandler(b.logs, nil)), nil)
+	h, _ := doorsHandler(cfg, testKeys, b.q, slog.New(slog.NewJSONHandler(b.logs, nil)), nil, nil)
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	b.url = srv.URL

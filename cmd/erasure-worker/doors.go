@@ -73,19 +73,19 @@ func (d doorsConfig) deliverers() map[string]connector.Deliverer {
 	return out
 }
 
-// intake is the Intake of one connector.
-func intake(q *queue.Queue, info connector.Info, keys worker.IdentifierKeys) connector.Intake {
-	return worker.NewIntake(q, info, connectors.Prefixes(), keys)
+// intake is the Intake of one connector; refusals counts its door's refusals.
+func intake(q *queue.Queue, info connector.Info, keys worker.IdentifierKeys, refusals *prometheus.CounterVec, log *slog.Logger) connector.Intake {
+	return worker.NewIntake(q, worker.IntakeConfig{Info: info, Prefixes: connectors.Prefixes(), Keys: keys, Refusals: refusals, Logger: log})
 }
 
 // serveDoors serves the HTTP doors on API_LISTEN_ADDR; stop ends them gracefully, letting
 // requests being answered finish.
-func serveDoors(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, log *slog.Logger, reg prometheus.Registerer) (stop func(), err error) {
+func serveDoors(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, log *slog.Logger, reg prometheus.Registerer, refusals *prometheus.CounterVec) (stop func(), err error) {
 	ln, err := net.Listen("tcp", cfg.apiAddr)
 	if err != nil {
 		return nil, fmt.Errorf("API_LISTEN_ADDR: %w", err)
 	}
-	handler, patterns := doorsHandler(cfg, keys, q, log, reg)
+	handler, patterns := doorsHandler(cfg, keys, q, log, reg, refusals)
 	srv := &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -108,7 +108,7 @@ func serveDoors(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, log
 
 // doorsHandler routes every door of the connectors that are on, each counted in
 // erasure_api_requests_total by its door's name and its answer's status.
-func doorsHandler(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, log *slog.Logger, reg prometheus.Registerer) (http.Handler, []string) {
+func doorsHandler(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, log *slog.Logger, reg prometheus.Registerer, refusals *prometheus.CounterVec) (http.Handler, []string) {
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "erasure_api_requests_total",
 		Help: "Requests to the HTTP doors on API_LISTEN_ADDR, by door (a connector's door) and HTTP status of the answer; code abandoned when the sender went away before it was answered.",
@@ -122,7 +122,8 @@ func doorsHandler(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, l
 		if c.parts.Door == nil {
 			continue
 		}
-		routes := c.parts.Door.Routes(intake(q, c.info, keys), log.With("connector", c.info.Name))
+		clog := log.With("connector", c.info.Name)
+		routes := c.parts.Door.Routes(intake(q, c.info, keys, refusals, clog), clog)
 		for _, p := range slices.Sorted(maps.Keys(routes)) {
 			mux.Handle(p, counted(requests.MustCurryWith(prometheus.Labels{"door": c.info.DoorName()}), routes[p]))
 			patterns = append(patterns, p)

@@ -216,8 +216,9 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 
 	// The doors bind first: a taken API_LISTEN_ADDR stops start-up before anything runs. Any
 	// return from here on stops the services started below, then waits for them.
+	refusals := worker.NewRefusalMetric(reg)
 	if cfg.doors.listening() {
-		stop, err := serveDoors(cfg.doors, cfg.retention.keys, q, log, reg)
+		stop, err := serveDoors(cfg.doors, cfg.retention.keys, q, log, reg, refusals)
 		if err != nil {
 			return err
 		}
@@ -242,7 +243,8 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 		if p == nil {
 			continue
 		}
-		in, plog := intake(q, c.info, cfg.retention.keys), log.With("connector", c.info.Name)
+		plog := log.With("connector", c.info.Name)
+		in := intake(q, c.info, cfg.retention.keys, refusals, plog)
 		services.Go(func() {
 			// A pull pages through everything pending: the next is due an interval later.
 			pull := func(ctx context.Context) (bool, error) { return false, p.Pull(ctx, in, plog) }

@@ -32,6 +32,8 @@ import (
 	"github.com/erasure-worker/erasure-worker/settings"
 	"github.com/erasure-worker/erasure-worker/worker"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // Fake is a connector's fake privacy request system, as the suite drives it.
@@ -140,12 +142,14 @@ type harness struct {
 	q     *queue.Queue
 	pool  *pgxpool.Pool
 	in    connector.Intake
-	door  string // the door's URL
-	logs  *syncBuffer
-	log   *slog.Logger
-	ctx   context.Context
-	users []string // external_user_ids used: none may be logged
-	mu    sync.Mutex
+	// refusals counts what the door said it refused (Intake.Refused), by door and reason.
+	refusals *prometheus.CounterVec
+	door     string // the door's URL
+	logs     *syncBuffer
+	log      *slog.Logger
+	ctx      context.Context
+	users    []string // external_user_ids used: none may be logged
+	mu       sync.Mutex
 }
 
 func newHarness(t *testing.T, c connector.Connector, fake Fake) *harness {
@@ -169,7 +173,9 @@ func newHarness(t *testing.T, c connector.Connector, fake Fake) *harness {
 	h := &harness{c: c, info: c.Info(), fake: fake, parts: parts, q: queue.New(pool), pool: pool,
 		logs: &syncBuffer{}, ctx: context.Background()}
 	h.log = slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	h.in = worker.NewIntake(h.q, h.info, []string{h.info.RefPrefix, "other:"}, worker.IdentifierKeys{})
+	h.refusals = worker.NewRefusalMetric(nil)
+	h.in = worker.NewIntake(h.q, worker.IntakeConfig{Info: h.info, Prefixes: []string{h.info.RefPrefix, "other:"},
+		Refusals: h.refusals, Logger: h.log})
 	if parts.Door != nil {
 		mux := http.NewServeMux()
 		for pattern, handler := range parts.Door.Routes(h.in, h.log) {
@@ -180,6 +186,17 @@ func newHarness(t *testing.T, c connector.Connector, fake Fake) *harness {
 		h.door = door.URL
 	}
 	return h
+}
+
+// refused is how many refusals of reason the connector has said; every reason when "".
+func (h *harness) refused(reason connector.Refusal) float64 {
+	var n float64
+	for _, r := range connector.Refusals {
+		if reason == "" || r == reason {
+			n += testutil.ToFloat64(h.refusals.WithLabelValues(h.info.DoorName(), string(r)))
+		}
+	}
+	return n
 }
 
 // user is a new external_user_id that looks like what it stands for: personal data.
@@ -240,9 +257,13 @@ func (h *harness) authenticatesFirst(t *testing.T, p Pusher) {
 	if resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("a request without its credential: %d, want 401 or 403", resp.StatusCode)
 	}
+	before := h.refused(connector.RefusedUnauthenticated)
 	status, _ := send(t, p.Unauthenticated(h.door, "auth-first", h.user(1)))
 	if status != http.StatusUnauthorized && status != http.StatusForbidden {
 		t.Fatalf("a request without its credential: %d, want 401 or 403", status)
+	}
+	if h.refused(connector.RefusedUnauthenticated) != before+1 {
+		t.Fatal("the door did not say it refused a request without its credential (Intake.Refused)")
 	}
 	if n := h.stored(t); n != 0 {
 		t.Fatalf("%d requests stored from unauthenticated requests", n)
@@ -252,7 +273,11 @@ func (h *harness) authenticatesFirst(t *testing.T, p Pusher) {
 func (h *harness) refusesBadInput(t *testing.T, p Pusher) {
 	before := h.stored(t)
 	for _, bad := range p.BadInputs(h.door) {
+		said := h.refused("")
 		status, body := send(t, bad.Request)
+		if h.refused("") != said+1 {
+			t.Errorf("%s: the door did not say it refused it, once (Intake.Refused)", bad.Name)
+		}
 		if status < 400 || status > 499 {
 			t.Errorf("%s: answered %d, want a 4xx naming %s", bad.Name, status, bad.Field)
 			continue
@@ -277,6 +302,9 @@ func (h *harness) idempotent(t *testing.T, p Pusher) {
 	}
 	if status, body := send(t, p.Request(h.door, "repeat-1", other)); status != http.StatusConflict {
 		t.Fatalf("its id for another person: %d %s, want 409", status, body)
+	}
+	if h.refused(connector.RefusedConflict) != 1 {
+		t.Error("the conflict was not counted as a refusal")
 	}
 	if n := h.stored(t) - before; n != 1 {
 		t.Fatalf("%d requests stored from one request, its repeat and a conflict", n)
@@ -310,6 +338,10 @@ func (h *harness) pullLeavesBadInputAndIsIdempotent(t *testing.T, p Puller) {
 		if !strings.Contains(logs, bad.Field) {
 			t.Errorf("%s: no log line names %s", bad.Name, bad.Field)
 		}
+	}
+	// Each pull sees every bad item again, and says so each time.
+	if got, want := h.refused(""), float64(2*len(bads)); got != want {
+		t.Errorf("%v refusals said over two pulls of %d bad items, want %v", got, len(bads), want)
 	}
 }
 

@@ -71,12 +71,14 @@ type handler struct {
 // ServeHTTP is POST /v1/ketch: the Ketch Forwarder protocol's DeleteRequest.
 func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !connector.EqualSecret(r.Header.Get(h.header), h.value) {
+		h.in.Refused(connector.RefusedUnauthenticated, "")
 		connector.CloseAfter(w) // nothing past the headers is read
 		connector.WriteRaw(w, http.StatusUnauthorized, ErrorBody(nil, http.StatusUnauthorized, ErrorForbidden,
 			"missing or wrong "+h.header+" header"))
 		return
 	}
 	body, ok := connector.ReadBody(w, r, func() {
+		h.in.Refused(connector.RefusedTooLarge, "")
 		connector.WriteRaw(w, http.StatusRequestEntityTooLarge, ErrorBody(nil, http.StatusRequestEntityTooLarge, ErrorInvalid, "the body is larger than 64 KiB"))
 	})
 	if !ok {
@@ -87,10 +89,18 @@ func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var re *RequestError
 		if errors.As(err, &re) {
+			// A denial for want of an identity reads like an answer to Ketch; said here, a
+			// KETCH_IDENTITY_SPACE that names no identity Ketch sends is seen.
+			reason := connector.RefusedInvalid
+			if re.Kind == Unidentified {
+				reason = connector.RefusedUnidentified
+			}
+			h.in.Refused(reason, re.Field)
 			status, answer := re.Answer(now)
 			connector.WriteRaw(w, status, answer)
 			return
 		}
+		h.in.Refused(connector.RefusedInvalid, "")
 		connector.WriteRaw(w, http.StatusBadRequest, ErrorBody(nil, http.StatusBadRequest, ErrorInvalid, err.Error()))
 		return
 	}

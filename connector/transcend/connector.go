@@ -95,6 +95,7 @@ func (p *puller) Pull(ctx context.Context, in connector.Intake, log *slog.Logger
 			return err
 		}
 		for _, bad := range page.Invalid {
+			in.Refused(connector.RefusedInvalid, bad.Field)
 			log.Warn("Transcend sent a pending erasure that cannot be carried out; it stays pending there", "item", bad.Error())
 		}
 		now := time.Now()

@@ -67,15 +67,16 @@ type door struct {
 func (d *door) Routes(in connector.Intake, log *slog.Logger) map[string]http.Handler {
 	h := handler{door: d, in: in, log: log}
 	return map[string]http.Handler{
-		"POST /v1/erasure-requests":      d.authenticated(h.submit),
-		"GET /v1/erasure-requests/{ref}": d.authenticated(h.lookup),
+		"POST /v1/erasure-requests":      h.authenticated(h.submit),
+		"GET /v1/erasure-requests/{ref}": h.authenticated(h.lookup),
 	}
 }
 
-func (d *door) authenticated(h http.HandlerFunc) http.Handler {
+func (h handler) authenticated(next http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || !connector.EqualSecret(token, d.token) {
+		if !ok || !connector.EqualSecret(token, h.token) {
+			h.in.Refused(connector.RefusedUnauthenticated, "")
 			// Nothing past the headers is read, and the connection is closed so that net/http
 			// does not wait for a body it would discard.
 			connector.CloseAfter(w)
@@ -83,7 +84,7 @@ func (d *door) authenticated(h http.HandlerFunc) http.Handler {
 			writeError(w, http.StatusUnauthorized, "", "missing or wrong bearer token (Authorization: Bearer <API_TOKEN>)")
 			return
 		}
-		h(w, r)
+		next(w, r)
 	})
 }
 
@@ -110,10 +111,12 @@ type handler struct {
 // submit is POST /v1/erasure-requests.
 func (h handler) submit(w http.ResponseWriter, r *http.Request) {
 	if !connector.IsJSON(r) {
+		h.in.Refused(connector.RefusedNotJSON, "")
 		writeError(w, http.StatusUnsupportedMediaType, "", "the body must be JSON (Content-Type: application/json)")
 		return
 	}
 	body, ok := connector.ReadBody(w, r, func() {
+		h.in.Refused(connector.RefusedTooLarge, "")
 		writeError(w, http.StatusRequestEntityTooLarge, "", "the body is larger than 64 KiB")
 	})
 	if !ok {
@@ -122,11 +125,12 @@ func (h handler) submit(w http.ResponseWriter, r *http.Request) {
 	sub, err := connector.ParseSubmission(body)
 	if err != nil {
 		var fe *connector.FieldError
+		field := ""
 		if errors.As(err, &fe) {
-			writeError(w, http.StatusBadRequest, fe.Field, err.Error())
-			return
+			field = fe.Field
 		}
-		writeError(w, http.StatusBadRequest, "", err.Error())
+		h.in.Refused(connector.RefusedInvalid, field)
+		writeError(w, http.StatusBadRequest, field, err.Error())
 		return
 	}
 	req := connector.Request{ID: sub.RequestRef, ExternalUserID: sub.ExternalUserID, DueAt: sub.DueAt}
