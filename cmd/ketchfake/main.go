@@ -48,6 +48,7 @@ func command(getenv func(string) string) fakekit.Command {
 			fakekit.FaultFlags(fs, "callbacks", &f.ErrorRate, &f.RateLimitRate, &f.RetryAfter, &f.HangRate)
 			fakekit.LatencyFlags(fs, "callback", &f.Latency, &f.LatencyJitter)
 			fs.Float64Var(&f.ConflictRate, "conflict-rate", 0, "share of callbacks answered 409")
+			fs.Float64Var(&f.LostAnswerRate, "lost-answer-rate", 0, "share of events taken, then dropped without an answer")
 			fs.DurationVar(&outage, "outage", 0, "answer every callback 503 for this long after start")
 			fs.BoolVar(&f.RejectCredentials, "reject-credentials", false, "answer every callback 401")
 			fs.BoolVar(&f.RejectAfterFinal, "reject-after-final", false, "answer 409 to an event after a final one (it is counted either way)")
@@ -86,7 +87,7 @@ func command(getenv func(string) string) fakekit.Command {
 			return []any{"callback_base_url", callbackBase, "identity_space", identitySpace, "tenant", tenant,
 				"callbacks", callbacks, "error_rate", f.ErrorRate, "rate_limit_rate", f.RateLimitRate,
 				"retry_after", f.RetryAfter.String(), "conflict_rate", f.ConflictRate,
-				"hang_rate", f.HangRate, "latency", f.Latency.String(),
+				"hang_rate", f.HangRate, "lost_answer_rate", f.LostAnswerRate, "latency", f.Latency.String(),
 				"latency_jitter", f.LatencyJitter.String(), "outage", outage,
 				"reject_credentials", f.RejectCredentials, "reject_after_final", f.RejectAfterFinal}
 		},

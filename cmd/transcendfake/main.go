@@ -67,6 +67,7 @@ func command(getenv func(string) string) fakekit.Command {
 			fs.Float64Var(&r.RateLimitRate, "report-rate-limit-rate", 0, "share of reports answered 429 (nothing recorded)")
 			fs.Float64Var(&r.HangRate, "report-hang-rate", 0, "share of reports never answered (nothing recorded)")
 			fs.Float64Var(&r.ConflictRate, "report-conflict-rate", 0, "share of reports answered 409 as if the request had been revoked")
+			fs.Float64Var(&r.LostAnswerRate, "report-lost-answer-rate", 0, "share of reports recorded, then dropped without an answer")
 			fs.DurationVar(&reportOutage, "report-outage", 0, "answer every report 500 for this long after start")
 			fs.DurationVar(&retryAfter, "retry-after", time.Second, "Retry-After sent with 429s (whole seconds, rounded up)")
 			fs.DurationVar(&latency, "latency", 0, "latency added to every pull and report")
@@ -119,7 +120,7 @@ func command(getenv func(string) string) fakekit.Command {
 				"pull_error_rate", p.ErrorRate, "pull_rate_limit_rate", p.RateLimitRate, "pull_hang_rate", p.HangRate,
 				"pull_truncated_rate", p.TruncatedRate, "pull_outage", pullOutage,
 				"report_error_rate", r.ErrorRate, "report_rate_limit_rate", r.RateLimitRate, "report_hang_rate", r.HangRate,
-				"report_conflict_rate", r.ConflictRate, "report_outage", reportOutage,
+				"report_conflict_rate", r.ConflictRate, "report_lost_answer_rate", r.LostAnswerRate, "report_outage", reportOutage,
 				"retry_after", retryAfter.String(), "latency", latency.String(), "reject_credentials", rejectCredentials}
 		},
 		Stopped: func() []any {

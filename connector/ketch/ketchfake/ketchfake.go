@@ -8,9 +8,9 @@
 //     validates each DeleteStatusEvent against the spec, and counts events per request, so a
 //     test can tell that every callback got exactly one final event and none after it.
 //
-// It injects faults on the callbacks (5xx, 429, 401, 409, hangs, outages) and serves admin
-// endpoints under /_fake/ (stats, faults, reset, push, requests). They have no authentication:
-// the fake is meant for loopback and test networks only.
+// It injects faults on the callbacks (5xx, 429, 401, 409, hangs, lost answers, outages) and
+// serves admin endpoints under /_fake/ (stats, faults, reset, push, requests). They have no
+// authentication: the fake is meant for loopback and test networks only.
 //
 // The package knows nothing of package ketch on purpose: it reads the wire format on its own, so
 // a misreading of the spec in one does not hide in the other.
@@ -273,7 +273,8 @@ func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	switch kind := fakekit.Roll(f.rates(), randv2.Float64()); kind {
+	kind := fakekit.Roll(f.rates(), randv2.Float64())
+	switch kind {
 	case "hang":
 		s.count(func(st *Stats) { st.Faulted[kind]++ })
 		fakekit.Hang(r)
@@ -349,8 +350,15 @@ func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request) {
 	if reject {
 		s.st.Faulted["reject_after_final"]++
 	}
+	if kind == "lost_answer" {
+		s.st.Faulted[kind]++
+	}
 	s.mu.Unlock()
 
+	if kind == "lost_answer" {
+		// Taken, but the answer never reaches the forwarder: it will send the event again.
+		fakekit.Abort()
+	}
 	if reject {
 		writeError(w, http.StatusConflict, "conflict", "the request is closed", &ev.Metadata)
 		return
@@ -522,7 +530,7 @@ type Stats struct {
 	// RejectCredentials fault), including another request's credential.
 	BadCredentials int64 `json:"bad_credentials"`
 	// Faulted counts injected faults by kind: "error", "rate_limit", "conflict", "hang",
-	// "outage", "reject_credentials", "reject_after_final".
+	// "lost_answer", "outage", "reject_credentials", "reject_after_final".
 	Faulted map[string]int64 `json:"faulted"`
 	// EarlyRetries counts events at a callback told Retry-After that came back before that time.
 	EarlyRetries int64 `json:"early_retries"`
@@ -572,7 +580,8 @@ func (s *Server) Stats() Stats {
 }
 
 // Faults are injected into the callbacks the fake serves. Rates are shares in [0, 1] of the
-// events that pass the credential check; a faulted event is not recorded, so its retry counts.
+// events that pass the credential check. An event answered with a fault is not recorded, so its
+// retry counts as new; an event whose answer was lost was recorded, so its retry is a repeat.
 type Faults struct {
 	// ErrorRate is the share answered 500 with a Ketch Error (status "internal").
 	ErrorRate float64 `json:"error_rate"`
@@ -585,6 +594,9 @@ type Faults struct {
 	// HangRate is the share never answered: they block until the client goes away, and end
 	// without an answer (not an empty 200) when the server shuts down.
 	HangRate float64 `json:"hang_rate"`
+	// LostAnswerRate is the share taken and counted, whose connection is then dropped without
+	// an answer, so that the forwarder sends again an event Ketch already has.
+	LostAnswerRate float64 `json:"lost_answer_rate"`
 	// Latency is added to every callback; LatencyJitter adds a uniform 0..jitter.
 	Latency       Duration `json:"latency"`
 	LatencyJitter Duration `json:"latency_jitter"`
@@ -598,7 +610,8 @@ type Faults struct {
 }
 
 func (f Faults) rates() fakekit.Rates {
-	return fakekit.Rates{"error": f.ErrorRate, "rate_limit": f.RateLimitRate, "conflict": f.ConflictRate, "hang": f.HangRate}
+	return fakekit.Rates{"error": f.ErrorRate, "rate_limit": f.RateLimitRate, "conflict": f.ConflictRate, "hang": f.HangRate,
+		"lost_answer": f.LostAnswerRate}
 }
 
 // Validate reports a rate outside [0, 1], rates that sum above 1, or a negative duration, naming

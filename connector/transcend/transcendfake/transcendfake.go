@@ -405,7 +405,8 @@ func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	switch kind := s.randomFault(w, r, "report", f); kind {
+	kind := s.randomFault(w, r, "report", f)
+	switch kind {
 	case "answered":
 		return
 	case "conflict":
@@ -455,6 +456,11 @@ func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) {
 	s.st.Reports++
 	s.st.ReportsByProfileStatus[rep.Effective]++
 	s.mu.Unlock()
+	if kind == "lost_answer" {
+		// Recorded, but the answer never reaches the client: its retry is a repeat (409).
+		s.count(func(st *Stats) { st.Faulted["report_lost_answer"]++ })
+		fakekit.Abort()
+	}
 	s.respond(w, "report", http.StatusOK, struct{}{})
 }
 
@@ -568,7 +574,7 @@ func (s *Server) enter(w http.ResponseWriter, r *http.Request, door, method stri
 }
 
 // randomFault draws the door's random fault and answers those both doors have. It returns
-// "answered", the kind left to the door ("truncated", "conflict"), or "" for none.
+// "answered", the kind left to the door ("truncated", "conflict", "lost_answer"), or "" for none.
 func (s *Server) randomFault(w http.ResponseWriter, r *http.Request, door string, f FaultSet) string {
 	switch kind := fakekit.Roll(f.rates(), rand.Float64()); kind {
 	case "hang":
@@ -654,7 +660,8 @@ type Stats struct {
 	// ByStatus counts answers by door and status: "pull 200", "report 409", ...
 	ByStatus map[string]int64 `json:"by_status"`
 	// Faulted counts injected faults by door and kind: "pull_error", "report_rate_limit",
-	// "pull_outage", "report_conflict", "pull_truncated", "report_hang", "pull_reject_credentials".
+	// "pull_outage", "report_conflict", "pull_truncated", "report_hang", "report_lost_answer",
+	// "pull_reject_credentials".
 	Faulted   map[string]int64 `json:"faulted"`
 	FirstCall time.Time        `json:"first_call,omitzero"`
 	LastCall  time.Time        `json:"last_call,omitzero"`
@@ -724,6 +731,9 @@ type FaultSet struct {
 	// ConflictRate (report only) is the share answered 409 as if the request had been revoked
 	// meanwhile: the item leaves the pending list, unreported.
 	ConflictRate float64 `json:"conflict_rate"`
+	// LostAnswerRate (report only) is the share recorded whose connection is then dropped
+	// without an answer: the client's retry is then a second report of the item (409).
+	LostAnswerRate float64 `json:"lost_answer_rate"`
 }
 
 // Validate reports a rate outside [0, 1], rates of one door that add up above 1, a fault on a
@@ -734,6 +744,9 @@ func (f Faults) Validate() error {
 	}
 	if f.Pull.ConflictRate != 0 {
 		return fmt.Errorf("pull.conflict_rate: only reports can conflict")
+	}
+	if f.Pull.LostAnswerRate != 0 {
+		return fmt.Errorf("pull.lost_answer_rate: only reports are recorded")
 	}
 	if err := f.Report.validate("report"); err != nil {
 		return err
@@ -750,7 +763,7 @@ func (f FaultSet) validate(door string) error {
 
 func (f FaultSet) rates() fakekit.Rates {
 	return fakekit.Rates{"error": f.ErrorRate, "rate_limit": f.RateLimitRate, "hang": f.HangRate,
-		"truncated": f.TruncatedRate, "conflict": f.ConflictRate}
+		"truncated": f.TruncatedRate, "conflict": f.ConflictRate, "lost_answer": f.LostAnswerRate}
 }
 
 // Duration is a time.Duration that reads and writes JSON as a Go duration string ("250ms").
