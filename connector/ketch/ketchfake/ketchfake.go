@@ -25,7 +25,6 @@ import (
 	"io"
 	"maps"
 	"math"
-	randv2 "math/rand/v2"
 	"mime"
 	"net/http"
 	"slices"
@@ -273,7 +272,7 @@ func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	kind := fakekit.Roll(f.rates(), randv2.Float64())
+	kind := fakekit.Draw(f)
 	switch kind {
 	case "hang":
 		s.count(func(st *Stats) { st.Faulted[kind]++ })
@@ -581,45 +580,31 @@ func (s *Server) Stats() Stats {
 
 // Faults are injected into the callbacks the fake serves. Rates are shares in [0, 1] of the
 // events that pass the credential check. An event answered with a fault is not recorded, so its
-// retry counts as new; an event whose answer was lost was recorded, so its retry is a repeat.
+// retry counts as new; an event whose answer was lost was recorded, so its retry is a repeat. A
+// field's help is its flag's in cmd/ketchfake.
 type Faults struct {
-	// ErrorRate is the share answered 500 with a Ketch Error (status "internal").
-	ErrorRate float64 `json:"error_rate"`
-	// RateLimitRate is the share answered 429 with Retry-After.
-	RateLimitRate float64 `json:"rate_limit_rate"`
-	// RetryAfter is sent on 429s, in whole seconds rounded up (at least 1).
-	RetryAfter Duration `json:"retry_after"`
-	// ConflictRate is the share answered 409 (status "conflict").
-	ConflictRate float64 `json:"conflict_rate"`
-	// HangRate is the share never answered: they block until the client goes away, and end
-	// without an answer (not an empty 200) when the server shuts down.
-	HangRate float64 `json:"hang_rate"`
-	// LostAnswerRate is the share taken and counted, whose connection is then dropped without
-	// an answer, so that the forwarder sends again an event Ketch already has.
-	LostAnswerRate float64 `json:"lost_answer_rate"`
-	// Latency is added to every callback; LatencyJitter adds a uniform 0..jitter.
-	Latency       Duration `json:"latency"`
-	LatencyJitter Duration `json:"latency_jitter"`
-	// OutageUntil: every callback answers 503 (status "unavailable") until this time.
-	OutageUntil time.Time `json:"outage_until,omitzero"`
-	// RejectCredentials: every callback answers 401, whatever its headers.
-	RejectCredentials bool `json:"reject_credentials"`
-	// RejectAfterFinal: an event after a final one is answered 409 instead of 204. Ketch
-	// documents that it accepts no such event but not how it answers; either way it is counted.
-	RejectAfterFinal bool `json:"reject_after_final"`
-}
-
-func (f Faults) rates() fakekit.Rates {
-	return fakekit.Rates{"error": f.ErrorRate, "rate_limit": f.RateLimitRate, "conflict": f.ConflictRate, "hang": f.HangRate,
-		"lost_answer": f.LostAnswerRate}
+	// ErrorRate answers with a Ketch Error of status "internal", ConflictRate of "conflict".
+	ErrorRate     float64  `json:"error_rate" help:"share of callbacks answered 500"`
+	RateLimitRate float64  `json:"rate_limit_rate" help:"share of callbacks answered 429"`
+	RetryAfter    Duration `json:"retry_after" help:"Retry-After sent with 429s (whole seconds, rounded up)"`
+	ConflictRate  float64  `json:"conflict_rate" help:"share of callbacks answered 409"`
+	// HangRate: they block until the client goes away, and end without an answer (not an
+	// empty 200) when the server shuts down.
+	HangRate       float64   `json:"hang_rate" help:"share of callbacks never answered"`
+	LostAnswerRate float64   `json:"lost_answer_rate" help:"share of events taken, then dropped without an answer"`
+	Latency        Duration  `json:"latency" help:"latency added to every callback"`
+	LatencyJitter  Duration  `json:"latency_jitter" help:"uniform extra latency, 0 up to this"`
+	OutageUntil    time.Time `json:"outage_until,omitzero" help:"answer every callback 503 for this long after start"`
+	// RejectCredentials: 401 whatever the callback's headers.
+	RejectCredentials bool `json:"reject_credentials" help:"answer every callback 401"`
+	// RejectAfterFinal: Ketch documents that it accepts no event after a final one, not how it
+	// answers it; the fake answers 204 unless this is set.
+	RejectAfterFinal bool `json:"reject_after_final" help:"answer 409 to an event after a final one (it is counted either way)"`
 }
 
 // Validate reports a rate outside [0, 1], rates that sum above 1, or a negative duration, naming
 // the field.
-func (f Faults) Validate() error {
-	return fakekit.Check("", f.rates(), map[string]Duration{
-		"retry_after": f.RetryAfter, "latency": f.Latency, "latency_jitter": f.LatencyJitter})
-}
+func (f Faults) Validate() error { return fakekit.Validate("", f) }
 
 // Duration is a time.Duration that reads and writes JSON as a Go duration string ("250ms").
 type Duration = fakekit.Duration

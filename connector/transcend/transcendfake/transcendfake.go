@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"slices"
@@ -576,7 +575,7 @@ func (s *Server) enter(w http.ResponseWriter, r *http.Request, door, method stri
 // randomFault draws the door's random fault and answers those both doors have. It returns
 // "answered", the kind left to the door ("truncated", "conflict", "lost_answer"), or "" for none.
 func (s *Server) randomFault(w http.ResponseWriter, r *http.Request, door string, f FaultSet) string {
-	switch kind := fakekit.Roll(f.rates(), rand.Float64()); kind {
+	switch kind := fakekit.Draw(f); kind {
 	case "hang":
 		s.count(func(st *Stats) { st.Faulted[door+"_hang"]++ })
 		fakekit.Hang(r)
@@ -739,7 +738,7 @@ type FaultSet struct {
 // Validate reports a rate outside [0, 1], rates of one door that add up above 1, a fault on a
 // door that has no such thing, or a negative duration, naming the field.
 func (f Faults) Validate() error {
-	if err := f.Pull.validate("pull"); err != nil {
+	if err := fakekit.Validate("pull", f.Pull); err != nil {
 		return err
 	}
 	if f.Pull.ConflictRate != 0 {
@@ -748,22 +747,13 @@ func (f Faults) Validate() error {
 	if f.Pull.LostAnswerRate != 0 {
 		return fmt.Errorf("pull.lost_answer_rate: only reports are recorded")
 	}
-	if err := f.Report.validate("report"); err != nil {
+	if err := fakekit.Validate("report", f.Report); err != nil {
 		return err
 	}
 	if f.Report.TruncatedRate != 0 {
 		return fmt.Errorf("report.truncated_rate: only pulls have a body to truncate")
 	}
 	return nil
-}
-
-func (f FaultSet) validate(door string) error {
-	return fakekit.Check(door, f.rates(), map[string]Duration{"retry_after": f.RetryAfter, "latency": f.Latency})
-}
-
-func (f FaultSet) rates() fakekit.Rates {
-	return fakekit.Rates{"error": f.ErrorRate, "rate_limit": f.RateLimitRate, "hang": f.HangRate,
-		"truncated": f.TruncatedRate, "conflict": f.ConflictRate, "lost_answer": f.LostAnswerRate}
 }
 
 // Duration is a time.Duration that reads and writes JSON as a Go duration string ("250ms").
