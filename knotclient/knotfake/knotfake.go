@@ -6,8 +6,8 @@
 // the worker behaves (no early retries, no duplicate storms, rate respected).
 //
 // Besides /user/delete it serves admin endpoints under /_fake/ (stats,
-// faults, reset). They have no authentication: the fake is meant for
-// loopback and test networks only.
+// arrivals, faults, reset). They have no authentication: the fake is meant
+// for loopback and test networks only.
 package knotfake
 
 import (
@@ -44,7 +44,8 @@ type Options struct {
 // Server is the fake. It implements http.Handler and is safe for concurrent
 // use.
 type Server struct {
-	admin            *fakekit.Admin[Faults]
+	// Admin holds the faults and serves /_fake/; every other call goes to the wire.
+	*fakekit.Admin[Faults]
 	clientID, secret []byte
 	exists           func(string) bool
 	now              func() time.Time
@@ -74,10 +75,10 @@ func New(opts Options) *Server {
 	wire.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 		fakekit.WriteJSON(w, http.StatusNotFound, knotError{Message: "Not Found"})
 	})
-	s.admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() }, Reset: s.Reset, Now: s.now})
+	s.Admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() }, Reset: s.Reset, Now: s.now})
 	// Each call's arrival time, in order: the record BusiestSecond and
 	// PerSecond are computed from.
-	s.admin.HandleFunc("GET /_fake/arrivals", func(w http.ResponseWriter, _ *http.Request) {
+	s.HandleFunc("GET /_fake/arrivals", func(w http.ResponseWriter, _ *http.Request) {
 		fakekit.WriteJSON(w, http.StatusOK, s.Arrivals())
 	})
 	return s
@@ -108,12 +109,6 @@ func MissingShare(p float64) func(string) bool {
 	}
 }
 
-// SetFaults replaces all faults.
-func (s *Server) SetFaults(f Faults) { s.admin.SetFaults(f) }
-
-// Faults returns the faults in force.
-func (s *Server) Faults() Faults { return s.admin.Faults() }
-
 // Deleted reports whether the fake deleted this user.
 func (s *Server) Deleted(externalUserID string) bool {
 	s.mu.Lock()
@@ -131,10 +126,6 @@ func (s *Server) Reset() {
 	s.st = Stats{ByStatus: map[string]int64{}, Faulted: map[string]int64{}}
 	s.arrivals = nil
 }
-
-// ServeHTTP answers /user/delete like Knot, and the unauthenticated /_fake/
-// admin endpoints (GET stats, GET arrivals, GET/PUT faults, POST reset).
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.admin.ServeHTTP(w, r) }
 
 // Knot's answers, from user-delete.openapi.yaml.
 var (

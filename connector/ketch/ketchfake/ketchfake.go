@@ -60,7 +60,8 @@ type Options struct {
 
 // Server is the fake. It implements http.Handler and is safe for concurrent use.
 type Server struct {
-	admin         *fakekit.Admin[Faults]
+	// Admin holds the faults and serves /_fake/; every other call goes to the wire.
+	*fakekit.Admin[Faults]
 	space, tenant string
 	perRequest    int
 	now           func() time.Time
@@ -123,13 +124,13 @@ func New(opts Options) *Server {
 	wire.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "Not found", nil)
 	})
-	s.admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() },
+	s.Admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() },
 		Reset: s.Reset, Now: s.now, ErrorKey: "error", ResetNoContent: true})
-	s.admin.HandleFunc("POST /_fake/push", s.servePush)
-	s.admin.HandleFunc("GET /_fake/requests/{uid}", func(w http.ResponseWriter, r *http.Request) {
+	s.HandleFunc("POST /_fake/push", s.servePush)
+	s.HandleFunc("GET /_fake/requests/{uid}", func(w http.ResponseWriter, r *http.Request) {
 		rec, ok := s.Request(r.PathValue("uid"))
 		if !ok {
-			s.admin.Refuse(w, http.StatusNotFound, "no request with this uid")
+			s.Refuse(w, http.StatusNotFound, "no request with this uid")
 			return
 		}
 		fakekit.WriteJSON(w, http.StatusOK, rec)
@@ -144,12 +145,6 @@ func (s *Server) SetCallbackBaseURL(base string) {
 	s.mu.Unlock()
 }
 
-// SetFaults replaces all faults.
-func (s *Server) SetFaults(f Faults) { s.admin.SetFaults(f) }
-
-// Faults returns the faults in force.
-func (s *Server) Faults() Faults { return s.admin.Faults() }
-
 // Reset forgets every request (their callbacks' credentials with them) and clears the stats;
 // faults stay.
 func (s *Server) Reset() {
@@ -159,10 +154,6 @@ func (s *Server) Reset() {
 	s.tokens = map[string]callbackRef{}
 	s.st = Stats{Responses: map[string]int64{}, EventsByPair: map[string]int64{}, Faulted: map[string]int64{}, MalformedByField: map[string]int64{}}
 }
-
-// ServeHTTP serves the callbacks (POST /callbacks/{name}) and the unauthenticated /_fake/ admin
-// endpoints: GET stats, GET and PUT faults, POST reset, POST push and GET requests/{uid}.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.admin.ServeHTTP(w, r) }
 
 const (
 	// maxCallbacksPerRequest caps Options.CallbacksPerRequest at what package ketch accepts.

@@ -92,7 +92,8 @@ type entry struct {
 
 // Server is the fake. It implements http.Handler and is safe for concurrent use.
 type Server struct {
-	admin             *fakekit.Admin[Faults]
+	// Admin holds the faults and serves /_fake/; every other call goes to the wire.
+	*fakekit.Admin[Faults]
 	apiKey, sombraKey []byte
 	silo              string
 	now               func() time.Time
@@ -121,20 +122,20 @@ func New(opts Options) *Server {
 	wire.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fakekit.WriteJSON(w, http.StatusNotFound, message("Not Found"))
 	})
-	s.admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() }, Reset: s.Reset, Now: s.now})
+	s.Admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() }, Reset: s.Reset, Now: s.now})
 	// POST /_fake/items {"count":N,"prefix":"p","days_until_overdue":30} adds N pending items
 	// p-000001, … and answers {"added":N,"pending":M}; GET /_fake/items lists every item with
 	// its state and reports.
-	s.admin.HandleFunc("POST /_fake/items", func(w http.ResponseWriter, r *http.Request) {
+	s.HandleFunc("POST /_fake/items", func(w http.ResponseWriter, r *http.Request) {
 		req, err := decodeGenerate(r.Body)
 		if err != nil {
-			s.admin.Refuse(w, http.StatusBadRequest, err.Error())
+			s.Refuse(w, http.StatusBadRequest, err.Error())
 			return
 		}
 		added := s.Generate(req.Count, req.Prefix, *req.DaysUntilOverdue)
 		fakekit.WriteJSON(w, http.StatusOK, map[string]int64{"added": int64(len(added)), "pending": s.Stats().ItemsPending})
 	})
-	s.admin.HandleFunc("GET /_fake/items", func(w http.ResponseWriter, _ *http.Request) {
+	s.HandleFunc("GET /_fake/items", func(w http.ResponseWriter, _ *http.Request) {
 		fakekit.WriteJSON(w, http.StatusOK, s.itemViews())
 	})
 	return s
@@ -224,12 +225,6 @@ func (s *Server) Reports() map[string][]Report {
 	return out
 }
 
-// SetFaults replaces all faults.
-func (s *Server) SetFaults(f Faults) { s.admin.SetFaults(f) }
-
-// Faults returns the faults in force.
-func (s *Server) Faults() Faults { return s.admin.Faults() }
-
 // Reset forgets every item and clears the stats; faults stay.
 func (s *Server) Reset() {
 	s.mu.Lock()
@@ -237,11 +232,6 @@ func (s *Server) Reset() {
 	s.items, s.byNonce, s.seq = nil, map[string]*entry{}, 0
 	s.st = Stats{ReportsByProfileStatus: map[string]int64{}, ByStatus: map[string]int64{}, Faulted: map[string]int64{}}
 }
-
-// ServeHTTP answers GET pending-requests and PUT /v1/data-silo like Sombra, and the
-// unauthenticated /_fake/ admin endpoints (GET stats, GET/PUT faults, POST reset, GET/POST
-// items).
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.admin.ServeHTTP(w, r) }
 
 type errorBody struct {
 	Message string `json:"message"`

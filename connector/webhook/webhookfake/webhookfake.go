@@ -47,7 +47,8 @@ type Options struct {
 
 // Server is the fake receiver. It implements http.Handler and is safe for concurrent use.
 type Server struct {
-	admin           *fakekit.Admin[Faults]
+	// Admin holds the faults and serves /_fake/; every other call goes to the wire.
+	*fakekit.Admin[Faults]
 	secret          string
 	now             func() time.Time
 	tolerance       time.Duration
@@ -79,25 +80,19 @@ func New(opts Options) (*Server, error) {
 		s.tolerance = webhook.DefaultTolerance
 	}
 	s.Reset()
-	s.admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{
+	s.Admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{
 		Wire: http.HandlerFunc(s.serveMessage), Stats: func() any { return s.Stats() }, Reset: s.Reset, Now: s.now})
 	// GET /_fake/events?request_ref=REF: {"request_ref":REF,"events":[...]}, every accepted delivery.
-	s.admin.HandleFunc("GET /_fake/events", func(w http.ResponseWriter, r *http.Request) {
+	s.HandleFunc("GET /_fake/events", func(w http.ResponseWriter, r *http.Request) {
 		ref := r.URL.Query().Get("request_ref")
 		if ref == "" {
-			s.admin.Refuse(w, http.StatusBadRequest, "request_ref: missing from the query")
+			s.Refuse(w, http.StatusBadRequest, "request_ref: missing from the query")
 			return
 		}
 		fakekit.WriteJSON(w, http.StatusOK, map[string]any{"request_ref": ref, "events": append([]Event{}, s.Events(ref)...)})
 	})
 	return s, nil
 }
-
-// SetFaults replaces all faults.
-func (s *Server) SetFaults(f Faults) { s.admin.SetFaults(f) }
-
-// Faults returns the faults in force.
-func (s *Server) Faults() Faults { return s.admin.Faults() }
 
 // Reset forgets every message and event; faults stay.
 func (s *Server) Reset() {
@@ -140,10 +135,6 @@ func (s *Server) Events(requestRef string) []Event {
 
 // maxBody bounds what is read; the spec recommends bodies under 20 kB.
 const maxBody = 1 << 20
-
-// ServeHTTP receives outcome webhooks on every path outside /_fake/, and serves the admin
-// endpoints under it (GET stats, GET/PUT faults, GET events, POST reset).
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.admin.ServeHTTP(w, r) }
 
 func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
 	arrived := s.now()
