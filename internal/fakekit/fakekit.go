@@ -122,6 +122,22 @@ func Roll(rates Rates, u float64) string {
 // Draw picks the random fault of one call from a fake's faults struct, or "" for none.
 func Draw(faults any) string { return Roll(RatesOf(faults), randv2.Float64()) }
 
+// Snapshot returns a copy of a fake's stats whose maps are its own, for a reader outside the
+// fake's lock.
+func Snapshot[S any](st S) S {
+	v := reflect.ValueOf(&st).Elem()
+	for i := range v.NumField() {
+		if f := v.Field(i); f.Kind() == reflect.Map && !f.IsNil() {
+			c := reflect.MakeMapWithSize(f.Type(), f.Len())
+			for it := f.MapRange(); it.Next(); {
+				c.SetMapIndex(it.Key(), it.Value())
+			}
+			f.Set(c)
+		}
+	}
+	return st
+}
+
 // Latency is base plus a uniform 0..jitter.
 func Latency(base, jitter Duration) time.Duration {
 	d := time.Duration(base)

@@ -16,7 +16,6 @@ import (
 	"errors"
 	"hash/fnv"
 	"io"
-	"maps"
 	"mime"
 	"net/http"
 	"slices"
@@ -368,8 +367,7 @@ type Stats struct {
 // Stats returns a snapshot.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
-	st := s.st
-	st.ByStatus, st.Faulted = maps.Clone(st.ByStatus), maps.Clone(st.Faulted)
+	st := fakekit.Snapshot(s.st)
 	s.mu.Unlock()
 
 	arrivals := s.Arrivals()

@@ -23,7 +23,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"io"
-	"maps"
 	"math"
 	"mime"
 	"net/http"
@@ -537,9 +536,7 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.st
-	st.Responses, st.EventsByPair = maps.Clone(st.Responses), maps.Clone(st.EventsByPair)
-	st.Faulted, st.MalformedByField = maps.Clone(st.Faulted), maps.Clone(st.MalformedByField)
+	st := fakekit.Snapshot(s.st)
 	for _, rq := range s.reqs {
 		switch {
 		case rq.response != nil && finalStatus(rq.response.Status):

@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -660,8 +659,7 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.st
-	st.ReportsByProfileStatus, st.ByStatus, st.Faulted = maps.Clone(st.ReportsByProfileStatus), maps.Clone(st.ByStatus), maps.Clone(st.Faulted)
+	st := fakekit.Snapshot(s.st)
 	for _, e := range s.items {
 		switch e.state {
 		case statePending:

@@ -472,9 +472,7 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.st
-	st.MalformedReasons, st.ByStatus, st.Faulted = maps.Clone(st.MalformedReasons), maps.Clone(st.ByStatus), maps.Clone(st.Faulted)
-	st.ByType, st.ByOutcome = maps.Clone(st.ByType), maps.Clone(st.ByOutcome)
+	st := fakekit.Snapshot(s.st)
 	st.RequestRefs = int64(len(s.refs))
 	for _, evs := range s.refs {
 		if len(evs) > 1 {
