@@ -33,32 +33,24 @@ func command(getenv func(string) string) fakekit.Command {
 	var (
 		callbackBase, identitySpace, tenant string
 		callbacks                           int
-		outage                              time.Duration
-		f                                   ketchfake.Faults
+		f                                   = ketchfake.Faults{RetryAfter: ketchfake.Duration(time.Second)}
 		fake                                *ketchfake.Server
 	)
 	return fakekit.Command{
-		Name: "ketchfake",
-		Addr: "127.0.0.1:8081",
+		Name:   "ketchfake",
+		Addr:   "127.0.0.1:8081",
+		Faults: &f,
 		Flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&callbackBase, "callback-base-url", "", "URL the forwarder reaches this fake at, for the callbacks of pushed requests (default: the listen address)")
 			fs.StringVar(&identitySpace, "identity-space", "", "identity space that carries the Knot id (default: env KETCH_IDENTITY_SPACE, else account_id)")
 			fs.StringVar(&tenant, "tenant", "ketchfake", "metadata.tenant of pushed requests")
 			fs.IntVar(&callbacks, "callbacks", 2, "callbacks per pushed request, 1 to 16")
-			fakekit.FaultFlags(fs, "callbacks", &f.ErrorRate, &f.RateLimitRate, &f.RetryAfter, &f.HangRate)
-			fakekit.LatencyFlags(fs, "callback", &f.Latency, &f.LatencyJitter)
-			fs.Float64Var(&f.ConflictRate, "conflict-rate", 0, "share of callbacks answered 409")
-			fs.DurationVar(&outage, "outage", 0, "answer every callback 503 for this long after start")
-			fs.BoolVar(&f.RejectCredentials, "reject-credentials", false, "answer every callback 401")
-			fs.BoolVar(&f.RejectAfterFinal, "reject-after-final", false, "answer 409 to an event after a final one (it is counted either way)")
 		},
 		Check: func() (http.Handler, error) {
 			identitySpace = cmp.Or(identitySpace, getenv("KETCH_IDENTITY_SPACE"), "account_id")
 			switch {
 			case callbacks < 1 || callbacks > 16:
 				return nil, fmt.Errorf("-callbacks must be between 1 and 16, got %d", callbacks)
-			case outage < 0:
-				return nil, fmt.Errorf("-outage must not be negative, got %v", outage)
 			case tenant == "":
 				return nil, errors.New("-tenant must not be empty")
 			}
@@ -68,13 +60,6 @@ func command(getenv func(string) string) fakekit.Command {
 					return nil, fmt.Errorf("-callback-base-url must be an absolute http or https URL, got %q", callbackBase)
 				}
 			}
-			if err := f.Validate(); err != nil {
-				// Validate names JSON fields; the flags use dashes.
-				return nil, fmt.Errorf("fault flags: %v", err)
-			}
-			if outage > 0 {
-				f.OutageUntil = time.Now().Add(outage)
-			}
 			fake = ketchfake.New(ketchfake.Options{IdentitySpace: identitySpace, Tenant: tenant, CallbacksPerRequest: callbacks, Faults: f})
 			return fake, nil
 		},
@@ -83,19 +68,8 @@ func command(getenv func(string) string) fakekit.Command {
 		Started: func(base string) []any {
 			callbackBase = cmp.Or(callbackBase, base)
 			fake.SetCallbackBaseURL(callbackBase)
-			return []any{"callback_base_url", callbackBase, "identity_space", identitySpace, "tenant", tenant,
-				"callbacks", callbacks, "error_rate", f.ErrorRate, "rate_limit_rate", f.RateLimitRate,
-				"retry_after", f.RetryAfter.String(), "conflict_rate", f.ConflictRate,
-				"hang_rate", f.HangRate, "latency", f.Latency.String(),
-				"latency_jitter", f.LatencyJitter.String(), "outage", outage,
-				"reject_credentials", f.RejectCredentials, "reject_after_final", f.RejectAfterFinal}
+			return []any{"callback_base_url", callbackBase, "identity_space", identitySpace, "tenant", tenant, "callbacks", callbacks}
 		},
-		Stopped: func() []any {
-			st := fake.Stats()
-			return []any{"requests_pushed", st.RequestsPushed, "callbacks", st.Callbacks, "events", st.Events,
-				"final_events", st.FinalEvents, "uids_one_final", st.UIDsOneFinal, "uids_multiple_finals", st.UIDsMultipleFinals,
-				"uids_awaiting_final", st.UIDsAwaitingFinal, "events_after_final", st.EventsAfterFinal,
-				"bad_credentials", st.BadCredentials, "malformed_events", st.MalformedEvents}
-		},
+		Stopped: func() any { return fake.Stats() },
 	}
 }

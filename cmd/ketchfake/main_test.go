@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,75 +16,21 @@ import (
 
 	"github.com/erasure-worker/erasure-worker/connector"
 	"github.com/erasure-worker/erasure-worker/connector/ketch"
+	"github.com/erasure-worker/erasure-worker/internal/fakekit/fakekittest"
 )
-
-// syncBuffer collects stderr written by the server goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 const testAuthValue = "Bearer forwarder-secret-3c9d1e"
 
-func env(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
-}
+// testBundle is the binary, running in-process.
+type testBundle struct{ *fakekittest.Binary }
 
-type testBundle struct {
-	base   string
-	stderr *syncBuffer
-	done   chan int
-}
-
-// start runs the binary in-process and returns the URL it printed.
-func start(t *testing.T, runFn func(stdout io.Writer, stderr io.Writer) int) *testBundle {
-	t.Helper()
-	pr, pw := io.Pipe()
-	b := &testBundle{stderr: &syncBuffer{}, done: make(chan int, 1)}
-	go func() {
-		code := runFn(pw, b.stderr)
-		pw.Close()
-		b.done <- code
-	}()
-	line, err := bufio.NewReader(pr).ReadString('\n')
-	if err != nil {
-		t.Fatalf("reading the listening line: %v; stderr:\n%s", err, b.stderr)
-	}
-	const prefix = "ketchfake listening on "
-	if !strings.HasPrefix(line, prefix+"http://127.0.0.1:") {
-		t.Fatalf("first line = %q", line)
-	}
-	go io.Copy(io.Discard, pr) // nothing more is expected, but never block the server
-	b.base = strings.TrimSpace(strings.TrimPrefix(line, prefix))
-	return b
-}
-
-func (b *testBundle) wait(t *testing.T) int {
-	t.Helper()
-	select {
-	case code := <-b.done:
-		return code
-	case <-time.After(15 * time.Second):
-		t.Fatal("ketchfake did not stop")
-		return -1
-	}
+func start(t *testing.T, run func(stdout, stderr io.Writer) int) *testBundle {
+	return &testBundle{fakekittest.Start(t, "ketchfake", run)}
 }
 
 func (b *testBundle) do(t *testing.T, method, path, body string, out any) int {
 	t.Helper()
-	req, _ := http.NewRequest(method, b.base+path, strings.NewReader(body))
+	req, _ := http.NewRequest(method, b.Base+path, strings.NewReader(body))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -136,7 +81,7 @@ func TestServePushesTakesCallbacksAndStops(t *testing.T) {
 	defer cancel()
 	b := start(t, func(stdout, stderr io.Writer) int {
 		return serve(ctx, []string{"-addr", "127.0.0.1:0", "-callbacks", "1"},
-			env(map[string]string{"KETCH_IDENTITY_SPACE": "customer_id"}), stdout, stderr)
+			fakekittest.Env(map[string]string{"KETCH_IDENTITY_SPACE": "customer_id"}), stdout, stderr)
 	})
 	fwd := newForwarder(t, "customer_id")
 
@@ -154,7 +99,7 @@ func TestServePushesTakesCallbacksAndStops(t *testing.T) {
 	fwd.mu.Unlock()
 	var secrets []string
 	for _, r := range reqs {
-		if len(r.Callbacks) != 1 || !strings.HasPrefix(r.Callbacks[0].URL, b.base+"/callbacks/") {
+		if len(r.Callbacks) != 1 || !strings.HasPrefix(r.Callbacks[0].URL, b.Base+"/callbacks/") {
 			t.Fatalf("callbacks %v", r.Callbacks)
 		}
 		d := ketch.Notify(context.Background(), nil, r.Callbacks[0], r.Metadata, ketch.Event{Status: ketch.StatusCompleted, Reason: ketch.ReasonExecuted})
@@ -182,16 +127,16 @@ func TestServePushesTakesCallbacksAndStops(t *testing.T) {
 	}
 
 	cancel()
-	if code := b.wait(t); code != 0 {
-		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.stderr)
+	if code := b.Wait(t); code != 0 {
+		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.Stderr)
 	}
-	logs := b.stderr.String()
+	logs := b.Stderr.String()
 	for _, s := range secrets {
 		if s == "" || strings.Contains(logs, s) {
 			t.Errorf("logs contain %q (or it is empty):\n%s", s, logs)
 		}
 	}
-	for _, s := range []string{"stopped", "uids_one_final=3", "identity_space=customer_id", "callback_base_url=" + b.base} {
+	for _, s := range []string{"stopped", "uids_one_final=3", "identity_space=customer_id", "callback_base_url=" + b.Base} {
 		if !strings.Contains(logs, s) {
 			t.Errorf("logs lack %q:\n%s", s, logs)
 		}
@@ -202,7 +147,7 @@ func TestServePushesTakesCallbacksAndStops(t *testing.T) {
 // shutdown must release it rather than wait for the client.
 func TestRunStopsOnSIGTERM(t *testing.T) {
 	b := start(t, func(stdout, stderr io.Writer) int {
-		return run([]string{"-addr", "127.0.0.1:0", "-hang-rate", "1"}, env(nil), stdout, stderr)
+		return run([]string{"-addr", "127.0.0.1:0", "-hang-rate", "1"}, fakekittest.Env(nil), stdout, stderr)
 	})
 	fwd := newForwarder(t, "account_id")
 	if code := b.do(t, "POST", "/_fake/push", `{"target":"`+fwd.ts.URL+`","auth_value":"`+testAuthValue+`","count":1}`, nil); code != 200 {
@@ -232,8 +177,8 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("cannot signal self: %v", err)
 	}
-	if code := b.wait(t); code != 0 {
-		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.stderr)
+	if code := b.Wait(t); code != 0 {
+		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.Stderr)
 	}
 	select {
 	case d := <-hung:
@@ -270,7 +215,7 @@ func TestFlags(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			var stdout, stderr strings.Builder
-			code := serve(context.Background(), append([]string{"-addr", "127.0.0.1:0"}, tt.args...), env(nil), &stdout, &stderr)
+			code := serve(context.Background(), append([]string{"-addr", "127.0.0.1:0"}, tt.args...), fakekittest.Env(nil), &stdout, &stderr)
 			if code != tt.code {
 				t.Errorf("exit code %d, want %d", code, tt.code)
 			}
@@ -288,7 +233,7 @@ func TestCallbackBaseURLFlag(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	b := start(t, func(stdout, stderr io.Writer) int {
-		return serve(ctx, []string{"-addr", "127.0.0.1:0", "-callback-base-url", "http://ketchfake.test:9000/"}, env(nil), stdout, stderr)
+		return serve(ctx, []string{"-addr", "127.0.0.1:0", "-callback-base-url", "http://ketchfake.test:9000/"}, fakekittest.Env(nil), stdout, stderr)
 	})
 	fwd := newForwarder(t, "account_id")
 	b.do(t, "POST", "/_fake/push", `{"target":"`+fwd.ts.URL+`","auth_value":"`+testAuthValue+`","count":1}`, nil)
@@ -298,13 +243,13 @@ func TestCallbackBaseURLFlag(t *testing.T) {
 		t.Errorf("requests %v", fwd.reqs)
 	}
 	cancel()
-	b.wait(t)
+	b.Wait(t)
 }
 
 func TestListenFailure(t *testing.T) {
 	t.Parallel()
 	var stdout, stderr strings.Builder
-	code := serve(context.Background(), []string{"-addr", "256.0.0.1:1"}, env(nil), &stdout, &stderr)
+	code := serve(context.Background(), []string{"-addr", "256.0.0.1:1"}, fakekittest.Env(nil), &stdout, &stderr)
 	if code != 1 || !strings.Contains(stderr.String(), "listen failed") {
 		t.Errorf("code %d, stderr %q", code, stderr.String())
 	}

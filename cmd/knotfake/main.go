@@ -31,26 +31,19 @@ func command(getenv func(string) string) fakekit.Command {
 	var (
 		clientID, secret string
 		missing          float64
-		outage           time.Duration
-		f                knotfake.Faults
+		f                = knotfake.Faults{RetryAfter: knotfake.Duration(time.Second)}
 		fake             *knotfake.Server
 	)
 	return fakekit.Command{
-		Name: "knotfake",
-		Addr: "127.0.0.1:8080",
+		Name:   "knotfake",
+		Addr:   "127.0.0.1:8080",
+		Faults: &f,
 		Flags: func(fs *flag.FlagSet) {
 			// The env values are applied after parsing, not as flag defaults: the
 			// flag package prints defaults in its usage text, secret included.
 			fs.StringVar(&clientID, "client-id", "", "client id to accept (default: env KNOT_CLIENT_ID)")
 			fs.StringVar(&secret, "secret", "", "secret to accept (default: env KNOT_SECRET; prefer the env, flags show in ps)")
 			fs.Float64Var(&missing, "missing", 0.1, "share of users that never existed (answered USER_NOT_FOUND)")
-			fakekit.FaultFlags(fs, "calls", &f.ErrorRate, &f.RateLimitRate, &f.RetryAfter, &f.HangRate)
-			fakekit.LatencyFlags(fs, "call", &f.Latency, &f.LatencyJitter)
-			fs.DurationVar(&outage, "outage", 0, "answer every call 500 for this long after start")
-			fs.BoolVar(&f.RejectCredentials, "reject-credentials", false, "answer every call 401 INVALID_API_KEYS")
-			fs.Float64Var(&f.BadGatewayRate, "bad-gateway-rate", 0, "share of calls answered 502 with an HTML body")
-			fs.Float64Var(&f.TruncatedRate, "truncated-rate", 0, "share of calls answered 200 with truncated JSON (nothing deleted)")
-			fs.Float64Var(&f.EmptyOKRate, "empty-ok-rate", 0, "share of calls answered 200 with an empty body (nothing deleted)")
 		},
 		Check: func() (http.Handler, error) {
 			clientID, secret = cmp.Or(clientID, getenv("KNOT_CLIENT_ID")), cmp.Or(secret, getenv("KNOT_SECRET"))
@@ -61,32 +54,13 @@ func command(getenv func(string) string) fakekit.Command {
 				return nil, errors.New("-secret (or KNOT_SECRET) is required")
 			case missing < 0 || missing > 1 || missing != missing:
 				return nil, fmt.Errorf("-missing must be between 0 and 1, got %v", missing)
-			case outage < 0:
-				return nil, fmt.Errorf("-outage must not be negative, got %v", outage)
-			}
-			if err := f.Validate(); err != nil {
-				// Validate names JSON fields; the flags use dashes.
-				return nil, fmt.Errorf("fault flags: %v", err)
-			}
-			if outage > 0 {
-				f.OutageUntil = time.Now().Add(outage)
 			}
 			fake = knotfake.New(knotfake.Options{ClientID: clientID, Secret: secret, Exists: knotfake.MissingShare(missing), Faults: f})
 			return fake, nil
 		},
 		// The client id is not secret, but logs here are shared freely in
 		// bug reports; leave credentials out entirely.
-		Started: func(string) []any {
-			return []any{"missing", missing, "error_rate", f.ErrorRate, "rate_limit_rate", f.RateLimitRate,
-				"retry_after", f.RetryAfter.String(), "latency", f.Latency.String(),
-				"latency_jitter", f.LatencyJitter.String(), "outage", outage,
-				"reject_credentials", f.RejectCredentials, "hang_rate", f.HangRate,
-				"bad_gateway_rate", f.BadGatewayRate, "truncated_rate", f.TruncatedRate, "empty_ok_rate", f.EmptyOKRate}
-		},
-		Stopped: func() []any {
-			st := fake.Stats()
-			return []any{"calls", st.Calls, "deleted", st.Deleted, "not_found", st.NotFound,
-				"duplicate_deletes", st.DuplicateDeletes, "early_retries", st.EarlyRetries, "busiest_second", st.BusiestSecond}
-		},
+		Started: func(string) []any { return []any{"missing", missing} },
+		Stopped: func() any { return fake.Stats() },
 	}
 }

@@ -1,36 +1,18 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/erasure-worker/erasure-worker/internal/fakekit/fakekittest"
 )
-
-// syncBuffer collects stderr written by the server goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 const (
 	testClientID = "client-7781"
@@ -38,49 +20,11 @@ const (
 	testUserID   = "user-0bd3e2a9"
 )
 
-func env(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
-}
+// testBundle is the binary, running in-process.
+type testBundle struct{ *fakekittest.Binary }
 
-type testBundle struct {
-	base   string
-	stderr *syncBuffer
-	done   chan int
-}
-
-// start runs the binary in-process with start(ctx) and returns the URL it
-// printed.
-func start(t *testing.T, runFn func(stdout io.Writer, stderr io.Writer) int) *testBundle {
-	t.Helper()
-	pr, pw := io.Pipe()
-	b := &testBundle{stderr: &syncBuffer{}, done: make(chan int, 1)}
-	go func() {
-		code := runFn(pw, b.stderr)
-		pw.Close()
-		b.done <- code
-	}()
-	line, err := bufio.NewReader(pr).ReadString('\n')
-	if err != nil {
-		t.Fatalf("reading the listening line: %v; stderr:\n%s", err, b.stderr)
-	}
-	const prefix = "knotfake listening on "
-	if !strings.HasPrefix(line, prefix) || !strings.HasPrefix(line, prefix+"http://127.0.0.1:") {
-		t.Fatalf("first line = %q", line)
-	}
-	go io.Copy(io.Discard, pr) // nothing more is expected, but never block the server
-	b.base = strings.TrimSpace(strings.TrimPrefix(line, prefix))
-	return b
-}
-
-func (b *testBundle) wait(t *testing.T) int {
-	t.Helper()
-	select {
-	case code := <-b.done:
-		return code
-	case <-time.After(15 * time.Second):
-		t.Fatal("knotfake did not stop")
-		return -1
-	}
+func start(t *testing.T, run func(stdout, stderr io.Writer) int) *testBundle {
+	return &testBundle{fakekittest.Start(t, "knotfake", run)}
 }
 
 func deleteUser(t *testing.T, base, id, secret string) (int, string) {
@@ -102,20 +46,20 @@ func TestServeDeletesAndStops(t *testing.T) {
 	defer cancel()
 	b := start(t, func(stdout, stderr io.Writer) int {
 		return serve(ctx, []string{"-addr", "127.0.0.1:0", "-missing", "0", "-secret", testSecret},
-			env(map[string]string{"KNOT_CLIENT_ID": testClientID}), stdout, stderr)
+			fakekittest.Env(map[string]string{"KNOT_CLIENT_ID": testClientID}), stdout, stderr)
 	})
 
-	if code, body := deleteUser(t, b.base, testUserID, testSecret); code != 200 || body != `{"message":"Success"}` {
+	if code, body := deleteUser(t, b.Base, testUserID, testSecret); code != 200 || body != `{"message":"Success"}` {
 		t.Fatalf("delete: %d %s", code, body)
 	}
-	if code, body := deleteUser(t, b.base, testUserID, testSecret); code != 400 || !strings.Contains(body, "USER_NOT_FOUND") {
+	if code, body := deleteUser(t, b.Base, testUserID, testSecret); code != 400 || !strings.Contains(body, "USER_NOT_FOUND") {
 		t.Fatalf("second delete: %d %s", code, body)
 	}
-	if code, _ := deleteUser(t, b.base, testUserID, "wrong"); code != 401 {
+	if code, _ := deleteUser(t, b.Base, testUserID, "wrong"); code != 401 {
 		t.Fatalf("wrong secret: %d", code)
 	}
 
-	resp, err := http.Get(b.base + "/_fake/stats")
+	resp, err := http.Get(b.Base + "/_fake/stats")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,10 +75,10 @@ func TestServeDeletesAndStops(t *testing.T) {
 	}
 
 	cancel()
-	if code := b.wait(t); code != 0 {
-		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.stderr)
+	if code := b.Wait(t); code != 0 {
+		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.Stderr)
 	}
-	logs := b.stderr.String()
+	logs := b.Stderr.String()
 	for _, s := range []string{testSecret, testUserID, testClientID} {
 		if strings.Contains(logs, s) {
 			t.Errorf("logs contain %q:\n%s", s, logs)
@@ -150,11 +94,11 @@ func TestServeDeletesAndStops(t *testing.T) {
 func TestRunStopsOnSIGTERM(t *testing.T) {
 	b := start(t, func(stdout, stderr io.Writer) int {
 		return run([]string{"-addr", "127.0.0.1:0", "-hang-rate", "1"},
-			env(map[string]string{"KNOT_CLIENT_ID": testClientID, "KNOT_SECRET": testSecret}), stdout, stderr)
+			fakekittest.Env(map[string]string{"KNOT_CLIENT_ID": testClientID, "KNOT_SECRET": testSecret}), stdout, stderr)
 	})
 	hung := make(chan error, 1)
 	go func() {
-		req, _ := http.NewRequest("POST", b.base+"/user/delete", strings.NewReader(`{"external_user_id":"u"}`))
+		req, _ := http.NewRequest("POST", b.Base+"/user/delete", strings.NewReader(`{"external_user_id":"u"}`))
 		req.Header.Set("Content-Type", "application/json")
 		req.SetBasicAuth(testClientID, testSecret)
 		resp, err := http.DefaultClient.Do(req) // no timeout: only the server can end it
@@ -166,7 +110,7 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 	// Let the call reach the handler before signalling.
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(b.base + "/_fake/stats")
+		resp, err := http.Get(b.Base + "/_fake/stats")
 		if err == nil {
 			var st struct {
 				Faulted map[string]int64 `json:"faulted"`
@@ -184,8 +128,8 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("cannot signal self: %v", err)
 	}
-	if code := b.wait(t); code != 0 {
-		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.stderr)
+	if code := b.Wait(t); code != 0 {
+		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.Stderr)
 	}
 	select {
 	case <-hung:
@@ -217,7 +161,7 @@ func TestFlagErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			var stdout, stderr strings.Builder
-			code := serve(context.Background(), append([]string{"-addr", "127.0.0.1:0"}, tt.args...), env(tt.env), &stdout, &stderr)
+			code := serve(context.Background(), append([]string{"-addr", "127.0.0.1:0"}, tt.args...), fakekittest.Env(tt.env), &stdout, &stderr)
 			if code != 2 {
 				t.Errorf("exit code %d, want 2", code)
 			}
@@ -237,7 +181,7 @@ func TestFlagErrors(t *testing.T) {
 func TestListenFailure(t *testing.T) {
 	t.Parallel()
 	var stdout, stderr strings.Builder
-	code := serve(context.Background(), []string{"-addr", "256.0.0.1:1", "-client-id", "x", "-secret", "y"}, env(nil), &stdout, &stderr)
+	code := serve(context.Background(), []string{"-addr", "256.0.0.1:1", "-client-id", "x", "-secret", "y"}, fakekittest.Env(nil), &stdout, &stderr)
 	if code != 1 || !strings.Contains(stderr.String(), "listen failed") {
 		t.Errorf("code %d, stderr %q", code, stderr.String())
 	}

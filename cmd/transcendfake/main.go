@@ -40,15 +40,14 @@ func command(getenv func(string) string) fakekit.Command {
 		items                           int
 		daysUntilOverdue                float64
 		pullOutage, reportOutage        time.Duration
-		retryAfter, latency             time.Duration
-		rejectCredentials               bool
 		f                               transcendfake.Faults
 		fake                            *transcendfake.Server
 	)
 	p, r := &f.Pull, &f.Report
 	return fakekit.Command{
-		Name: "transcendfake",
-		Addr: "127.0.0.1:8082",
+		Name:   "transcendfake",
+		Addr:   "127.0.0.1:8082",
+		Faults: &f,
 		Flags: func(fs *flag.FlagSet) {
 			// The env values are applied after parsing, not as flag defaults: the flag package prints
 			// defaults in its usage text, keys included.
@@ -67,19 +66,18 @@ func command(getenv func(string) string) fakekit.Command {
 			fs.Float64Var(&r.RateLimitRate, "report-rate-limit-rate", 0, "share of reports answered 429 (nothing recorded)")
 			fs.Float64Var(&r.HangRate, "report-hang-rate", 0, "share of reports never answered (nothing recorded)")
 			fs.Float64Var(&r.ConflictRate, "report-conflict-rate", 0, "share of reports answered 409 as if the request had been revoked")
+			fs.Float64Var(&r.LostAnswerRate, "report-lost-answer-rate", 0, "share of reports recorded, then dropped without an answer")
 			fs.DurationVar(&reportOutage, "report-outage", 0, "answer every report 500 for this long after start")
-			fs.DurationVar(&retryAfter, "retry-after", time.Second, "Retry-After sent with 429s (whole seconds, rounded up)")
-			fs.DurationVar(&latency, "latency", 0, "latency added to every pull and report")
-			fs.BoolVar(&rejectCredentials, "reject-credentials", false, "answer every pull and report 401")
+			// The faults both doors share are the pull's, copied to the report once parsed.
+			fs.DurationVar((*time.Duration)(&p.RetryAfter), "retry-after", time.Second, "Retry-After sent with 429s (whole seconds, rounded up)")
+			fs.DurationVar((*time.Duration)(&p.Latency), "latency", 0, "latency added to every pull and report")
+			fs.BoolVar(&p.RejectCredentials, "reject-credentials", false, "answer every pull and report 401")
 		},
 		Check: func() (http.Handler, error) {
 			apiKey = cmp.Or(apiKey, getenv("TRANSCEND_FAKE_API_KEY"))
 			sombraKey = cmp.Or(sombraKey, getenv("TRANSCEND_FAKE_SOMBRA_KEY"))
 			silo = cmp.Or(silo, getenv("TRANSCEND_FAKE_DATA_SILO_ID"))
-			for _, door := range []*transcendfake.FaultSet{p, r} {
-				door.RetryAfter, door.Latency = transcendfake.Duration(retryAfter), transcendfake.Duration(latency)
-				door.RejectCredentials = rejectCredentials
-			}
+			r.RetryAfter, r.Latency, r.RejectCredentials = p.RetryAfter, p.Latency, p.RejectCredentials
 			switch {
 			case apiKey == "":
 				return nil, errors.New("-api-key (or TRANSCEND_FAKE_API_KEY) is required")
@@ -96,10 +94,6 @@ func command(getenv func(string) string) fakekit.Command {
 			case reportOutage < 0:
 				return nil, fmt.Errorf("-report-outage must not be negative, got %v", reportOutage)
 			}
-			if err := f.Validate(); err != nil {
-				// Validate names JSON fields (pull.error_rate); the flags use dashes.
-				return nil, fmt.Errorf("fault flags: %v", err)
-			}
 			start := time.Now()
 			if pullOutage > 0 {
 				p.OutageUntil = start.Add(pullOutage)
@@ -115,19 +109,8 @@ func command(getenv func(string) string) fakekit.Command {
 		},
 		// Keys never reach the log; the data silo id is not a credential.
 		Started: func(string) []any {
-			return []any{"data_silo_id", silo, "self_hosted_sombra", sombraKey != "", "items", items,
-				"pull_error_rate", p.ErrorRate, "pull_rate_limit_rate", p.RateLimitRate, "pull_hang_rate", p.HangRate,
-				"pull_truncated_rate", p.TruncatedRate, "pull_outage", pullOutage,
-				"report_error_rate", r.ErrorRate, "report_rate_limit_rate", r.RateLimitRate, "report_hang_rate", r.HangRate,
-				"report_conflict_rate", r.ConflictRate, "report_outage", reportOutage,
-				"retry_after", retryAfter.String(), "latency", latency.String(), "reject_credentials", rejectCredentials}
+			return []any{"data_silo_id", silo, "self_hosted_sombra", sombraKey != "", "items", items}
 		},
-		Stopped: func() []any {
-			st := fake.Stats()
-			return []any{"pulls", st.Pulls, "items_served", st.ItemsServed, "reports", st.Reports,
-				"items_pending", st.ItemsPending, "items_reported", st.ItemsReported,
-				"duplicate_reports", st.DuplicateReports, "bad_nonces", st.BadNonces,
-				"mismatched_profile_ids", st.MismatchedProfileIDs, "bad_credentials", st.BadCredentials}
-		},
+		Stopped: func() any { return fake.Stats() },
 	}
 }

@@ -1,36 +1,18 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/erasure-worker/erasure-worker/internal/fakekit/fakekittest"
 )
-
-// syncBuffer collects stderr written by the server goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 const (
 	testKey    = "tk-SECRET-7781"
@@ -38,53 +20,16 @@ const (
 	testSilo   = "9d5a7a41-f102-435c-b80d-38c2b378ecac"
 )
 
-func env(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
-}
+// testBundle is the binary, running in-process.
+type testBundle struct{ *fakekittest.Binary }
 
-type testBundle struct {
-	base   string
-	stderr *syncBuffer
-	done   chan int
-}
-
-// start runs the binary in-process and returns the URL it printed.
-func start(t *testing.T, runFn func(stdout io.Writer, stderr io.Writer) int) *testBundle {
-	t.Helper()
-	pr, pw := io.Pipe()
-	b := &testBundle{stderr: &syncBuffer{}, done: make(chan int, 1)}
-	go func() {
-		code := runFn(pw, b.stderr)
-		pw.Close()
-		b.done <- code
-	}()
-	line, err := bufio.NewReader(pr).ReadString('\n')
-	if err != nil {
-		t.Fatalf("reading the listening line: %v; stderr:\n%s", err, b.stderr)
-	}
-	const prefix = "transcendfake listening on "
-	if !strings.HasPrefix(line, prefix+"http://127.0.0.1:") {
-		t.Fatalf("first line = %q", line)
-	}
-	go io.Copy(io.Discard, pr) // nothing more is expected, but never block the server
-	b.base = strings.TrimSpace(strings.TrimPrefix(line, prefix))
-	return b
-}
-
-func (b *testBundle) wait(t *testing.T) int {
-	t.Helper()
-	select {
-	case code := <-b.done:
-		return code
-	case <-time.After(15 * time.Second):
-		t.Fatal("transcendfake did not stop")
-		return -1
-	}
+func start(t *testing.T, run func(stdout, stderr io.Writer) int) *testBundle {
+	return &testBundle{fakekittest.Start(t, "transcendfake", run)}
 }
 
 func (b *testBundle) do(t *testing.T, method, path, body string, header map[string]string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest(method, b.base+path, strings.NewReader(body))
+	req, _ := http.NewRequest(method, b.Base+path, strings.NewReader(body))
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}
@@ -102,7 +47,7 @@ func TestServeSeedsPullsReportsAndStops(t *testing.T) {
 	defer cancel()
 	b := start(t, func(stdout, stderr io.Writer) int {
 		return serve(ctx, []string{"-addr", "127.0.0.1:0", "-items", "3", "-items-prefix", "acct", "-data-silo-id", testSilo},
-			env(map[string]string{"TRANSCEND_FAKE_API_KEY": testKey, "TRANSCEND_FAKE_SOMBRA_KEY": testSombra}), stdout, stderr)
+			fakekittest.Env(map[string]string{"TRANSCEND_FAKE_API_KEY": testKey, "TRANSCEND_FAKE_SOMBRA_KEY": testSombra}), stdout, stderr)
 	})
 	auth := map[string]string{"Authorization": "Bearer " + testKey, "X-Sombra-Authorization": "Bearer " + testSombra}
 
@@ -141,10 +86,10 @@ func TestServeSeedsPullsReportsAndStops(t *testing.T) {
 	}
 
 	cancel()
-	if code := b.wait(t); code != 0 {
-		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.stderr)
+	if code := b.Wait(t); code != 0 {
+		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.Stderr)
 	}
-	logs := b.stderr.String()
+	logs := b.Stderr.String()
 	for _, s := range []string{testKey, testSombra, "SECRET", "acct-000001", page.Items[0].Nonce, page.Items[1].Nonce} {
 		if strings.Contains(logs, s) {
 			t.Errorf("logs contain %q:\n%s", s, logs)
@@ -160,7 +105,7 @@ func TestServeSeedsPullsReportsAndStops(t *testing.T) {
 func TestRunStopsOnSIGTERM(t *testing.T) {
 	b := start(t, func(stdout, stderr io.Writer) int {
 		return run([]string{"-addr", "127.0.0.1:0", "-items", "1", "-report-hang-rate", "1"},
-			env(map[string]string{"TRANSCEND_FAKE_API_KEY": testKey, "TRANSCEND_FAKE_DATA_SILO_ID": testSilo}), stdout, stderr)
+			fakekittest.Env(map[string]string{"TRANSCEND_FAKE_API_KEY": testKey, "TRANSCEND_FAKE_DATA_SILO_ID": testSilo}), stdout, stderr)
 	})
 	_, body := b.do(t, "GET", "/_fake/items", "", nil)
 	var items []struct{ Nonce string }
@@ -169,7 +114,7 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 	}
 	hung := make(chan error, 1)
 	go func() {
-		req, _ := http.NewRequest("PUT", b.base+"/v1/data-silo", strings.NewReader(`{}`))
+		req, _ := http.NewRequest("PUT", b.Base+"/v1/data-silo", strings.NewReader(`{}`))
 		req.Header.Set("Authorization", "Bearer "+testKey)
 		req.Header.Set("X-Transcend-Nonce", items[0].Nonce)
 		resp, err := http.DefaultClient.Do(req) // no timeout: only the server can end it
@@ -195,8 +140,8 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("cannot signal self: %v", err)
 	}
-	if code := b.wait(t); code != 0 {
-		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.stderr)
+	if code := b.Wait(t); code != 0 {
+		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.Stderr)
 	}
 	select {
 	case <-hung:
@@ -231,7 +176,7 @@ func TestFlagErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			var stdout, stderr strings.Builder
-			code := serve(context.Background(), append([]string{"-addr", "127.0.0.1:0"}, tt.args...), env(tt.env), &stdout, &stderr)
+			code := serve(context.Background(), append([]string{"-addr", "127.0.0.1:0"}, tt.args...), fakekittest.Env(tt.env), &stdout, &stderr)
 			if code != 2 {
 				t.Errorf("exit code %d, want 2", code)
 			}
@@ -251,7 +196,7 @@ func TestFlagErrors(t *testing.T) {
 func TestHelpShowsNoKey(t *testing.T) {
 	t.Parallel()
 	var stdout, stderr strings.Builder
-	code := serve(context.Background(), []string{"-h"}, env(map[string]string{"TRANSCEND_FAKE_API_KEY": testKey, "TRANSCEND_FAKE_SOMBRA_KEY": testSombra}), &stdout, &stderr)
+	code := serve(context.Background(), []string{"-h"}, fakekittest.Env(map[string]string{"TRANSCEND_FAKE_API_KEY": testKey, "TRANSCEND_FAKE_SOMBRA_KEY": testSombra}), &stdout, &stderr)
 	if code != 0 || !strings.Contains(stderr.String(), "-api-key") || strings.Contains(stderr.String(), "SECRET") {
 		t.Errorf("code %d, usage %q", code, stderr.String())
 	}
@@ -260,7 +205,7 @@ func TestHelpShowsNoKey(t *testing.T) {
 func TestListenFailure(t *testing.T) {
 	t.Parallel()
 	var stdout, stderr strings.Builder
-	code := serve(context.Background(), []string{"-addr", "256.0.0.1:1", "-api-key", "k", "-data-silo-id", "s"}, env(nil), &stdout, &stderr)
+	code := serve(context.Background(), []string{"-addr", "256.0.0.1:1", "-api-key", "k", "-data-silo-id", "s"}, fakekittest.Env(nil), &stdout, &stderr)
 	if code != 1 || !strings.Contains(stderr.String(), "listen failed") {
 		t.Errorf("code %d, stderr %q", code, stderr.String())
 	}

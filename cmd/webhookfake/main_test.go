@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -10,77 +9,22 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/erasure-worker/erasure-worker/connector"
 	"github.com/erasure-worker/erasure-worker/connector/webhook"
+	"github.com/erasure-worker/erasure-worker/internal/fakekit/fakekittest"
 )
-
-// syncBuffer collects stderr written by the server goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 var testSecret = "whsec_" + base64.StdEncoding.EncodeToString([]byte("cmd-webhookfake-test-secret-key!"))
 
-func env(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
-}
+// testBundle is the binary, running in-process.
+type testBundle struct{ *fakekittest.Binary }
 
-type testBundle struct {
-	base   string
-	stderr *syncBuffer
-	done   chan int
-}
-
-// start runs the binary in-process and returns the URL it printed.
-func start(t *testing.T, runFn func(stdout io.Writer, stderr io.Writer) int) *testBundle {
-	t.Helper()
-	pr, pw := io.Pipe()
-	b := &testBundle{stderr: &syncBuffer{}, done: make(chan int, 1)}
-	go func() {
-		code := runFn(pw, b.stderr)
-		pw.Close()
-		b.done <- code
-	}()
-	line, err := bufio.NewReader(pr).ReadString('\n')
-	if err != nil {
-		t.Fatalf("reading the listening line: %v; stderr:\n%s", err, b.stderr)
-	}
-	const prefix = "webhookfake listening on "
-	if !strings.HasPrefix(line, prefix+"http://127.0.0.1:") {
-		t.Fatalf("first line = %q", line)
-	}
-	go io.Copy(io.Discard, pr) // nothing more is expected, but never block the server
-	b.base = strings.TrimSpace(strings.TrimPrefix(line, prefix))
-	return b
-}
-
-func (b *testBundle) wait(t *testing.T) int {
-	t.Helper()
-	select {
-	case code := <-b.done:
-		return code
-	case <-time.After(15 * time.Second):
-		t.Fatal("webhookfake did not stop")
-		return -1
-	}
+func start(t *testing.T, run func(stdout, stderr io.Writer) int) *testBundle {
+	return &testBundle{fakekittest.Start(t, "webhookfake", run)}
 }
 
 type stats struct {
@@ -114,10 +58,10 @@ func TestServeReceivesAndStops(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := start(t, func(stdout, stderr io.Writer) int {
-		return serve(ctx, []string{"-addr", "127.0.0.1:0", "-secret-file", secretFile, "-user-id-pattern", "^user-"}, env(nil), stdout, stderr)
+		return serve(ctx, []string{"-addr", "127.0.0.1:0", "-secret-file", secretFile, "-user-id-pattern", "^user-"}, fakekittest.Env(nil), stdout, stderr)
 	})
 
-	good, err := webhook.NewSender(b.base+"/hooks", testSecret, nil)
+	good, err := webhook.NewSender(b.Base+"/hooks", testSecret, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +72,7 @@ func TestServeReceivesAndStops(t *testing.T) {
 		}
 	}
 	wrongKey := "whsec_" + base64.StdEncoding.EncodeToString([]byte("not-the-secret-the-fake-expects!"))
-	bad, _ := webhook.NewSender(b.base+"/hooks", wrongKey, nil)
+	bad, _ := webhook.NewSender(b.Base+"/hooks", wrongKey, nil)
 	if d := bad.Send(context.Background(), "msg_2", o, time.Now()); d.Result != connector.Unauthorized {
 		t.Errorf("a wrong secret: %+v", d)
 	}
@@ -137,16 +81,16 @@ func TestServeReceivesAndStops(t *testing.T) {
 		t.Errorf("a body with what looks like a user id: %+v", d)
 	}
 
-	st := getStats(t, b.base)
+	st := getStats(t, b.Base)
 	if st.Messages != 4 || st.Accepted != 2 || st.DuplicateWebhookIDs != 1 || st.BadSignatures != 1 || st.Violations != 1 {
 		t.Errorf("stats = %+v", st)
 	}
 
 	cancel()
-	if code := b.wait(t); code != 0 {
-		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.stderr)
+	if code := b.Wait(t); code != 0 {
+		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.Stderr)
 	}
-	logs := b.stderr.String()
+	logs := b.Stderr.String()
 	if strings.Contains(logs, strings.TrimPrefix(testSecret, "whsec_")) || strings.Contains(logs, "user-4711") {
 		t.Errorf("logs show the secret or the id:\n%s", logs)
 	}
@@ -159,9 +103,9 @@ func TestServeReceivesAndStops(t *testing.T) {
 // shutdown must release it rather than wait for the sender.
 func TestRunStopsOnSIGTERM(t *testing.T) {
 	b := start(t, func(stdout, stderr io.Writer) int {
-		return run([]string{"-addr", "127.0.0.1:0", "-hang-rate", "1"}, env(map[string]string{"WEBHOOK_FAKE_SECRET": testSecret}), stdout, stderr)
+		return run([]string{"-addr", "127.0.0.1:0", "-hang-rate", "1"}, fakekittest.Env(map[string]string{"WEBHOOK_FAKE_SECRET": testSecret}), stdout, stderr)
 	})
-	sender, err := webhook.NewSender(b.base+"/", testSecret, &http.Client{}) // no timeout: only the server can end it
+	sender, err := webhook.NewSender(b.Base+"/", testSecret, &http.Client{}) // no timeout: only the server can end it
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +115,7 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 	}()
 	// Let the message reach the handler before signalling.
 	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && getStats(t, b.base).Faulted["hang"] != 1 {
+	for time.Now().Before(deadline) && getStats(t, b.Base).Faulted["hang"] != 1 {
 		time.Sleep(10 * time.Millisecond)
 	}
 
@@ -179,8 +123,8 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("cannot signal self: %v", err)
 	}
-	if code := b.wait(t); code != 0 {
-		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.stderr)
+	if code := b.Wait(t); code != 0 {
+		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.Stderr)
 	}
 	select {
 	case d := <-hung:
@@ -222,7 +166,7 @@ func TestFlagErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			var stdout, stderr strings.Builder
-			code := serve(context.Background(), append([]string{"-addr", "127.0.0.1:0"}, tt.args...), env(tt.env), &stdout, &stderr)
+			code := serve(context.Background(), append([]string{"-addr", "127.0.0.1:0"}, tt.args...), fakekittest.Env(tt.env), &stdout, &stderr)
 			if code != 2 {
 				t.Errorf("exit code %d, want 2", code)
 			}
@@ -242,7 +186,7 @@ func TestFlagErrors(t *testing.T) {
 func TestHelpShowsNoSecret(t *testing.T) {
 	t.Parallel()
 	var stdout, stderr strings.Builder
-	code := serve(context.Background(), []string{"-h"}, env(map[string]string{"WEBHOOK_FAKE_SECRET": testSecret}), &stdout, &stderr)
+	code := serve(context.Background(), []string{"-h"}, fakekittest.Env(map[string]string{"WEBHOOK_FAKE_SECRET": testSecret}), &stdout, &stderr)
 	if code != 0 || !strings.Contains(stderr.String(), "-secret-file") || strings.Contains(stderr.String(), strings.TrimPrefix(testSecret, "whsec_")) {
 		t.Errorf("code %d, usage:\n%s", code, stderr.String())
 	}
@@ -251,7 +195,7 @@ func TestHelpShowsNoSecret(t *testing.T) {
 func TestListenFailure(t *testing.T) {
 	t.Parallel()
 	var stdout, stderr strings.Builder
-	code := serve(context.Background(), []string{"-addr", "256.0.0.1:1"}, env(map[string]string{"WEBHOOK_FAKE_SECRET": testSecret}), &stdout, &stderr)
+	code := serve(context.Background(), []string{"-addr", "256.0.0.1:1"}, fakekittest.Env(map[string]string{"WEBHOOK_FAKE_SECRET": testSecret}), &stdout, &stderr)
 	if code != 1 || !strings.Contains(stderr.String(), "listen failed") {
 		t.Errorf("code %d, stderr %q", code, stderr.String())
 	}

@@ -32,9 +32,16 @@ func (k *kit) Settings(url string) map[string]string {
 	return map[string]string{"KETCH_AUTH_VALUE": k.auth, "KETCH_IDENTITY_SPACE": "account_id"}
 }
 
+// SetFaults leaves lost answers out. TODO(lost answers): with them, every retry after a lost
+// answer is a second final event at its callback (ketchfake counts each: 14 of 14 in one run),
+// and the suite's exactly-once fails. Not a fault of Notify's classification: no sender can
+// tell a lost answer from a hang, and the retry is the same event byte for byte. It waits on
+// what a Ketch receiver does with an event it already has: take an identical repeat as one (the
+// fake would then count it as webhookfake counts a webhook-id seen before), or refuse it (then
+// Notify must not call that refusal Rejected).
 func (k *kit) SetFaults(f connectortest.Faults) {
 	k.Server.SetFaults(ketchfake.Faults{ErrorRate: f.ErrorRate, RateLimitRate: f.RateLimitRate,
-		RetryAfter: ketchfake.Duration(f.RetryAfter), HangRate: f.HangRate}) // TODO(lost answers): after the fake kit
+		RetryAfter: ketchfake.Duration(f.RetryAfter), HangRate: f.HangRate})
 }
 
 // Finals is 1 for a request whose every callback was told one final status; else the count of

@@ -35,7 +35,7 @@ func (k *kit) Settings(url string) map[string]string {
 
 func (k *kit) SetFaults(f connectortest.Faults) {
 	k.Server.SetFaults(transcendfake.Faults{Report: transcendfake.FaultSet{ErrorRate: f.ErrorRate, RateLimitRate: f.RateLimitRate,
-		RetryAfter: transcendfake.Duration(f.RetryAfter), HangRate: f.HangRate}}) // TODO(lost answers): after the fake kit
+		RetryAfter: transcendfake.Duration(f.RetryAfter), HangRate: f.HangRate, LostAnswerRate: f.LostAnswerRate}})
 }
 
 func (k *kit) Finals() map[string]int {

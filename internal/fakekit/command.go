@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"reflect"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -21,30 +23,81 @@ type Command struct {
 	Name string
 	// Addr is the default of -addr.
 	Addr string
-	// Flags declares the binary's flags on fs, -addr aside.
+	// Faults points at the binary's faults. Each field with a help tag gets a flag named for its
+	// JSON name with dashes (outage_until: -outage, a duration from start); the faults are
+	// validated once the flags are parsed, and logged in the "started" line.
+	Faults Faults
+	// Flags declares the binary's other flags on fs.
 	Flags func(fs *flag.FlagSet)
-	// Check validates the parsed flags and builds the fake; its error is a usage error.
+	// Check validates the other flags and builds the fake; its error is a usage error.
 	Check func() (http.Handler, error)
-	// Started is told the URL the fake is reachable at, and returns the attributes of the
+	// Started is told the URL the fake is reachable at, and returns the other attributes of the
 	// "started" log line. Credentials never go there: these logs are shared freely.
 	Started func(base string) []any
-	// Stopped returns the attributes of the "stopped" log line: the fake's main counts.
-	Stopped func() []any
+	// Stopped returns the fake's stats, logged in the "stopped" line.
+	Stopped func() any
 }
 
-// FaultFlags declares the flags of the faults every fake has: -error-rate, -rate-limit-rate,
-// -retry-after and -hang-rate. what names the calls they apply to ("callbacks").
-func FaultFlags(fs *flag.FlagSet, what string, errorRate, rateLimitRate *float64, retryAfter *Duration, hangRate *float64) {
-	fs.Float64Var(errorRate, "error-rate", 0, "share of "+what+" answered 500")
-	fs.Float64Var(rateLimitRate, "rate-limit-rate", 0, "share of "+what+" answered 429")
-	fs.DurationVar((*time.Duration)(retryAfter), "retry-after", time.Second, "Retry-After sent with 429s (whole seconds, rounded up)")
-	fs.Float64Var(hangRate, "hang-rate", 0, "share of "+what+" never answered")
+// faultFlags declares the flags of c.Faults and returns what sets its outages once they are
+// parsed.
+func (c Command) faultFlags(fs *flag.FlagSet) func() error {
+	var outages []func() error
+	v := reflect.ValueOf(c.Faults).Elem()
+	for i := range v.NumField() {
+		help, ok := v.Type().Field(i).Tag.Lookup("help")
+		if !ok {
+			continue
+		}
+		name := strings.ReplaceAll(jsonName(v.Type().Field(i)), "_", "-")
+		switch p := v.Field(i).Addr().Interface().(type) {
+		case *float64:
+			fs.Float64Var(p, name, *p, help)
+		case *bool:
+			fs.BoolVar(p, name, *p, help)
+		case *Duration:
+			fs.DurationVar((*time.Duration)(p), name, time.Duration(*p), help)
+		case *time.Time:
+			name = strings.TrimSuffix(name, "-until")
+			d := fs.Duration(name, 0, help)
+			outages = append(outages, func() error {
+				if *d < 0 {
+					return fmt.Errorf("-%s must not be negative, got %v", name, *d)
+				}
+				if *d > 0 {
+					*p = time.Now().Add(*d)
+				}
+				return nil
+			})
+		}
+	}
+	return func() error {
+		for _, set := range outages {
+			if err := set(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 }
 
-// LatencyFlags declares -latency and -latency-jitter; what names the calls they delay ("call").
-func LatencyFlags(fs *flag.FlagSet, what string, latency, jitter *Duration) {
-	fs.DurationVar((*time.Duration)(latency), "latency", 0, "latency added to every "+what)
-	fs.DurationVar((*time.Duration)(jitter), "latency-jitter", 0, "uniform extra latency, 0 up to this")
+// Attrs are the attributes of a log line for v, a struct or a pointer to one: each field by its
+// JSON name, but maps, lists and zero times; a nested struct's fields as "pull.error_rate".
+func Attrs(v any) []any { return attrs(reflect.Indirect(reflect.ValueOf(v)), "") }
+
+func attrs(v reflect.Value, prefix string) []any {
+	var out []any
+	for i := range v.NumField() {
+		f, name := v.Field(i), prefix+jsonName(v.Type().Field(i))
+		_, isTime := f.Interface().(time.Time)
+		switch {
+		case f.Kind() == reflect.Map || f.Kind() == reflect.Slice || isTime && f.IsZero():
+		case f.Kind() == reflect.Struct && !isTime:
+			out = append(out, attrs(f, name+".")...)
+		default:
+			out = append(out, name, f.Interface())
+		}
+	}
+	return out
 }
 
 // shutdownTimeout bounds the graceful stop; hung calls are released first, so only ordinary
@@ -75,6 +128,7 @@ func (c Command) Serve(ctx context.Context, args []string, stdout, stderr io.Wri
 	fs := flag.NewFlagSet(c.Name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", c.Addr, "listen address (port 0 picks a free port)")
+	outages := c.faultFlags(fs)
 	c.Flags(fs)
 	err := fs.Parse(args)
 	if errors.Is(err, flag.ErrHelp) {
@@ -83,6 +137,15 @@ func (c Command) Serve(ctx context.Context, args []string, stdout, stderr io.Wri
 	var fake http.Handler
 	if err == nil && fs.NArg() > 0 {
 		err = fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if err == nil {
+		err = outages()
+	}
+	if err == nil {
+		if err = c.Faults.Validate(); err != nil {
+			// Validate names JSON fields; the flags use dashes.
+			err = fmt.Errorf("fault flags: %v", err)
+		}
 	}
 	if err == nil {
 		fake, err = c.Check()
@@ -109,7 +172,8 @@ func (c Command) Serve(ctx context.Context, args []string, stdout, stderr io.Wri
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	fmt.Fprintf(stdout, "%s listening on http://%s\n", c.Name, ln.Addr())
-	log.Info(c.Name+" started", append([]any{"addr", ln.Addr().String()}, c.Started("http://"+reachable(ln.Addr()))...)...)
+	started := append([]any{"addr", ln.Addr().String()}, c.Started("http://"+reachable(ln.Addr()))...)
+	log.Info(c.Name+" started", append(started, Attrs(c.Faults)...)...)
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
@@ -130,7 +194,7 @@ func (c Command) Serve(ctx context.Context, args []string, stdout, stderr io.Wri
 		code = 1
 	}
 	<-served // returns http.ErrServerClosed once Shutdown has begun
-	log.Info("stopped", c.Stopped()...)
+	log.Info("stopped", Attrs(c.Stopped())...)
 	return code
 }
 

@@ -19,6 +19,7 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -74,6 +75,38 @@ func Check(door string, rates Rates, durations map[string]Duration) error {
 	return nil
 }
 
+// Validate checks a fake's faults struct as Check does: its rates (RatesOf) and every Duration
+// field, by their JSON names.
+func Validate(door string, faults any) error {
+	durations := map[string]Duration{}
+	v := reflect.ValueOf(faults)
+	for i := range v.NumField() {
+		if d, ok := v.Field(i).Interface().(Duration); ok {
+			durations[jsonName(v.Type().Field(i))] = d
+		}
+	}
+	return Check(door, RatesOf(faults), durations)
+}
+
+// RatesOf reads the rates of a fake's faults struct: each float64 field whose JSON name ends in
+// _rate, by kind.
+func RatesOf(faults any) Rates {
+	rates := Rates{}
+	v := reflect.ValueOf(faults)
+	for i := range v.NumField() {
+		kind, isRate := strings.CutSuffix(jsonName(v.Type().Field(i)), "_rate")
+		if isRate && v.Field(i).Kind() == reflect.Float64 {
+			rates[kind] = v.Field(i).Float()
+		}
+	}
+	return rates
+}
+
+func jsonName(f reflect.StructField) string {
+	name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+	return name
+}
+
 // Roll maps a uniform draw u in [0,1) to the kind of fault it falls on, or "" for none. Each
 // kind takes a slice of [0,1) as wide as its rate, in the order of their names.
 func Roll(rates Rates, u float64) string {
@@ -84,6 +117,25 @@ func Roll(rates Rates, u float64) string {
 		u -= max(rates[kind], 0)
 	}
 	return ""
+}
+
+// Draw picks the random fault of one call from a fake's faults struct, or "" for none.
+func Draw(faults any) string { return Roll(RatesOf(faults), randv2.Float64()) }
+
+// Snapshot returns a copy of a fake's stats whose maps are its own, for a reader outside the
+// fake's lock.
+func Snapshot[S any](st S) S {
+	v := reflect.ValueOf(&st).Elem()
+	for i := range v.NumField() {
+		if f := v.Field(i); f.Kind() == reflect.Map && !f.IsNil() {
+			c := reflect.MakeMapWithSize(f.Type(), f.Len())
+			for it := f.MapRange(); it.Next(); {
+				c.SetMapIndex(it.Key(), it.Value())
+			}
+			f.Set(c)
+		}
+	}
+	return st
 }
 
 // Latency is base plus a uniform 0..jitter.

@@ -6,8 +6,8 @@
 // the worker behaves (no early retries, no duplicate storms, rate respected).
 //
 // Besides /user/delete it serves admin endpoints under /_fake/ (stats,
-// faults, reset). They have no authentication: the fake is meant for
-// loopback and test networks only.
+// arrivals, faults, reset). They have no authentication: the fake is meant
+// for loopback and test networks only.
 package knotfake
 
 import (
@@ -16,8 +16,6 @@ import (
 	"errors"
 	"hash/fnv"
 	"io"
-	"maps"
-	"math/rand/v2"
 	"mime"
 	"net/http"
 	"slices"
@@ -45,7 +43,8 @@ type Options struct {
 // Server is the fake. It implements http.Handler and is safe for concurrent
 // use.
 type Server struct {
-	admin            *fakekit.Admin[Faults]
+	// Admin holds the faults and serves /_fake/; every other call goes to the wire.
+	*fakekit.Admin[Faults]
 	clientID, secret []byte
 	exists           func(string) bool
 	now              func() time.Time
@@ -75,10 +74,10 @@ func New(opts Options) *Server {
 	wire.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 		fakekit.WriteJSON(w, http.StatusNotFound, knotError{Message: "Not Found"})
 	})
-	s.admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() }, Reset: s.Reset, Now: s.now})
+	s.Admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() }, Reset: s.Reset, Now: s.now})
 	// Each call's arrival time, in order: the record BusiestSecond and
 	// PerSecond are computed from.
-	s.admin.HandleFunc("GET /_fake/arrivals", func(w http.ResponseWriter, _ *http.Request) {
+	s.HandleFunc("GET /_fake/arrivals", func(w http.ResponseWriter, _ *http.Request) {
 		fakekit.WriteJSON(w, http.StatusOK, s.Arrivals())
 	})
 	return s
@@ -109,12 +108,6 @@ func MissingShare(p float64) func(string) bool {
 	}
 }
 
-// SetFaults replaces all faults.
-func (s *Server) SetFaults(f Faults) { s.admin.SetFaults(f) }
-
-// Faults returns the faults in force.
-func (s *Server) Faults() Faults { return s.admin.Faults() }
-
 // Deleted reports whether the fake deleted this user.
 func (s *Server) Deleted(externalUserID string) bool {
 	s.mu.Lock()
@@ -132,10 +125,6 @@ func (s *Server) Reset() {
 	s.st = Stats{ByStatus: map[string]int64{}, Faulted: map[string]int64{}}
 	s.arrivals = nil
 }
-
-// ServeHTTP answers /user/delete like Knot, and the unauthenticated /_fake/
-// admin endpoints (GET stats, GET arrivals, GET/PUT faults, POST reset).
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.admin.ServeHTTP(w, r) }
 
 // Knot's answers, from user-delete.openapi.yaml.
 var (
@@ -202,7 +191,7 @@ func (s *Server) serveDelete(w http.ResponseWriter, r *http.Request) {
 
 	// One draw decides among the random faults, so each rate is the share
 	// of authorized calls that get that fault (as long as they sum to <= 1).
-	switch kind := f.roll(rand.Float64()); kind {
+	switch kind := fakekit.Draw(f); kind {
 	case "hang":
 		s.count(func(st *Stats) { st.Faulted[kind]++ })
 		fakekit.Hang(r)
@@ -314,53 +303,31 @@ func (s *Server) respond(w http.ResponseWriter, status int, body any) {
 	fakekit.WriteJSON(w, status, body)
 }
 
-// Faults are injected into /user/delete calls. Rates are shares in [0, 1].
+// Faults are injected into /user/delete calls. Rates are shares in [0, 1] of the authorized
+// calls, decided before the delete: a faulted call deletes nothing. A field's help is its flag's
+// in cmd/knotfake.
 type Faults struct {
-	// ErrorRate is the share of calls answered 500 {"message":"Server Error"}.
-	// The fault is decided before the delete: a faulted call deletes nothing.
-	ErrorRate float64 `json:"error_rate"`
-	// RateLimitRate is the share answered 429 with Retry-After.
-	RateLimitRate float64 `json:"rate_limit_rate"`
-	// RetryAfter is sent on 429s, in whole seconds rounded up (at least 1).
-	RetryAfter Duration `json:"retry_after"`
-	// Latency is added to every call; LatencyJitter adds a uniform 0..jitter.
-	Latency       Duration `json:"latency"`
-	LatencyJitter Duration `json:"latency_jitter"`
-	// OutageUntil: every call answers 500 until this time.
-	OutageUntil time.Time `json:"outage_until,omitzero"`
-	// RejectCredentials: every call answers 401 INVALID_API_KEYS.
-	RejectCredentials bool `json:"reject_credentials"`
-	// HangRate is the share of calls that never answer; they block until the
-	// client goes away.
-	HangRate float64 `json:"hang_rate"`
-	// BadGatewayRate is the share answered 502 with an HTML body, as a proxy
-	// in front of Knot would.
-	BadGatewayRate float64 `json:"bad_gateway_rate"`
-	// TruncatedRate is the share answered 200 with cut-off JSON; nothing is
-	// deleted.
-	TruncatedRate float64 `json:"truncated_rate"`
-	// EmptyOKRate is the share answered 200 with an empty body; nothing is
-	// deleted.
-	EmptyOKRate float64 `json:"empty_ok_rate"`
+	ErrorRate         float64   `json:"error_rate" help:"share of calls answered 500"`
+	RateLimitRate     float64   `json:"rate_limit_rate" help:"share of calls answered 429"`
+	RetryAfter        Duration  `json:"retry_after" help:"Retry-After sent with 429s (whole seconds, rounded up)"`
+	Latency           Duration  `json:"latency" help:"latency added to every call"`
+	LatencyJitter     Duration  `json:"latency_jitter" help:"uniform extra latency, 0 up to this"`
+	OutageUntil       time.Time `json:"outage_until,omitzero" help:"answer every call 500 for this long after start"`
+	RejectCredentials bool      `json:"reject_credentials" help:"answer every call 401 INVALID_API_KEYS"`
+	// HangRate is the share never answered: they block until the client goes away.
+	HangRate float64 `json:"hang_rate" help:"share of calls never answered"`
+	// BadGatewayRate is answered as a proxy in front of Knot would.
+	BadGatewayRate float64 `json:"bad_gateway_rate" help:"share of calls answered 502 with an HTML body"`
+	TruncatedRate  float64 `json:"truncated_rate" help:"share of calls answered 200 with truncated JSON (nothing deleted)"`
+	EmptyOKRate    float64 `json:"empty_ok_rate" help:"share of calls answered 200 with an empty body (nothing deleted)"`
 }
 
-func (f Faults) rates() fakekit.Rates {
-	return fakekit.Rates{"error": f.ErrorRate, "rate_limit": f.RateLimitRate, "hang": f.HangRate,
-		"bad_gateway": f.BadGatewayRate, "truncated": f.TruncatedRate, "empty_ok": f.EmptyOKRate}
-}
+// Validate reports a rate outside [0, 1], rates that sum above 1, or a negative duration, naming
+// the field.
+func (f Faults) Validate() error { return fakekit.Validate("", f) }
 
-// Validate reports a rate outside [0, 1], rates that sum above 1, or a
-// negative duration, naming the field.
-func (f Faults) Validate() error {
-	return fakekit.Check("", f.rates(), map[string]Duration{
-		"retry_after": f.RetryAfter, "latency": f.Latency, "latency_jitter": f.LatencyJitter})
-}
-
-// roll maps a uniform draw u in [0,1) to a fault kind, or "" for none.
-func (f Faults) roll(u float64) string { return fakekit.Roll(f.rates(), u) }
-
-// Duration is a time.Duration that reads and writes JSON as a Go duration
-// string ("250ms", "1m30s").
+// Duration is a time.Duration that reads and writes JSON as a Go duration string ("250ms",
+// "1m30s").
 type Duration = fakekit.Duration
 
 // Stats is what the fake saw. All counts are since New or the last Reset.
@@ -400,8 +367,7 @@ type Stats struct {
 // Stats returns a snapshot.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
-	st := s.st
-	st.ByStatus, st.Faulted = maps.Clone(st.ByStatus), maps.Clone(st.Faulted)
+	st := fakekit.Snapshot(s.st)
 	s.mu.Unlock()
 
 	arrivals := s.Arrivals()

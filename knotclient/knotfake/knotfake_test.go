@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/erasure-worker/erasure-worker/internal/fakekit"
 )
 
 const (
@@ -278,7 +280,7 @@ func TestFaultRatesAreShares(t *testing.T) {
 	counts := map[string]int{}
 	const n = 1000
 	for i := range n {
-		counts[f.roll((float64(i)+0.5)/n)]++
+		counts[fakekit.Roll(fakekit.RatesOf(f), (float64(i)+0.5)/n)]++
 	}
 	want := map[string]int{"hang": 100, "bad_gateway": 100, "rate_limit": 200, "error": 200, "truncated": 100, "empty_ok": 100, "": 200}
 	for k, v := range want {

@@ -8,9 +8,9 @@
 //     validates each DeleteStatusEvent against the spec, and counts events per request, so a
 //     test can tell that every callback got exactly one final event and none after it.
 //
-// It injects faults on the callbacks (5xx, 429, 401, 409, hangs, outages) and serves admin
-// endpoints under /_fake/ (stats, faults, reset, push, requests). They have no authentication:
-// the fake is meant for loopback and test networks only.
+// It injects faults on the callbacks (5xx, 429, 401, 409, hangs, lost answers, outages) and
+// serves admin endpoints under /_fake/ (stats, faults, reset, push, requests). They have no
+// authentication: the fake is meant for loopback and test networks only.
 //
 // The package knows nothing of package ketch on purpose: it reads the wire format on its own, so
 // a misreading of the spec in one does not hide in the other.
@@ -23,9 +23,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"io"
-	"maps"
 	"math"
-	randv2 "math/rand/v2"
 	"mime"
 	"net/http"
 	"slices"
@@ -61,7 +59,8 @@ type Options struct {
 
 // Server is the fake. It implements http.Handler and is safe for concurrent use.
 type Server struct {
-	admin         *fakekit.Admin[Faults]
+	// Admin holds the faults and serves /_fake/; every other call goes to the wire.
+	*fakekit.Admin[Faults]
 	space, tenant string
 	perRequest    int
 	now           func() time.Time
@@ -124,13 +123,13 @@ func New(opts Options) *Server {
 	wire.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "Not found", nil)
 	})
-	s.admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() },
+	s.Admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() },
 		Reset: s.Reset, Now: s.now, ErrorKey: "error", ResetNoContent: true})
-	s.admin.HandleFunc("POST /_fake/push", s.servePush)
-	s.admin.HandleFunc("GET /_fake/requests/{uid}", func(w http.ResponseWriter, r *http.Request) {
+	s.HandleFunc("POST /_fake/push", s.servePush)
+	s.HandleFunc("GET /_fake/requests/{uid}", func(w http.ResponseWriter, r *http.Request) {
 		rec, ok := s.Request(r.PathValue("uid"))
 		if !ok {
-			s.admin.Refuse(w, http.StatusNotFound, "no request with this uid")
+			s.Refuse(w, http.StatusNotFound, "no request with this uid")
 			return
 		}
 		fakekit.WriteJSON(w, http.StatusOK, rec)
@@ -145,12 +144,6 @@ func (s *Server) SetCallbackBaseURL(base string) {
 	s.mu.Unlock()
 }
 
-// SetFaults replaces all faults.
-func (s *Server) SetFaults(f Faults) { s.admin.SetFaults(f) }
-
-// Faults returns the faults in force.
-func (s *Server) Faults() Faults { return s.admin.Faults() }
-
 // Reset forgets every request (their callbacks' credentials with them) and clears the stats;
 // faults stay.
 func (s *Server) Reset() {
@@ -160,10 +153,6 @@ func (s *Server) Reset() {
 	s.tokens = map[string]callbackRef{}
 	s.st = Stats{Responses: map[string]int64{}, EventsByPair: map[string]int64{}, Faulted: map[string]int64{}, MalformedByField: map[string]int64{}}
 }
-
-// ServeHTTP serves the callbacks (POST /callbacks/{name}) and the unauthenticated /_fake/ admin
-// endpoints: GET stats, GET and PUT faults, POST reset, POST push and GET requests/{uid}.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.admin.ServeHTTP(w, r) }
 
 const (
 	// maxCallbacksPerRequest caps Options.CallbacksPerRequest at what package ketch accepts.
@@ -273,7 +262,8 @@ func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	switch kind := fakekit.Roll(f.rates(), randv2.Float64()); kind {
+	kind := fakekit.Draw(f)
+	switch kind {
 	case "hang":
 		s.count(func(st *Stats) { st.Faulted[kind]++ })
 		fakekit.Hang(r)
@@ -349,8 +339,15 @@ func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request) {
 	if reject {
 		s.st.Faulted["reject_after_final"]++
 	}
+	if kind == "lost_answer" {
+		s.st.Faulted[kind]++
+	}
 	s.mu.Unlock()
 
+	if kind == "lost_answer" {
+		// Taken, but the answer never reaches the forwarder: it will send the event again.
+		fakekit.Abort()
+	}
 	if reject {
 		writeError(w, http.StatusConflict, "conflict", "the request is closed", &ev.Metadata)
 		return
@@ -522,7 +519,7 @@ type Stats struct {
 	// RejectCredentials fault), including another request's credential.
 	BadCredentials int64 `json:"bad_credentials"`
 	// Faulted counts injected faults by kind: "error", "rate_limit", "conflict", "hang",
-	// "outage", "reject_credentials", "reject_after_final".
+	// "lost_answer", "outage", "reject_credentials", "reject_after_final".
 	Faulted map[string]int64 `json:"faulted"`
 	// EarlyRetries counts events at a callback told Retry-After that came back before that time.
 	EarlyRetries int64 `json:"early_retries"`
@@ -539,9 +536,7 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.st
-	st.Responses, st.EventsByPair = maps.Clone(st.Responses), maps.Clone(st.EventsByPair)
-	st.Faulted, st.MalformedByField = maps.Clone(st.Faulted), maps.Clone(st.MalformedByField)
+	st := fakekit.Snapshot(s.st)
 	for _, rq := range s.reqs {
 		switch {
 		case rq.response != nil && finalStatus(rq.response.Status):
@@ -572,41 +567,32 @@ func (s *Server) Stats() Stats {
 }
 
 // Faults are injected into the callbacks the fake serves. Rates are shares in [0, 1] of the
-// events that pass the credential check; a faulted event is not recorded, so its retry counts.
+// events that pass the credential check. An event answered with a fault is not recorded, so its
+// retry counts as new; an event whose answer was lost was recorded, so its retry is a repeat. A
+// field's help is its flag's in cmd/ketchfake.
 type Faults struct {
-	// ErrorRate is the share answered 500 with a Ketch Error (status "internal").
-	ErrorRate float64 `json:"error_rate"`
-	// RateLimitRate is the share answered 429 with Retry-After.
-	RateLimitRate float64 `json:"rate_limit_rate"`
-	// RetryAfter is sent on 429s, in whole seconds rounded up (at least 1).
-	RetryAfter Duration `json:"retry_after"`
-	// ConflictRate is the share answered 409 (status "conflict").
-	ConflictRate float64 `json:"conflict_rate"`
-	// HangRate is the share never answered: they block until the client goes away, and end
-	// without an answer (not an empty 200) when the server shuts down.
-	HangRate float64 `json:"hang_rate"`
-	// Latency is added to every callback; LatencyJitter adds a uniform 0..jitter.
-	Latency       Duration `json:"latency"`
-	LatencyJitter Duration `json:"latency_jitter"`
-	// OutageUntil: every callback answers 503 (status "unavailable") until this time.
-	OutageUntil time.Time `json:"outage_until,omitzero"`
-	// RejectCredentials: every callback answers 401, whatever its headers.
-	RejectCredentials bool `json:"reject_credentials"`
-	// RejectAfterFinal: an event after a final one is answered 409 instead of 204. Ketch
-	// documents that it accepts no such event but not how it answers; either way it is counted.
-	RejectAfterFinal bool `json:"reject_after_final"`
-}
-
-func (f Faults) rates() fakekit.Rates {
-	return fakekit.Rates{"error": f.ErrorRate, "rate_limit": f.RateLimitRate, "conflict": f.ConflictRate, "hang": f.HangRate}
+	// ErrorRate answers with a Ketch Error of status "internal", ConflictRate of "conflict".
+	ErrorRate     float64  `json:"error_rate" help:"share of callbacks answered 500"`
+	RateLimitRate float64  `json:"rate_limit_rate" help:"share of callbacks answered 429"`
+	RetryAfter    Duration `json:"retry_after" help:"Retry-After sent with 429s (whole seconds, rounded up)"`
+	ConflictRate  float64  `json:"conflict_rate" help:"share of callbacks answered 409"`
+	// HangRate: they block until the client goes away, and end without an answer (not an
+	// empty 200) when the server shuts down.
+	HangRate       float64   `json:"hang_rate" help:"share of callbacks never answered"`
+	LostAnswerRate float64   `json:"lost_answer_rate" help:"share of events taken, then dropped without an answer"`
+	Latency        Duration  `json:"latency" help:"latency added to every callback"`
+	LatencyJitter  Duration  `json:"latency_jitter" help:"uniform extra latency, 0 up to this"`
+	OutageUntil    time.Time `json:"outage_until,omitzero" help:"answer every callback 503 for this long after start"`
+	// RejectCredentials: 401 whatever the callback's headers.
+	RejectCredentials bool `json:"reject_credentials" help:"answer every callback 401"`
+	// RejectAfterFinal: Ketch documents that it accepts no event after a final one, not how it
+	// answers it; the fake answers 204 unless this is set.
+	RejectAfterFinal bool `json:"reject_after_final" help:"answer 409 to an event after a final one (it is counted either way)"`
 }
 
 // Validate reports a rate outside [0, 1], rates that sum above 1, or a negative duration, naming
 // the field.
-func (f Faults) Validate() error {
-	return fakekit.Check("", f.rates(), map[string]Duration{
-		"retry_after": f.RetryAfter, "latency": f.Latency, "latency_jitter": f.LatencyJitter})
-}
+func (f Faults) Validate() error { return fakekit.Validate("", f) }
 
 // Duration is a time.Duration that reads and writes JSON as a Go duration string ("250ms").
 type Duration = fakekit.Duration

@@ -470,6 +470,28 @@ func TestCallbackFaults(t *testing.T) {
 	}
 }
 
+func TestLostAnswerTakesTheEventAndDropsTheConnection(t *testing.T) {
+	fake, _ := setup(t, Options{Faults: Faults{LostAnswerRate: 1}})
+	r, _ := ketch.ParseDeleteRequest(fake.DeleteRequest(newUUID(), "user-1"), testSpace)
+	ev := ketch.Event{Status: ketch.StatusCompleted, Reason: ketch.ReasonExecuted}
+	d := ketch.Notify(context.Background(), nil, r.Callbacks[0], r.Metadata, ev)
+	if d.Result != connector.Retry || d.HTTPStatus != 0 {
+		t.Errorf("delivery %+v, want a retry without an answer", d)
+	}
+	st := fake.Stats()
+	if st.Faulted["lost_answer"] != 1 || st.Events != 1 || st.FinalEvents != 1 {
+		t.Errorf("stats %+v, want the event taken once and the fault counted once", st)
+	}
+	// The retry the lost answer causes is a second final event at the same callback.
+	fake.SetFaults(Faults{})
+	if d := ketch.Notify(context.Background(), nil, r.Callbacks[0], r.Metadata, ev); d.Result != connector.Delivered {
+		t.Errorf("the retry: %+v", d)
+	}
+	if st := fake.Stats(); st.FinalEvents != 2 || st.DuplicateFinals != 1 || st.Faulted["lost_answer"] != 1 {
+		t.Errorf("after the retry: %+v", st)
+	}
+}
+
 func TestHangBlocksUntilTheClientGoes(t *testing.T) {
 	fake, _ := setup(t, Options{Faults: Faults{HangRate: 1}})
 	r, _ := ketch.ParseDeleteRequest(fake.DeleteRequest(newUUID(), "user-1"), testSpace)

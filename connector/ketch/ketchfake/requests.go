@@ -307,7 +307,7 @@ type PushSpec struct {
 func (s *Server) servePush(w http.ResponseWriter, r *http.Request) {
 	var p PushSpec
 	if err := fakekit.DecodeStrict(r.Body, &p); err != nil {
-		s.admin.Refuse(w, http.StatusBadRequest, err.Error())
+		s.Refuse(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	var opts []RequestOption
@@ -320,7 +320,7 @@ func (s *Server) servePush(w http.ResponseWriter, r *http.Request) {
 	res, err := s.Push(r.Context(), p.Target, cmp.Or(p.AuthHeader, "Authorization"), p.AuthValue, p.Count, cmp.Or(p.Prefix, "user-"), opts...)
 	if err != nil && res.Sent == 0 {
 		// Argument errors name the JSON field; none quotes auth_value.
-		s.admin.Refuse(w, http.StatusBadRequest, err.Error())
+		s.Refuse(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	fakekit.WriteJSON(w, http.StatusOK, res)

@@ -21,8 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"slices"
@@ -93,7 +91,8 @@ type entry struct {
 
 // Server is the fake. It implements http.Handler and is safe for concurrent use.
 type Server struct {
-	admin             *fakekit.Admin[Faults]
+	// Admin holds the faults and serves /_fake/; every other call goes to the wire.
+	*fakekit.Admin[Faults]
 	apiKey, sombraKey []byte
 	silo              string
 	now               func() time.Time
@@ -122,20 +121,20 @@ func New(opts Options) *Server {
 	wire.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fakekit.WriteJSON(w, http.StatusNotFound, message("Not Found"))
 	})
-	s.admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() }, Reset: s.Reset, Now: s.now})
+	s.Admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() }, Reset: s.Reset, Now: s.now})
 	// POST /_fake/items {"count":N,"prefix":"p","days_until_overdue":30} adds N pending items
 	// p-000001, … and answers {"added":N,"pending":M}; GET /_fake/items lists every item with
 	// its state and reports.
-	s.admin.HandleFunc("POST /_fake/items", func(w http.ResponseWriter, r *http.Request) {
+	s.HandleFunc("POST /_fake/items", func(w http.ResponseWriter, r *http.Request) {
 		req, err := decodeGenerate(r.Body)
 		if err != nil {
-			s.admin.Refuse(w, http.StatusBadRequest, err.Error())
+			s.Refuse(w, http.StatusBadRequest, err.Error())
 			return
 		}
 		added := s.Generate(req.Count, req.Prefix, *req.DaysUntilOverdue)
 		fakekit.WriteJSON(w, http.StatusOK, map[string]int64{"added": int64(len(added)), "pending": s.Stats().ItemsPending})
 	})
-	s.admin.HandleFunc("GET /_fake/items", func(w http.ResponseWriter, _ *http.Request) {
+	s.HandleFunc("GET /_fake/items", func(w http.ResponseWriter, _ *http.Request) {
 		fakekit.WriteJSON(w, http.StatusOK, s.itemViews())
 	})
 	return s
@@ -225,12 +224,6 @@ func (s *Server) Reports() map[string][]Report {
 	return out
 }
 
-// SetFaults replaces all faults.
-func (s *Server) SetFaults(f Faults) { s.admin.SetFaults(f) }
-
-// Faults returns the faults in force.
-func (s *Server) Faults() Faults { return s.admin.Faults() }
-
 // Reset forgets every item and clears the stats; faults stay.
 func (s *Server) Reset() {
 	s.mu.Lock()
@@ -238,11 +231,6 @@ func (s *Server) Reset() {
 	s.items, s.byNonce, s.seq = nil, map[string]*entry{}, 0
 	s.st = Stats{ReportsByProfileStatus: map[string]int64{}, ByStatus: map[string]int64{}, Faulted: map[string]int64{}}
 }
-
-// ServeHTTP answers GET pending-requests and PUT /v1/data-silo like Sombra, and the
-// unauthenticated /_fake/ admin endpoints (GET stats, GET/PUT faults, POST reset, GET/POST
-// items).
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.admin.ServeHTTP(w, r) }
 
 type errorBody struct {
 	Message string `json:"message"`
@@ -405,7 +393,8 @@ func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	switch kind := s.randomFault(w, r, "report", f); kind {
+	kind := s.randomFault(w, r, "report", f)
+	switch kind {
 	case "answered":
 		return
 	case "conflict":
@@ -455,6 +444,11 @@ func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) {
 	s.st.Reports++
 	s.st.ReportsByProfileStatus[rep.Effective]++
 	s.mu.Unlock()
+	if kind == "lost_answer" {
+		// Recorded, but the answer never reaches the client: its retry is a repeat (409).
+		s.count(func(st *Stats) { st.Faulted["report_lost_answer"]++ })
+		fakekit.Abort()
+	}
 	s.respond(w, "report", http.StatusOK, struct{}{})
 }
 
@@ -568,9 +562,9 @@ func (s *Server) enter(w http.ResponseWriter, r *http.Request, door, method stri
 }
 
 // randomFault draws the door's random fault and answers those both doors have. It returns
-// "answered", the kind left to the door ("truncated", "conflict"), or "" for none.
+// "answered", the kind left to the door ("truncated", "conflict", "lost_answer"), or "" for none.
 func (s *Server) randomFault(w http.ResponseWriter, r *http.Request, door string, f FaultSet) string {
-	switch kind := fakekit.Roll(f.rates(), rand.Float64()); kind {
+	switch kind := fakekit.Draw(f); kind {
 	case "hang":
 		s.count(func(st *Stats) { st.Faulted[door+"_hang"]++ })
 		fakekit.Hang(r)
@@ -654,7 +648,8 @@ type Stats struct {
 	// ByStatus counts answers by door and status: "pull 200", "report 409", ...
 	ByStatus map[string]int64 `json:"by_status"`
 	// Faulted counts injected faults by door and kind: "pull_error", "report_rate_limit",
-	// "pull_outage", "report_conflict", "pull_truncated", "report_hang", "pull_reject_credentials".
+	// "pull_outage", "report_conflict", "pull_truncated", "report_hang", "report_lost_answer",
+	// "pull_reject_credentials".
 	Faulted   map[string]int64 `json:"faulted"`
 	FirstCall time.Time        `json:"first_call,omitzero"`
 	LastCall  time.Time        `json:"last_call,omitzero"`
@@ -664,8 +659,7 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.st
-	st.ReportsByProfileStatus, st.ByStatus, st.Faulted = maps.Clone(st.ReportsByProfileStatus), maps.Clone(st.ByStatus), maps.Clone(st.Faulted)
+	st := fakekit.Snapshot(s.st)
 	for _, e := range s.items {
 		switch e.state {
 		case statePending:
@@ -724,33 +718,30 @@ type FaultSet struct {
 	// ConflictRate (report only) is the share answered 409 as if the request had been revoked
 	// meanwhile: the item leaves the pending list, unreported.
 	ConflictRate float64 `json:"conflict_rate"`
+	// LostAnswerRate (report only) is the share recorded whose connection is then dropped
+	// without an answer: the client's retry is then a second report of the item (409).
+	LostAnswerRate float64 `json:"lost_answer_rate"`
 }
 
 // Validate reports a rate outside [0, 1], rates of one door that add up above 1, a fault on a
 // door that has no such thing, or a negative duration, naming the field.
 func (f Faults) Validate() error {
-	if err := f.Pull.validate("pull"); err != nil {
+	if err := fakekit.Validate("pull", f.Pull); err != nil {
 		return err
 	}
 	if f.Pull.ConflictRate != 0 {
 		return fmt.Errorf("pull.conflict_rate: only reports can conflict")
 	}
-	if err := f.Report.validate("report"); err != nil {
+	if f.Pull.LostAnswerRate != 0 {
+		return fmt.Errorf("pull.lost_answer_rate: only reports are recorded")
+	}
+	if err := fakekit.Validate("report", f.Report); err != nil {
 		return err
 	}
 	if f.Report.TruncatedRate != 0 {
 		return fmt.Errorf("report.truncated_rate: only pulls have a body to truncate")
 	}
 	return nil
-}
-
-func (f FaultSet) validate(door string) error {
-	return fakekit.Check(door, f.rates(), map[string]Duration{"retry_after": f.RetryAfter, "latency": f.Latency})
-}
-
-func (f FaultSet) rates() fakekit.Rates {
-	return fakekit.Rates{"error": f.ErrorRate, "rate_limit": f.RateLimitRate, "hang": f.HangRate,
-		"truncated": f.TruncatedRate, "conflict": f.ConflictRate}
 }
 
 // Duration is a time.Duration that reads and writes JSON as a Go duration string ("250ms").

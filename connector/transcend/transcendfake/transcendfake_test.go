@@ -399,6 +399,32 @@ func TestHangsUntilTheClientGivesUp(t *testing.T) {
 	}
 }
 
+func TestLostAnswerRecordsTheReportAndDropsTheConnection(t *testing.T) {
+	t.Parallel()
+	fake, b := setup(t, Options{Faults: Faults{Report: FaultSet{LostAnswerRate: 1}}})
+	it := fake.Add(Item{Identifier: "u1"})[0]
+	req, _ := http.NewRequest("PUT", b.srv.URL+"/v1/data-silo", strings.NewReader(`{"profiles":[{"profileId":"u1"}]}`))
+	req.Header.Set("Authorization", "Bearer "+apiKey)
+	req.Header.Set("X-Transcend-Nonce", it.Nonce)
+	req.Header.Set("Content-Type", "application/json")
+	if resp, err := b.srv.Client().Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a lost answer answered %d", resp.StatusCode)
+	}
+	st := fake.Stats()
+	if st.Reports != 1 || st.ItemsReported != 1 || st.Faulted["report_lost_answer"] != 1 || len(fake.Reports()[it.RequestID]) != 1 {
+		t.Errorf("stats = %+v, want the report recorded once and the fault counted once", st)
+	}
+	// The client's retry is a second report of the item: Transcend's 409.
+	fake.SetFaults(Faults{})
+	if r := b.report(t, it.Nonce, `{"profiles":[{"profileId":"u1"}]}`); r.status != 409 {
+		t.Errorf("the retry: %d %s, want 409", r.status, r.body)
+	}
+	if st := fake.Stats(); st.Reports != 1 || st.DuplicateReports != 1 || st.Faulted["report_lost_answer"] != 1 {
+		t.Errorf("after the retry: %+v", st)
+	}
+}
+
 func TestFaultsValidate(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -410,6 +436,7 @@ func TestFaultsValidate(t *testing.T) {
 		{Faults{Report: FaultSet{ErrorRate: 0.6, RateLimitRate: 0.6}}, "report: fault rates add up to"},
 		{Faults{Pull: FaultSet{ConflictRate: 0.1}}, "pull.conflict_rate: only reports can conflict"},
 		{Faults{Report: FaultSet{TruncatedRate: 0.1}}, "report.truncated_rate: only pulls"},
+		{Faults{Pull: FaultSet{LostAnswerRate: 0.1}}, "pull.lost_answer_rate: only reports"},
 		{Faults{Pull: FaultSet{Latency: Duration(-time.Second)}}, "pull.latency must not be negative"},
 		{Faults{Pull: FaultSet{ErrorRate: 0.5, RateLimitRate: 0.5}, Report: FaultSet{ConflictRate: 1}}, ""},
 	}

@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"math/rand/v2"
 	"net/http"
 	"slices"
 	"strconv"
@@ -48,7 +47,8 @@ type Options struct {
 
 // Server is the fake receiver. It implements http.Handler and is safe for concurrent use.
 type Server struct {
-	admin           *fakekit.Admin[Faults]
+	// Admin holds the faults and serves /_fake/; every other call goes to the wire.
+	*fakekit.Admin[Faults]
 	secret          string
 	now             func() time.Time
 	tolerance       time.Duration
@@ -80,25 +80,19 @@ func New(opts Options) (*Server, error) {
 		s.tolerance = webhook.DefaultTolerance
 	}
 	s.Reset()
-	s.admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{
+	s.Admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{
 		Wire: http.HandlerFunc(s.serveMessage), Stats: func() any { return s.Stats() }, Reset: s.Reset, Now: s.now})
 	// GET /_fake/events?request_ref=REF: {"request_ref":REF,"events":[...]}, every accepted delivery.
-	s.admin.HandleFunc("GET /_fake/events", func(w http.ResponseWriter, r *http.Request) {
+	s.HandleFunc("GET /_fake/events", func(w http.ResponseWriter, r *http.Request) {
 		ref := r.URL.Query().Get("request_ref")
 		if ref == "" {
-			s.admin.Refuse(w, http.StatusBadRequest, "request_ref: missing from the query")
+			s.Refuse(w, http.StatusBadRequest, "request_ref: missing from the query")
 			return
 		}
 		fakekit.WriteJSON(w, http.StatusOK, map[string]any{"request_ref": ref, "events": append([]Event{}, s.Events(ref)...)})
 	})
 	return s, nil
 }
-
-// SetFaults replaces all faults.
-func (s *Server) SetFaults(f Faults) { s.admin.SetFaults(f) }
-
-// Faults returns the faults in force.
-func (s *Server) Faults() Faults { return s.admin.Faults() }
 
 // Reset forgets every message and event; faults stay.
 func (s *Server) Reset() {
@@ -141,10 +135,6 @@ func (s *Server) Events(requestRef string) []Event {
 
 // maxBody bounds what is read; the spec recommends bodies under 20 kB.
 const maxBody = 1 << 20
-
-// ServeHTTP receives outcome webhooks on every path outside /_fake/, and serves the admin
-// endpoints under it (GET stats, GET/PUT faults, GET events, POST reset).
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.admin.ServeHTTP(w, r) }
 
 func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
 	arrived := s.now()
@@ -208,7 +198,7 @@ func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
 
 	// One draw decides among the random faults, so each rate is the share of valid messages
 	// that get that fault (as long as they sum to <= 1).
-	switch kind := fakekit.Roll(f.rates(), rand.Float64()); kind {
+	switch kind := fakekit.Draw(f); kind {
 	case "hang":
 		s.count(func(st *Stats) { st.Faulted[kind]++ })
 		fakekit.Hang(r)
@@ -409,38 +399,27 @@ func rfc3339(s *string) (time.Time, error) {
 }
 
 // Faults are injected into messages. Rates are shares in [0, 1] of the messages that pass
-// verification; OutageUntil and RejectSignatures come before verification.
+// verification; OutageUntil and RejectSignatures come before verification. A field's help is its
+// flag's in cmd/webhookfake.
 type Faults struct {
-	// ErrorRate is the share answered 500; the message is not processed.
-	ErrorRate float64 `json:"error_rate"`
-	// RateLimitRate is the share answered 429 with Retry-After.
-	RateLimitRate float64 `json:"rate_limit_rate"`
-	// RetryAfter is sent on 429s, in whole seconds rounded up (at least 1).
-	RetryAfter Duration `json:"retry_after"`
-	// ConflictRate is the share answered 409 (which means nothing in Standard Webhooks: the
-	// sender must treat it as a failure, not as "already closed").
-	ConflictRate float64 `json:"conflict_rate"`
-	// HangRate is the share never answered; they block until the sender goes away.
-	HangRate float64 `json:"hang_rate"`
-	// LostAnswerRate is the share processed but whose connection is then dropped without an
-	// answer, so that the sender retries what was received.
-	LostAnswerRate float64 `json:"lost_answer_rate"`
-	// RejectSignatures: every message answered 401, as if the secret were wrong.
-	RejectSignatures bool `json:"reject_signatures"`
-	// OutageUntil: every message answered 500 until this time.
-	OutageUntil time.Time `json:"outage_until,omitzero"`
-}
-
-func (f Faults) rates() fakekit.Rates {
-	return fakekit.Rates{"error": f.ErrorRate, "rate_limit": f.RateLimitRate, "conflict": f.ConflictRate,
-		"hang": f.HangRate, "lost_answer": f.LostAnswerRate}
+	// ErrorRate: the message is not processed.
+	ErrorRate     float64  `json:"error_rate" help:"share of valid messages answered 500"`
+	RateLimitRate float64  `json:"rate_limit_rate" help:"share of valid messages answered 429"`
+	RetryAfter    Duration `json:"retry_after" help:"Retry-After sent with 429s (whole seconds, rounded up)"`
+	// ConflictRate: a 409 means nothing in Standard Webhooks; the sender must treat it as a
+	// failure, not as "already closed".
+	ConflictRate float64 `json:"conflict_rate" help:"share of valid messages answered 409"`
+	// HangRate: they block until the sender goes away.
+	HangRate float64 `json:"hang_rate" help:"share of valid messages never answered"`
+	// LostAnswerRate: the sender retries what was received.
+	LostAnswerRate   float64   `json:"lost_answer_rate" help:"share of valid messages processed, then dropped without an answer"`
+	RejectSignatures bool      `json:"reject_signatures" help:"answer every message 401"`
+	OutageUntil      time.Time `json:"outage_until,omitzero" help:"answer every message 500 for this long after start"`
 }
 
 // Validate reports a rate outside [0, 1], rates that sum above 1, or a negative retry_after,
 // naming the field.
-func (f Faults) Validate() error {
-	return fakekit.Check("", f.rates(), map[string]Duration{"retry_after": f.RetryAfter})
-}
+func (f Faults) Validate() error { return fakekit.Validate("", f) }
 
 // Duration is a time.Duration that reads and writes JSON as a Go duration string ("250ms").
 type Duration = fakekit.Duration
@@ -493,9 +472,7 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.st
-	st.MalformedReasons, st.ByStatus, st.Faulted = maps.Clone(st.MalformedReasons), maps.Clone(st.ByStatus), maps.Clone(st.Faulted)
-	st.ByType, st.ByOutcome = maps.Clone(st.ByType), maps.Clone(st.ByOutcome)
+	st := fakekit.Snapshot(s.st)
 	st.RequestRefs = int64(len(s.refs))
 	for _, evs := range s.refs {
 		if len(evs) > 1 {
