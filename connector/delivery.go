@@ -96,7 +96,11 @@ func FromAnswer(status int, header http.Header, now time.Time, closed ...int) De
 
 // FromError classifies a failure to get an answer at all. The error is rewritten so that it
 // names the host but never the URL's path or query (a callback URL may carry a token).
+// A dial that the Outbound policy refused is Rejected: sending again would be refused again.
 func FromError(ctx context.Context, err error) Delivery {
+	if errors.Is(err, ErrNotPublic) {
+		return Delivery{Result: Rejected, Err: Redact(ctx, err)}
+	}
 	return Delivery{Result: Retry, Err: Redact(ctx, err)}
 }
 

@@ -406,6 +406,25 @@ func checkNetworkPolicy(t *testing.T, np *networkingv1.NetworkPolicy, d *appsv1.
 	if want := []string{"TCP/443", "TCP/53", "TCP/5432", "UDP/53"}; !slices.Equal(out, want) {
 		t.Errorf("NetworkPolicy lets out %v, want only %v (Knot, DNS, PostgreSQL)", out, want)
 	}
+	// HTTPS goes to public addresses only, as the worker lets a Ketch callback go: never to
+	// loopback, private, link-local (the metadata service), CGNAT or multicast ones.
+	for _, r := range np.Spec.Egress {
+		if len(r.Ports) != 1 || r.Ports[0].Port == nil || r.Ports[0].Port.IntValue() != 443 {
+			continue
+		}
+		var excepted []string
+		for _, peer := range r.To {
+			if peer.IPBlock != nil {
+				excepted = append(excepted, peer.IPBlock.Except...)
+			}
+		}
+		for _, private := range []string{"10.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16",
+			"100.64.0.0/10", "::1/128", "fc00::/7", "fe80::/10"} {
+			if !slices.Contains(excepted, private) {
+				t.Errorf("NetworkPolicy lets HTTPS out to %s", private)
+			}
+		}
+	}
 }
 
 func checkDisruptionBudget(t *testing.T, pdb *policyv1.PodDisruptionBudget, d *appsv1.Deployment) {

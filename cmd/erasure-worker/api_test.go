@@ -47,6 +47,7 @@ func setupDoors(t *testing.T) *doorBundle {
 		"API_LISTEN_ADDR": "unused", "API_TOKEN": testAPIToken,
 		"REPORT_WEBHOOK_URL": "http://127.0.0.1:1/outcomes", "REPORT_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
 		"KETCH_AUTH_HEADER": "Authorization", "KETCH_AUTH_VALUE": testKetchValue, "KETCH_IDENTITY_SPACE": testKetchSpace,
+		"KETCH_CALLBACK_ALLOW": "ketch.invalid", // the fake's callbacks below: plain http to a name that never resolves
 	}
 	s := settings.New("run", func(k string) string { return env[k] }, io.Discard)
 	read := declareDoors(s)
@@ -57,7 +58,7 @@ func setupDoors(t *testing.T) *doorBundle {
 	if s.Err() != nil {
 		t.Fatal(s.Err())
 	}
-	h, _ := doorsHandler(cfg, testKeys, b.q, slog.New(slog.NewJSONHandler(b.logs, nil)), nil, nil)
+	h, _ := doorsHandler(cfg, testKeys, b.q, slog.New(slog.NewJSONHandler(b.logs, nil)), newDoorMetrics(nil))
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	b.url = srv.URL

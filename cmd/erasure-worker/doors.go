@@ -80,12 +80,12 @@ func intake(q *queue.Queue, info connector.Info, keys worker.IdentifierKeys, ref
 
 // serveDoors serves the HTTP doors on API_LISTEN_ADDR; stop ends them gracefully, letting
 // requests being answered finish.
-func serveDoors(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, log *slog.Logger, reg prometheus.Registerer, refusals *prometheus.CounterVec) (stop func(), err error) {
+func serveDoors(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, log *slog.Logger, m doorMetrics) (stop func(), err error) {
 	ln, err := net.Listen("tcp", cfg.apiAddr)
 	if err != nil {
 		return nil, fmt.Errorf("API_LISTEN_ADDR: %w", err)
 	}
-	handler, patterns := doorsHandler(cfg, keys, q, log, reg, refusals)
+	handler, patterns := doorsHandler(cfg, keys, q, log, m)
 	srv := &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -108,14 +108,7 @@ func serveDoors(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, log
 
 // doorsHandler routes every door of the connectors that are on, each counted in
 // erasure_api_requests_total by its door's name and its answer's status.
-func doorsHandler(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, log *slog.Logger, reg prometheus.Registerer, refusals *prometheus.CounterVec) (http.Handler, []string) {
-	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "erasure_api_requests_total",
-		Help: "Requests to the HTTP doors on API_LISTEN_ADDR, by door (a connector's door) and HTTP status of the answer; code abandoned when the sender went away before it was answered.",
-	}, []string{"door", "code"})
-	if reg != nil {
-		reg.MustRegister(requests)
-	}
+func doorsHandler(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, log *slog.Logger, m doorMetrics) (http.Handler, []string) {
 	mux := http.NewServeMux()
 	var patterns []string
 	for _, c := range cfg.on {
@@ -123,13 +116,42 @@ func doorsHandler(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, l
 			continue
 		}
 		clog := log.With("connector", c.info.Name)
-		routes := c.parts.Door.Routes(intake(q, c.info, keys, refusals, clog), clog)
+		routes := c.parts.Door.Routes(intake(q, c.info, keys, m.refusals, clog), clog)
 		for _, p := range slices.Sorted(maps.Keys(routes)) {
-			mux.Handle(p, counted(requests.MustCurryWith(prometheus.Labels{"door": c.info.DoorName()}), routes[p]))
+			mux.Handle(p, counted(m.requests.MustCurryWith(prometheus.Labels{"door": c.info.DoorName()}), routes[p]))
 			patterns = append(patterns, p)
 		}
 	}
 	return mux, patterns
+}
+
+// doorMetrics are the doors' metrics. Every registered connector's door has its series from the
+// start, at 0, whether it is on or not, as the reports' do: dashboards and alerts see a
+// deployment as it is, and a door turned on later is not a new series.
+type doorMetrics struct {
+	requests *prometheus.CounterVec // erasure_api_requests_total{door,code}
+	refusals *prometheus.CounterVec // erasure_door_refusals_total{door,reason}
+}
+
+func newDoorMetrics(reg prometheus.Registerer) doorMetrics {
+	m := doorMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "erasure_api_requests_total",
+			Help: "Requests to the HTTP doors on API_LISTEN_ADDR, by door (a connector's door) and HTTP status of the answer; code abandoned when the sender went away before it was answered.",
+		}, []string{"door", "code"}),
+		refusals: worker.NewRefusalMetric(nil),
+	}
+	for _, c := range connectors.All() {
+		door := c.Info().DoorName()
+		m.requests.WithLabelValues(door, abandoned)
+		for _, r := range connector.Refusals {
+			m.refusals.WithLabelValues(door, string(r))
+		}
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.refusals)
+	}
+	return m
 }
 
 // statusRecorder keeps the status a handler answered with, for the counter.

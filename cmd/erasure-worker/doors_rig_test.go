@@ -68,6 +68,7 @@ func startDoorsRig(t *testing.T, transcendItems int, extra map[string][]string) 
 		"API_LISTEN_ADDR=" + r.apiAddr, "API_TOKEN=" + rigAPIToken,
 		"REPORT_WEBHOOK_URL=" + r.webhookURL + "/outcomes", "REPORT_WEBHOOK_SECRET=" + rigWebhookSecret,
 		"KETCH_AUTH_VALUE=" + rigKetchValue, "KETCH_IDENTITY_SPACE=" + rigKetchSpace,
+		"KETCH_CALLBACK_ALLOW=" + strings.TrimPrefix(r.ketchURL, "http://"), // ketchfake: plain http on loopback
 		"TRANSCEND_URL=" + r.transcendURL, "TRANSCEND_API_KEY=" + rigTranscendKey, "TRANSCEND_DATA_SILO_ID=" + rigTranscendSilo,
 		"TRANSCEND_POLL_INTERVAL=1s",
 	}

@@ -216,9 +216,9 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 
 	// The doors bind first: a taken API_LISTEN_ADDR stops start-up before anything runs. Any
 	// return from here on stops the services started below, then waits for them.
-	refusals := worker.NewRefusalMetric(reg)
+	doorMetrics := newDoorMetrics(reg)
 	if cfg.doors.listening() {
-		stop, err := serveDoors(cfg.doors, cfg.retention.keys, q, log, reg, refusals)
+		stop, err := serveDoors(cfg.doors, cfg.retention.keys, q, log, doorMetrics)
 		if err != nil {
 			return err
 		}
@@ -244,7 +244,7 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 			continue
 		}
 		plog := log.With("connector", c.info.Name)
-		in := intake(q, c.info, cfg.retention.keys, refusals, plog)
+		in := intake(q, c.info, cfg.retention.keys, doorMetrics.refusals, plog)
 		services.Go(func() {
 			// A pull pages through everything pending: the next is due an interval later.
 			pull := func(ctx context.Context) (bool, error) { return false, p.Pull(ctx, in, plog) }

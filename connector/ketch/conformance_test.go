@@ -29,7 +29,9 @@ type kit struct {
 
 func (k *kit) Settings(url string) map[string]string {
 	k.SetCallbackBaseURL(url)
-	return map[string]string{"KETCH_AUTH_VALUE": k.auth, "KETCH_IDENTITY_SPACE": "account_id"}
+	// The fake serves plain http on loopback: its host:port, and nothing else, is an exception.
+	return map[string]string{"KETCH_AUTH_VALUE": k.auth, "KETCH_IDENTITY_SPACE": "account_id",
+		"KETCH_CALLBACK_ALLOW": strings.TrimPrefix(url, "http://")}
 }
 
 func (k *kit) SetFaults(f connectortest.Faults) {
@@ -120,6 +122,15 @@ func (k *kit) BadInputs(base string) []connectortest.BadInput {
 		bad("due in the past's past", "request.dueTimestamp", func(m map[string]any) { rq(m)["dueTimestamp"] = -1 }),
 		bad("callback url not http", "request.callbacks[0].url", func(m map[string]any) {
 			rq(m)["callbacks"].([]any)[0].(map[string]any)["url"] = "ftp://example.com/cb"
+		}),
+		bad("callback in plain http", "request.callbacks[0].url", func(m map[string]any) {
+			rq(m)["callbacks"].([]any)[0].(map[string]any)["url"] = "http://cb.example.com/cb"
+		}),
+		bad("callback to loopback", "request.callbacks[1].url", func(m map[string]any) {
+			rq(m)["callbacks"].([]any)[1].(map[string]any)["url"] = "https://127.0.0.1:9090/metrics"
+		}),
+		bad("callback to the cloud's metadata", "request.callbacks[0].url", func(m map[string]any) {
+			rq(m)["callbacks"].([]any)[0].(map[string]any)["url"] = "https://169.254.169.254/latest/meta-data"
 		}),
 	}
 }

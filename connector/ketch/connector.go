@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -28,9 +29,16 @@ func (c Connector) Declare(s *settings.Set) func() *connector.Parts {
 		header = s.Add("KETCH_AUTH_HEADER", "Authorization", "the header Ketch is configured to send with every request to POST /v1/ketch")
 		value  = s.Secret("KETCH_AUTH_VALUE", "the value Ketch sends in KETCH_AUTH_HEADER; the Ketch door is off when not set", "file holding KETCH_AUTH_VALUE")
 		space  = s.Add("KETCH_IDENTITY_SPACE", "", "the identitySpace of the Ketch identity that is Knot's external_user_id (required with KETCH_AUTH_VALUE)")
+		allow  = s.Add("KETCH_CALLBACK_ALLOW", "", "callback hosts that may be called though they are not public https addresses: host, host:port or CIDR, separated by commas (plain http included); for tests and self-hosted setups. Without it a callback must be https to a public address, checked on the address dialled")
 	)
 	return func() *connector.Parts {
 		d := &door{info: c.Info(), header: s.String(header), value: s.Verbatim(value), space: s.String(space)}
+		out, err := connector.ParseOutbound(allow.Name(), s.String(allow))
+		if err != nil {
+			s.SetErr(err)
+			return nil
+		}
+		d.outbound = out
 		switch {
 		case d.value == "":
 			return nil
@@ -42,7 +50,7 @@ func (c Connector) Declare(s *settings.Set) func() *connector.Parts {
 		if s.Err() != nil {
 			return nil
 		}
-		return &connector.Parts{Door: d, Deliverer: deliverer{}, OnBy: "KETCH_AUTH_VALUE"}
+		return &connector.Parts{Door: d, Deliverer: deliverer{client: out.Client()}, OnBy: "KETCH_AUTH_VALUE"}
 	}
 }
 
@@ -56,6 +64,7 @@ type report struct {
 type door struct {
 	info                 connector.Info
 	header, value, space string
+	outbound             connector.Outbound // where callbacks may go
 }
 
 func (d *door) Routes(in connector.Intake, log *slog.Logger) map[string]http.Handler {
@@ -103,6 +112,14 @@ func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.in.Refused(connector.RefusedInvalid, "")
 		connector.WriteRaw(w, http.StatusBadRequest, ErrorBody(nil, http.StatusBadRequest, ErrorInvalid, err.Error()))
 		return
+	}
+	for i, cb := range req.Callbacks {
+		if err := h.outbound.CheckURL(cb.URL); err != nil {
+			field := fmt.Sprintf("request.callbacks[%d].url", i)
+			h.in.Refused(connector.RefusedInvalid, field)
+			connector.WriteRaw(w, http.StatusBadRequest, ErrorBody(&req.Metadata, http.StatusBadRequest, ErrorInvalid, field+": "+err.Error()))
+			return
+		}
 	}
 	nr := connector.Request{ID: req.Metadata.UID, ExternalUserID: req.ExternalUserID, DueAt: req.DueAt,
 		IDField: "metadata.uid", UserField: "request.identities"}
@@ -161,16 +178,17 @@ func laneOf(raw string) string {
 	return u.Host
 }
 
-type deliverer struct{}
+// deliverer calls callbacks through the Outbound policy's client.
+type deliverer struct{ client *http.Client }
 
 // Deliver tells one callback the request's final status.
-func (deliverer) Deliver(ctx context.Context, r connector.Report) connector.Delivery {
+func (d deliverer) Deliver(ctx context.Context, r connector.Report) connector.Delivery {
 	var rep report
 	if err := json.Unmarshal(r.Credentials, &rep); err != nil {
 		return connector.Delivery{Result: connector.Rejected, Err: errors.New("ketch: the stored callback cannot be read")}
 	}
 	status, reason := FinalEvent(r.Outcome)
-	return Notify(ctx, nil, rep.Callback, rep.Metadata, Event{
+	return Notify(ctx, d.client, rep.Callback, rep.Metadata, Event{
 		Status: status, Reason: reason, RequestID: strconv.FormatInt(r.RequestID, 10), ExpectedCompletion: r.CompletedAt,
 	})
 }

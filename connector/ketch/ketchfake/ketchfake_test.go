@@ -429,7 +429,8 @@ func TestCallbackFaults(t *testing.T) {
 		{"error", Faults{ErrorRate: 1}, connector.Retry, 500, "error"},
 		{"rate limit", Faults{RateLimitRate: 1, RetryAfter: Duration(1500 * time.Millisecond)}, connector.RateLimited, 429, "rate_limit"},
 		{"conflict", Faults{ConflictRate: 1}, connector.Rejected, 409, "conflict"},
-		{"reject credentials", Faults{RejectCredentials: true}, connector.Unauthorized, 401, "reject_credentials"},
+		// A callback's credential is its own: its 401 fails that report alone (ketch.Notify).
+		{"reject credentials", Faults{RejectCredentials: true}, connector.Rejected, 401, "reject_credentials"},
 		{"outage", Faults{OutageUntil: time.Now().Add(time.Hour)}, connector.Retry, 503, "outage"},
 	}
 	for _, tt := range tests {
