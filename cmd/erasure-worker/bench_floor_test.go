@@ -72,7 +72,7 @@ func benchFloorHTTP(t *testing.T, fakeURL string, fakePid int) benchFloorRun {
 	if _, err := client.DeleteUser(ctx, "floor-warm-up"); err != nil {
 		t.Fatal(err)
 	}
-	benchFakeReset(t, fakeURL)
+	resetFake(t, fakeURL)
 	procs := benchProcsBegin(t, "", "", map[string]int{"test process": os.Getpid(), "knotfake": fakePid})
 	var next, failed atomic.Int64
 	start := time.Now()

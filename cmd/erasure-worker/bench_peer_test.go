@@ -195,21 +195,12 @@ func benchBuildRiverPeer(t *testing.T) string {
 	return bin
 }
 
-func benchFakeReset(t *testing.T, fakeURL string) {
-	t.Helper()
-	resp, err := http.Post(fakeURL+"/_fake/reset", "application/json", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-}
-
 // benchPeerOurs runs `erasure-worker run` over a fresh backlog until every request is finished.
 func benchPeerOurs(t *testing.T, fakeURL string, fakePid int) benchPeerRun {
 	t.Helper()
 	dbURL := queuetest.URL(t)
 	benchInsertPending(t, dbURL, "peer", 1, benchBacklog)
-	benchFakeReset(t, fakeURL)
+	resetFake(t, fakeURL)
 	rg := newRig(t, withDB(dbURL), withKnot(fakeURL), withoutMigrate(), withoutRetention())
 
 	procs := benchProcsBegin(t, queuetest.ServerURL(), benchDBName(t, dbURL), map[string]int{"knotfake": fakePid})
@@ -298,7 +289,7 @@ func benchStartFloor(t *testing.T, workerBin, dbURL string) (execFloor, connectF
 func benchPeerRiver(t *testing.T, riverBin, fakeURL string, fakePid int, profile string) benchPeerRun {
 	t.Helper()
 	dbURL := queuetest.EmptyURL(t)
-	benchFakeReset(t, fakeURL)
+	resetFake(t, fakeURL)
 	env := []string{"DATABASE_URL=" + dbURL, "KNOT_BASE_URL=" + fakeURL, "KNOT_CLIENT_ID=e2e-client", "KNOT_SECRET=e2e-secret",
 		"PATH=" + os.Getenv("PATH")}
 	args := []string{"-jobs", strconv.Itoa(benchBacklog), "-wait"}

@@ -96,11 +96,7 @@ func benchPipelineAt(t *testing.T, r *benchReport, fakeURL string, conc int) ben
 	if conc > 0 {
 		name, suffix = strconv.Itoa(conc), "-"+strconv.Itoa(conc)
 	}
-	resp, err := http.Post(fakeURL+"/_fake/reset", "application/json", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	resetFake(t, fakeURL)
 	b := benchDrainRun(t, r, "1b-database-alone"+suffix, benchBacklog, benchNoopKnot{}, conc)
 	c := benchDrainRun(t, r, "1c-whole-worker"+suffix, benchBacklog, benchKnotClient(t, fakeURL), conc)
 	httpConc := max(c.peakInflight, 1)

@@ -15,7 +15,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -119,18 +118,6 @@ func startChaosOutage(t *testing.T) (*rig, *workerProc, time.Time) {
 	return r, w, until
 }
 
-func chaosPost(t *testing.T, url string) {
-	t.Helper()
-	resp, err := http.Post(url, "application/json", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("POST %s: %s", url, resp.Status)
-	}
-}
-
 // holding counts the requests the worker holds claimed (running under its lease).
 func (w *workerProc) holding(t *testing.T, conn *pgx.Conn) int64 {
 	t.Helper()
@@ -202,7 +189,7 @@ type chaosWindows struct {
 // memory of deleted users, so Deleted and DuplicateDeletes then count from here too).
 func (r *rig) resetWindows(t *testing.T) {
 	t.Helper()
-	chaosPost(t, r.fakeURL+"/_fake/reset")
+	resetFake(t, r.fakeURL)
 }
 
 // windows returns the one-second windows since resetWindows.

@@ -63,7 +63,7 @@ func TestChaosKnotOutage(t *testing.T) {
 	// Forget the outage's calls: what the fake counts from then on is the recovery (and the
 	// outage's last 100ms, so that no delete after it goes uncounted).
 	time.Sleep(time.Until(outageUntil.Add(-100 * time.Millisecond)))
-	chaosPost(t, r.fakeURL+"/_fake/reset")
+	resetFake(t, r.fakeURL)
 	c := r.drained(t, 2*time.Minute)
 	chaosAllSucceeded(t, c, n)
 	st := fakeStats(t, r.fakeURL)

@@ -202,6 +202,19 @@ func fakeStats(t *testing.T, url string) (st knotfake.Stats) {
 	return st
 }
 
+// resetFake makes the knotfake at url forget what it has counted and which users it deleted.
+func resetFake(t *testing.T, url string) {
+	t.Helper()
+	resp, err := http.Post(url+"/_fake/reset", "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST %s/_fake/reset: %s", url, resp.Status)
+	}
+}
+
 // --- The doors
 
 // doors are the three privacy request systems as processes: a receiver of outcome webhooks, a
