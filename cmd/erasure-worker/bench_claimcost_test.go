@@ -35,7 +35,7 @@ func benchClaimCost(t *testing.T, r *benchReport) {
 	}
 	ctx := context.Background()
 	dbURL := queuetest.URL(t)
-	conn := benchConnect(t, dbURL)
+	conn := connect(t, dbURL)
 	// Autovacuum of millions of fresh rows would run during the measurement; vacuum is done here
 	// between sizes instead, where it is cheap. Truncate at the end, whatever happens, so that a
 	// database kept for a failed test does not keep gigabytes.
@@ -154,7 +154,7 @@ func benchExplainClaim(t *testing.T, dbURL string, tracer *benchTracer) string {
 		return "no claim statement was seen"
 	}
 	ctx := context.Background()
-	conn := benchConnect(t, dbURL)
+	conn := connect(t, dbURL)
 	explain := func(generic bool) string {
 		tx, err := conn.Begin(ctx)
 		if err != nil {

@@ -38,7 +38,7 @@ func benchOutageBurst(t *testing.T, r *benchReport) {
 	const n, outage = chaosOutageRequests, chaosOutageFor
 	rig, w, outageUntil := startChaosOutage(t)
 	time.Sleep(time.Until(outageUntil.Add(-100 * time.Millisecond)))
-	chaosPost(t, rig.fakeURL+"/_fake/reset") // count the recovery only
+	resetFake(t, rig.fakeURL) // count the recovery only
 	c := rig.drained(t, 2*time.Minute)
 	st := fakeStats(t, rig.fakeURL)
 	w.stop(t, 30*time.Second)

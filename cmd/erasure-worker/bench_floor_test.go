@@ -22,8 +22,7 @@ import (
 // 10. The floor: what a bare HTTP round trip to knotfake and a bare batched claim and finish
 // cost alone, on the same machine, against which section 9's CPU per request is set.
 func benchFloor(t *testing.T, r *benchReport) {
-	_, fakeBin := binaries(t)
-	fake, fakeURL := startFake(t, fakeBin, "-missing", "0")
+	fake, fakeURL := startKnotfake(t, "-missing", "0")
 
 	h := benchFloorHTTP(t, fakeURL, fake.cmd.Process.Pid)
 	r.info("10", fmt.Sprintf("(a) bare HTTP round trip: knotclient, 100 goroutines with keep-alive → knotfake, %d calls", benchBacklog),
@@ -73,7 +72,7 @@ func benchFloorHTTP(t *testing.T, fakeURL string, fakePid int) benchFloorRun {
 	if _, err := client.DeleteUser(ctx, "floor-warm-up"); err != nil {
 		t.Fatal(err)
 	}
-	benchFakeReset(t, fakeURL)
+	resetFake(t, fakeURL)
 	procs := benchProcsBegin(t, "", "", map[string]int{"test process": os.Getpid(), "knotfake": fakePid})
 	var next, failed atomic.Int64
 	start := time.Now()
@@ -181,7 +180,7 @@ func benchFloorClaimFinish(t *testing.T, pgbench string, clients int, evidence b
 	cpu.parts["pgbench"] = (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
 	t.Logf("pgbench (evidence %v): %s", evidence, out.String())
 
-	conn := benchConnect(t, dbURL)
+	conn := connect(t, dbURL)
 	var succeeded int
 	if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM erasure_requests WHERE status = 'succeeded'`).Scan(&succeeded); err != nil {
 		t.Fatal(err)
@@ -377,7 +376,7 @@ func benchPostgresInScope(cmdline, db string) bool {
 func benchPostmaster(t *testing.T, url string) int {
 	t.Helper()
 	var backend int
-	if err := benchConnect(t, url).QueryRow(context.Background(), `SELECT pg_backend_pid()`).Scan(&backend); err != nil {
+	if err := connect(t, url).QueryRow(context.Background(), `SELECT pg_backend_pid()`).Scan(&backend); err != nil {
 		t.Fatal(err)
 	}
 	_, ppid, ok := benchTicks(backend)

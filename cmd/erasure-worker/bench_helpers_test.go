@@ -54,17 +54,6 @@ func benchPool(t *testing.T, dbURL string, tracer pgx.QueryTracer) *pgxpool.Pool
 	return pool
 }
 
-func benchConnect(t *testing.T, url string) *pgx.Conn {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(ctx) })
-	return conn
-}
-
 func benchExec(t *testing.T, conn *pgx.Conn, sql string, args ...any) {
 	t.Helper()
 	if _, err := conn.Exec(context.Background(), sql, args...); err != nil {

@@ -21,11 +21,11 @@ func benchMemory(t *testing.T, r *benchReport) {
 	var peaks []int64
 	var lastDB string
 	for _, size := range []int{10_000, 1_000_000} {
-		e := setupE2E(t, 0, "-missing", "0")
+		rg := newRig(t, withFake("-missing", "0"))
 		start := time.Now()
-		benchInsertPending(t, e.dbURL, "memory", 1, size)
+		benchInsertPending(t, rg.dbURL, "memory", 1, size)
 		fill := time.Since(start)
-		p, _ := e.startWorker(t, fmt.Sprintf("RATE_LIMIT_RPS=%g", benchNoLimitRPS), fmt.Sprintf("RATE_LIMIT_BURST=%g", float64(benchNoLimitBurst)))
+		p := rg.startWorker(t, "worker", fmt.Sprintf("RATE_LIMIT_RPS=%g", benchNoLimitRPS), fmt.Sprintf("RATE_LIMIT_BURST=%g", float64(benchNoLimitBurst)))
 		var rssMax int64
 		for end := time.Now().Add(runFor); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
 			rssMax = max(rssMax, benchProcStatus(t, p.cmd.Process.Pid, "VmRSS"))
@@ -34,10 +34,10 @@ func benchMemory(t *testing.T, r *benchReport) {
 		if code, _ := p.stop(t, 30*time.Second); code != 0 {
 			t.Errorf("worker exited %d", code)
 		}
-		c := e.counts(t)
+		c := rg.counts(t)
 		finished := c["succeeded/deleted"]
 		peaks = append(peaks, hwm)
-		lastDB = e.dbURL
+		lastDB = rg.dbURL
 		r.info("5", fmt.Sprintf("peak RSS (VmHWM) of `erasure-worker run`, %s pending, %v at full throughput", benchCount(int64(size)), runFor),
 			fmt.Sprintf("%s (%d finished, %.0f/s)", benchBytes(hwm*1024), finished, float64(finished)/runFor.Seconds()))
 		t.Logf("memory %d pending: VmHWM %d kB, largest VmRSS sampled %d kB, %d finished (backlog inserted in %v)", size, hwm, rssMax, finished, fill)
@@ -55,8 +55,7 @@ func benchMemory(t *testing.T, r *benchReport) {
 // benchHeapProfile runs the worker in-process over what is left of a backlog and returns the top
 // of its in-use heap.
 func benchHeapProfile(t *testing.T, r *benchReport, dbURL string, runFor time.Duration) string {
-	_, fakeBin := binaries(t)
-	_, fakeURL := startFake(t, fakeBin, "-missing", "0")
+	_, fakeURL := startKnotfake(t, "-missing", "0")
 	pool := benchPool(t, dbURL, nil)
 	w, err := worker.New(queue.New(pool), benchKnotClient(t, fakeURL), worker.Config{
 		ID: "bench-heap", RateLimit: benchNoLimitRPS, Burst: benchNoLimitBurst,

@@ -61,14 +61,14 @@ func (p benchPeerRun) String() string {
 
 // 9. The peer: the same job on River, the same backlog, fake and machine, one process each.
 func benchPeer(t *testing.T, r *benchReport) {
-	workerBin, fakeBin := binaries(t)
+	workerBin := binary(t, "erasure-worker")
 	riverBin := benchBuildRiverPeer(t)
-	fake, fakeURL := startFake(t, fakeBin, "-missing", "0")
+	fake, fakeURL := startKnotfake(t, "-missing", "0")
 	fakePid := fake.cmd.Process.Pid
 
 	var ours, rivers []benchPeerRun
 	for i := range benchPeerRuns {
-		o := benchPeerOurs(t, workerBin, fakeURL, fakePid)
+		o := benchPeerOurs(t, fakeURL, fakePid)
 		t.Logf("run %d, erasure-worker: %s", i+1, o)
 		ours = append(ours, o)
 		rv := benchPeerRiver(t, riverBin, fakeURL, fakePid, "")
@@ -183,8 +183,7 @@ func benchPeer(t *testing.T, r *benchReport) {
 // benchBuildRiverPeer builds bench/riverpeer, a module of its own, beside the other binaries.
 func benchBuildRiverPeer(t *testing.T) string {
 	t.Helper()
-	binaries(t) // binDir
-	bin := filepath.Join(binDir, "riverpeer")
+	bin := filepath.Join(filepath.Dir(binary(t, "erasure-worker")), "riverpeer")
 	if _, err := os.Stat(bin); err == nil {
 		return bin
 	}
@@ -196,37 +195,25 @@ func benchBuildRiverPeer(t *testing.T) string {
 	return bin
 }
 
-func benchFakeReset(t *testing.T, fakeURL string) {
-	t.Helper()
-	resp, err := http.Post(fakeURL+"/_fake/reset", "application/json", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-}
-
 // benchPeerOurs runs `erasure-worker run` over a fresh backlog until every request is finished.
-func benchPeerOurs(t *testing.T, workerBin, fakeURL string, fakePid int) benchPeerRun {
+func benchPeerOurs(t *testing.T, fakeURL string, fakePid int) benchPeerRun {
 	t.Helper()
 	dbURL := queuetest.URL(t)
 	benchInsertPending(t, dbURL, "peer", 1, benchBacklog)
-	benchFakeReset(t, fakeURL)
-	addr := freeAddr(t)
-	env := []string{"DATABASE_URL=" + dbURL, "KNOT_BASE_URL=" + fakeURL, "KNOT_CLIENT_ID=e2e-client", "KNOT_SECRET=e2e-secret",
-		"LOG_FORMAT=json", "LISTEN_ADDR=" + addr, "CONCURRENCY=100", "IDENTIFIER_RETENTION=off",
-		"RATE_LIMIT_RPS=" + fmt.Sprint(benchNoLimitRPS), "RATE_LIMIT_BURST=" + fmt.Sprint(benchNoLimitBurst),
-		"PATH=" + os.Getenv("PATH")}
+	resetFake(t, fakeURL)
+	rg := newRig(t, withDB(dbURL), withKnot(fakeURL), withoutMigrate(), withoutRetention())
 
 	procs := benchProcsBegin(t, queuetest.ServerURL(), benchDBName(t, dbURL), map[string]int{"knotfake": fakePid})
 	began := time.Now()
-	p := start(t, "erasure-worker run", env, workerBin, "run")
+	p := rg.spawnWorker(t, "erasure-worker run", "CONCURRENCY=100",
+		"RATE_LIMIT_RPS="+fmt.Sprint(benchNoLimitRPS), "RATE_LIMIT_BURST="+fmt.Sprint(benchNoLimitBurst))
 	procs.add("worker", p.cmd.Process.Pid)
 	stopSampling := procs.sample()
 	deadline := time.Now().Add(3 * time.Minute)
 	var end time.Time
 	for {
 		time.Sleep(50 * time.Millisecond)
-		n, err := benchScrapeSum("http://"+addr+"/metrics", "erasure_requests_completed_total")
+		n, err := benchScrapeSum("http://"+p.addr+"/metrics", "erasure_requests_completed_total")
 		if err == nil && n >= benchBacklog {
 			end = time.Now()
 			break
@@ -240,7 +227,7 @@ func benchPeerOurs(t *testing.T, workerBin, fakeURL string, fakePid int) benchPe
 	if code, _ := p.stop(t, 30*time.Second); code != 0 {
 		t.Errorf("erasure-worker exited %d", code)
 	}
-	conn := benchConnect(t, dbURL)
+	conn := connect(t, dbURL)
 	var succeeded, attempts int
 	if err := conn.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM erasure_requests WHERE status = 'succeeded'),
        (SELECT count(*) FROM erasure_attempts)`).Scan(&succeeded, &attempts); err != nil {
@@ -284,7 +271,7 @@ func benchStartFloor(t *testing.T, workerBin, dbURL string) (execFloor, connectF
 		}
 		execs = append(execs, time.Since(began))
 		began = time.Now()
-		conn := benchConnect(t, dbURL)
+		conn := connect(t, dbURL)
 		var one int
 		if err := conn.QueryRow(context.Background(), `SELECT 1`).Scan(&one); err != nil {
 			t.Fatal(err)
@@ -302,7 +289,7 @@ func benchStartFloor(t *testing.T, workerBin, dbURL string) (execFloor, connectF
 func benchPeerRiver(t *testing.T, riverBin, fakeURL string, fakePid int, profile string) benchPeerRun {
 	t.Helper()
 	dbURL := queuetest.EmptyURL(t)
-	benchFakeReset(t, fakeURL)
+	resetFake(t, fakeURL)
 	env := []string{"DATABASE_URL=" + dbURL, "KNOT_BASE_URL=" + fakeURL, "KNOT_CLIENT_ID=e2e-client", "KNOT_SECRET=e2e-secret",
 		"PATH=" + os.Getenv("PATH")}
 	args := []string{"-jobs", strconv.Itoa(benchBacklog), "-wait"}
@@ -337,7 +324,7 @@ func benchPeerRiver(t *testing.T, riverBin, fakeURL string, fakePid int, profile
 	if err := json.Unmarshal([]byte(line), &res); err != nil {
 		t.Fatalf("riverpeer said %q: %v", line, err)
 	}
-	conn := benchConnect(t, dbURL)
+	conn := connect(t, dbURL)
 	var completed int
 	if err := conn.QueryRow(context.Background(),
 		`SELECT count(*) FROM river_job WHERE state = 'completed' AND metadata->'output'->>'http_status' = '200'`).Scan(&completed); err != nil {

@@ -68,7 +68,7 @@ func benchPickup(t *testing.T, r *benchReport) {
 		runCtx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { w.Run(runCtx); done <- nil }()
-		conn := benchConnect(t, dbURL)
+		conn := connect(t, dbURL)
 		i := 0
 		pickup := func() (time.Duration, bool) {
 			i++

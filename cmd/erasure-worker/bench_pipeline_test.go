@@ -30,8 +30,7 @@ const benchFixedConcurrency = 64
 
 // 1 and 2. Pipeline efficiency, and database round trips per request at full throughput.
 func benchPipeline(t *testing.T, r *benchReport) {
-	_, fakeBin := binaries(t)
-	_, fakeURL := startFake(t, fakeBin, "-missing", "0")
+	_, fakeURL := startKnotfake(t, "-missing", "0")
 	conc := 0 // auto
 	if s := os.Getenv("BENCH_CONCURRENCY"); s != "" {
 		n, err := strconv.Atoi(s)
@@ -97,11 +96,7 @@ func benchPipelineAt(t *testing.T, r *benchReport, fakeURL string, conc int) ben
 	if conc > 0 {
 		name, suffix = strconv.Itoa(conc), "-"+strconv.Itoa(conc)
 	}
-	resp, err := http.Post(fakeURL+"/_fake/reset", "application/json", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	resetFake(t, fakeURL)
 	b := benchDrainRun(t, r, "1b-database-alone"+suffix, benchBacklog, benchNoopKnot{}, conc)
 	c := benchDrainRun(t, r, "1c-whole-worker"+suffix, benchBacklog, benchKnotClient(t, fakeURL), conc)
 	httpConc := max(c.peakInflight, 1)
@@ -247,7 +242,7 @@ func benchDrainRun(t *testing.T, r *benchReport, name string, n int, knot worker
 	time.Sleep(time.Second) // the worker's backends exit and flush their counts
 	d.xacts = benchXacts(t, dbName) - xactsBefore
 
-	conn := benchConnect(t, dbURL)
+	conn := connect(t, dbURL)
 	var succeeded int
 	if err := conn.QueryRow(ctx, `SELECT count(*) FROM erasure_requests WHERE status = 'succeeded'`).Scan(&succeeded); err != nil {
 		t.Fatal(err)

@@ -46,10 +46,9 @@ func benchPurge(t *testing.T, r *benchReport) {
 	}
 	toPseudonymise, toDelete := total/2, total-total/2
 	ctx := context.Background()
-	_, fakeBin := binaries(t)
-	_, fakeURL := startFake(t, fakeBin, "-missing", "0")
+	_, fakeURL := startKnotfake(t, "-missing", "0")
 	dbURL := queuetest.URL(t)
-	conn := benchConnect(t, dbURL)
+	conn := connect(t, dbURL)
 	autovacuum := benchAutovacuumOn(t)
 
 	built := time.Now()
@@ -86,7 +85,7 @@ func benchPurge(t *testing.T, r *benchReport) {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	completed := func() int64 { return int64(benchGauge(t, reg, "erasure_requests_completed_total")) }
-	feeder := benchConnect(t, dbURL)
+	feeder := connect(t, dbURL)
 	var inserted int64
 	feed := func() error {
 		for inserted-completed() < benchPurgeAhead {
@@ -132,7 +131,7 @@ func benchPurge(t *testing.T, r *benchReport) {
 	)
 	// Done when nothing is due, by the partial indexes the purge reads: its counters miss a
 	// batch that committed while its window's end cancelled it.
-	watcher := benchConnect(t, dbURL)
+	watcher := connect(t, dbURL)
 	due := func(after time.Duration, where string) bool {
 		var yes bool
 		if err := watcher.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM erasure_requests WHERE `+where+
@@ -257,7 +256,7 @@ func benchPurge(t *testing.T, r *benchReport) {
 func benchAutovacuumOn(t *testing.T) string {
 	t.Helper()
 	ctx := context.Background()
-	conn := benchConnect(t, queuetest.ServerURL())
+	conn := connect(t, queuetest.ServerURL())
 	var on string
 	if err := conn.QueryRow(ctx, `SHOW autovacuum`).Scan(&on); err != nil {
 		t.Fatal(err)

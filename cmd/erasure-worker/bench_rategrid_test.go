@@ -325,19 +325,18 @@ func runRateSlot(t *testing.T, slot []rateCell) map[rateCell]rateCellResult {
 // startRateGridReplicas starts a cell's replicas over a backlog that outlasts the run.
 func startRateGridReplicas(t *testing.T, c rateCell) *rateCellRun {
 	t.Helper()
-	e := setupE2E(t, 0, "-latency", "5ms", "-missing", "0")
+	r := newRig(t, withFake("-latency", "5ms", "-missing", "0"))
 	backlog := c.limit*int((rateGridRun+20*time.Second)/time.Second) + c.burst + c.replicas*c.concurrency() + 100
-	benchInsertPending(t, e.dbURL, "grid", 1, backlog)
+	benchInsertPending(t, r.dbURL, "grid", 1, backlog)
 	env := []string{
 		"RATE_LIMIT_RPS=" + strconv.Itoa(c.limit), "RATE_LIMIT_BURST=" + strconv.Itoa(c.burst),
 		"CONCURRENCY=" + strconv.Itoa(c.concurrency()), "SHUTDOWN_TIMEOUT=5s",
 	}
-	var replicas []*process
-	for range c.replicas {
-		p, _ := e.startWorker(t, env...)
-		replicas = append(replicas, p)
+	var replicas []*workerProc
+	for i := range c.replicas {
+		replicas = append(replicas, r.startWorker(t, fmt.Sprintf("replica %d", i+1), env...))
 	}
-	return &rateCellRun{cell: c, fakeURL: e.fakeURL, stop: func() string {
+	return &rateCellRun{cell: c, fakeURL: r.fakeURL, stop: func() string {
 		// All at once: a replica waiting on the limit may take its whole SHUTDOWN_TIMEOUT.
 		for _, p := range replicas {
 			p.cmd.Process.Signal(syscall.SIGTERM)
@@ -368,8 +367,7 @@ func startRateGridReplicas(t *testing.T, c rateCell) *rateCellRun {
 // at larger bursts.
 func startRateGridBare(t *testing.T, c rateCell) *rateCellRun {
 	t.Helper()
-	_, fakeBin := binaries(t)
-	_, fakeURL := startFake(t, fakeBin, "-latency", "5ms", "-missing", "0")
+	_, fakeURL := startKnotfake(t, "-latency", "5ms", "-missing", "0")
 	client := benchKnotClient(t, fakeURL)
 	limiter := rate.NewLimiter(rate.Limit(c.limit), c.burst)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -487,7 +485,7 @@ func waitForFreeConnections(t *testing.T, slot []rateCell) {
 	for _, c := range slot {
 		need += c.replicas * rateGridConnsPerReplica
 	}
-	conn := benchConnect(t, queuetest.ServerURL())
+	conn := connect(t, queuetest.ServerURL())
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var free int

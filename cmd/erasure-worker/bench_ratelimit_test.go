@@ -24,14 +24,13 @@ func TestBenchRateLimit(t *testing.T) {
 	fmt.Fprintf(&table, "| replicas | achieved (calls/s) | achieved / limit | worst 1s window | worst / limit |\n")
 	fmt.Fprintf(&table, "| ---: | ---: | ---: | ---: | ---: |\n")
 	for _, n := range []int{1, 3, 5} {
-		e := setupE2E(t, 10000, "-latency", "5ms", "-missing", "0")
-		var replicas []*process
+		r := newRig(t, withFake("-latency", "5ms", "-missing", "0"), withRequests(10000))
+		var replicas []*workerProc
 		for range n {
-			p, _ := e.startWorker(t, replicaEnv...)
-			replicas = append(replicas, p)
+			replicas = append(replicas, r.startWorker(t, "replica", replicaEnv...))
 		}
 		time.Sleep(runFor)
-		run := observe(t, e.fakeURL)
+		run := observe(t, r.fakeURL)
 		for _, p := range replicas {
 			p.stop(t, 10*time.Second)
 		}

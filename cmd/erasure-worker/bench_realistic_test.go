@@ -17,8 +17,9 @@ func benchRealistic(t *testing.T, r *benchReport) {
 		runFor = 25 * time.Second
 		skip   = 5 // whole seconds after the first call's second
 	)
-	e := setupE2E(t, rps*int(runFor/time.Second)+2000, "-latency", "200ms", "-missing", "0")
-	p, addr := e.startWorker(t, fmt.Sprintf("RATE_LIMIT_RPS=%d", rps))
+	rg := newRig(t, withFake("-latency", "200ms", "-missing", "0"), withRequests(rps*int(runFor/time.Second)+2000))
+	p := rg.startWorker(t, "worker", fmt.Sprintf("RATE_LIMIT_RPS=%d", rps))
+	addr := p.addr
 	var inflight, share []string
 	for end := time.Now().Add(runFor); time.Now().Before(end); time.Sleep(time.Second) {
 		v, err := tryScrapeGauge("http://"+addr+"/metrics", "erasure_inflight_requests")
@@ -28,7 +29,7 @@ func benchRealistic(t *testing.T, r *benchReport) {
 			share = append(share, strconv.Itoa(int(s)))
 		}
 	}
-	run := observe(t, e.fakeURL)
+	run := observe(t, rg.fakeURL)
 	if code, _ := p.stop(t, 30*time.Second); code != 0 {
 		t.Errorf("worker exited %d", code)
 	}

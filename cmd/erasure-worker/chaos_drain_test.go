@@ -23,7 +23,7 @@ func TestChaosSigtermDrain(t *testing.T) {
 		lease           = time.Minute
 		pickup          = 10 * time.Second // well under poll and lease
 	)
-	r := newChaosRig(t, "", "", "-latency", "2s", "-missing", "0")
+	r := newRig(t, withFake("-latency", "2s", "-missing", "0"))
 	r.enqueue(t, "dr", n)
 	// Slow calls at two a second: the worker claims all n at once, and at any moment some are in
 	// flight and others wait for the rate limit, unsent.

@@ -33,7 +33,7 @@ func TestChaosPostgresFreeze(t *testing.T) {
 		lease  = 30 * time.Second
 	)
 	pg := startChaosCluster(t)
-	r := newChaosRig(t, pg.url, "", "-latency", "20ms", "-missing", "0.1")
+	r := newRig(t, withDB(pg.url), withFake("-latency", "20ms", "-missing", "0.1"))
 	r.enqueue(t, "freeze", n)
 	// The pool keeps connections open (pool_min_conns), so that statements sent into the freeze
 	// go on connections already open, which only the statement deadline can end.
@@ -126,7 +126,7 @@ func TestChaosPostgresFreeze(t *testing.T) {
 	var failed []string
 	for _, msg := range []string{"recording results failed; retrying", "reading queue stats failed",
 		"taking back claims of gone replicas failed"} {
-		for _, l := range chaosLogMsgs(duringFreeze, msg) {
+		for _, l := range logMsgs(duringFreeze, msg) {
 			if !strings.Contains(l, "failed to connect") {
 				failed = append(failed, l)
 			}

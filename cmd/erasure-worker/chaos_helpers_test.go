@@ -4,22 +4,18 @@ package main
 
 // The fault suite (`make chaos`): real erasure-worker and knotfake processes against a real
 // PostgreSQL, each scenario breaking one thing and then asserting on every row's final state and
-// on what the fake saw. It reuses the process harness of e2e_test.go. Run one scenario with
+// on what the fake saw. Its world is the rig of rig_test.go; this file holds what the scenarios
+// share beyond it. Run one scenario with
 //
 //	deploy/local/with-postgres go test -tags chaos -run TestChaosKill9 -v ./cmd/erasure-worker
 //
-// `make bench` (tag bench) uses the same rig for the figures the fault suite must not judge.
+// `make bench` (tag bench) runs some of the same scenarios for the figures the fault suite must
+// not judge.
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
-	"os"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -28,232 +24,6 @@ import (
 	"github.com/erasure-worker/erasure-worker/knotclient/knotfake"
 	"github.com/erasure-worker/erasure-worker/queue/queuetest"
 )
-
-// chaosSecret is what the fake accepts; the worker is given it unless a test says otherwise.
-const chaosSecret = "e2e-secret"
-
-// chaosRig is one scenario's world: a database, a fake Knot and the worker binary.
-type chaosRig struct {
-	workerBin string
-	fakeURL   string
-	dbURL     string
-	env       []string // what every worker process gets
-}
-
-// newChaosRig migrates dbURL (a fresh database of the shared test server when empty) with the
-// binary and points the workers at fakeURL (a knotfake process started with fakeArgs when
-// empty).
-func newChaosRig(t *testing.T, dbURL, fakeURL string, fakeArgs ...string) *chaosRig {
-	t.Helper()
-	workerBin, fakeBin := binaries(t)
-	if fakeURL == "" {
-		_, fakeURL = startFake(t, fakeBin, fakeArgs...)
-	}
-	if dbURL == "" {
-		dbURL = queuetest.EmptyURL(t)
-	}
-	r := &chaosRig{workerBin: workerBin, fakeURL: fakeURL, dbURL: dbURL}
-	r.env = []string{"DATABASE_URL=" + dbURL, "KNOT_BASE_URL=" + fakeURL, "KNOT_CLIENT_ID=e2e-client",
-		"IDENTIFIER_KEY_FILE=" + identifierKeyFile(t), "LOG_FORMAT=json", "PATH=" + os.Getenv("PATH")}
-	out, errOut, code := cli(t, workerBin, r.env, "", "migrate")
-	if code != 0 {
-		t.Fatalf("migrate: exit %d: %s %s", code, out, errOut)
-	}
-	return r
-}
-
-// enqueue adds n requests through the binary: request_ref prefix-i, external_user_id
-// prefix-person-i.
-func (r *chaosRig) enqueue(t *testing.T, prefix string, n int) {
-	t.Helper()
-	var in strings.Builder
-	for i := range n {
-		fmt.Fprintf(&in, `{"request_ref":"%s-%d","external_user_id":"%s-person-%d"}`+"\n", prefix, i, prefix, i)
-	}
-	out, errOut, code := cli(t, r.workerBin, r.env, in.String(), "enqueue")
-	if code != 0 || out != fmt.Sprintf("inserted %d, duplicate 0, rejected 0\n", n) {
-		t.Fatalf("enqueue: exit %d: %s %s", code, out, errOut)
-	}
-}
-
-// chaosWorker is a running `erasure-worker run`.
-type chaosWorker struct {
-	*process
-	addr string // LISTEN_ADDR
-	id   string // its lease owner name, from its first log line
-}
-
-// startWorker starts `erasure-worker run` with the rig's environment, the secret (unless extra
-// sets KNOT_SECRET_FILE) and extra, and waits for its first log line to learn its id.
-func (r *chaosRig) startWorker(t *testing.T, name string, extra ...string) *chaosWorker {
-	t.Helper()
-	addr := freeAddr(t)
-	env := append(append([]string{}, r.env...), "LISTEN_ADDR="+addr)
-	if !chaosHasSetting(extra, "KNOT_SECRET_FILE") {
-		env = append(env, "KNOT_SECRET="+chaosSecret)
-	}
-	w := &chaosWorker{process: start(t, name, append(env, extra...), r.workerBin, "run"), addr: addr}
-	w.id = w.waitLog(t, "worker starting", 30*time.Second)["worker"].(string)
-	return w
-}
-
-func chaosHasSetting(env []string, name string) bool {
-	for _, kv := range env {
-		if strings.HasPrefix(kv, name+"=") {
-			return true
-		}
-	}
-	return false
-}
-
-// logLines returns the worker's JSON log lines whose msg contains substr.
-func (w *chaosWorker) logLines(substr string) []map[string]any {
-	var out []map[string]any
-	for _, l := range chaosLogMsgs(w.out.String(), substr) {
-		var m map[string]any
-		_ = json.Unmarshal([]byte(l), &m) // chaosLogMsgs kept only lines that parse
-		out = append(out, m)
-	}
-	return out
-}
-
-// chaosLogMsgs returns the JSON log lines of out whose msg contains substr.
-func chaosLogMsgs(out, substr string) []string {
-	var lines []string
-	sc := bufio.NewScanner(strings.NewReader(out))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var m map[string]any
-		if json.Unmarshal(sc.Bytes(), &m) != nil {
-			continue
-		}
-		if msg, _ := m["msg"].(string); strings.Contains(msg, substr) {
-			lines = append(lines, sc.Text())
-		}
-	}
-	return lines
-}
-
-// waitLog waits for a log line whose msg contains substr and returns it.
-func (w *chaosWorker) waitLog(t *testing.T, substr string, within time.Duration) map[string]any {
-	t.Helper()
-	var line map[string]any
-	queuetest.WaitFor(t, within, "log line "+strconv.Quote(substr), func() bool {
-		if l := w.logLines(substr); len(l) > 0 {
-			line = l[0]
-			return true
-		}
-		select {
-		case <-w.done:
-			t.Fatalf("worker exited (%v) before logging %q", w.cmd.ProcessState, substr)
-		default:
-		}
-		return false
-	})
-	return line
-}
-
-// metric scrapes /metrics and returns the value of the sample named exactly so (with its
-// labels, e.g. `erasure_knot_requests_total{code="429"}`), or 0 when absent.
-func (w *chaosWorker) metric(t *testing.T, sample string) float64 {
-	t.Helper()
-	for _, line := range strings.Split(httpGet(t, "http://"+w.addr+"/metrics"), "\n") {
-		if v, ok := strings.CutPrefix(line, sample+" "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err != nil {
-				t.Fatalf("metric %s: %v", line, err)
-			}
-			return f
-		}
-	}
-	return 0
-}
-
-// probe returns the HTTP status of GET path on the worker's LISTEN_ADDR (0 when it does not
-// answer).
-func (w *chaosWorker) probe(path string) int {
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + w.addr + path)
-	if err != nil {
-		return 0
-	}
-	resp.Body.Close()
-	return resp.StatusCode
-}
-
-// noPanic fails the test if the worker's output shows a panic or a data race.
-func (w *chaosWorker) noPanic(t *testing.T) {
-	t.Helper()
-	out := w.out.String()
-	for _, bad := range []string{"panic", "DATA RACE", "fatal error"} {
-		if strings.Contains(out, bad) {
-			t.Errorf("worker %s output holds %q", w.id, bad)
-		}
-	}
-}
-
-// db opens a connection to the rig's database for the test's own queries.
-func (r *chaosRig) db(t *testing.T) *pgx.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, r.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
-}
-
-// counts returns the number of rows by "status" or "status/outcome".
-func (r *chaosRig) counts(t *testing.T) map[string]int64 {
-	t.Helper()
-	return (&e2e{dbURL: r.dbURL}).counts(t)
-}
-
-// drained waits until nothing is pending or running and returns the final counts.
-func (r *chaosRig) drained(t *testing.T, within time.Duration) map[string]int64 {
-	t.Helper()
-	return (&e2e{dbURL: r.dbURL}).waitDrained(t, within)
-}
-
-// chaosRow is one erasure_requests row as the assertions read it.
-type chaosRow struct {
-	ID             int64
-	RequestRef     string
-	ExternalUserID string
-	Status         string
-	Outcome        string
-	Attempts       int
-	LastErrorCode  string
-	LastError      string
-	Calls          int // rows in erasure_attempts
-	Successes      int // of them, deleted or not_found
-}
-
-func (r *chaosRig) rows(t *testing.T) []chaosRow {
-	t.Helper()
-	conn := r.db(t)
-	rows, err := conn.Query(context.Background(), `
-SELECT r.id, r.request_ref, r.external_user_id, r.status, coalesce(r.outcome, ''), r.attempts,
-       coalesce(r.last_error_code, ''), coalesce(r.last_error, ''),
-       (SELECT count(*) FROM erasure_attempts a WHERE a.request_id = r.id),
-       (SELECT count(*) FROM erasure_attempts a WHERE a.request_id = r.id AND a.result IN ('deleted', 'not_found'))
-FROM erasure_requests r ORDER BY r.id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (chaosRow, error) {
-		var x chaosRow
-		err := row.Scan(&x.ID, &x.RequestRef, &x.ExternalUserID, &x.Status, &x.Outcome, &x.Attempts,
-			&x.LastErrorCode, &x.LastError, &x.Calls, &x.Successes)
-		return x, err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
 
 // chaosQueryInt runs a query returning one integer.
 func chaosQueryInt(t *testing.T, conn *pgx.Conn, sql string, args ...any) int64 {
@@ -337,9 +107,9 @@ const (
 // the outage and then one worker, and returns when the outage ends. The worker has the rate
 // limit and the concurrency far above what the requests need, so that only the backoff's
 // jitter can spread the retries, and twelve attempts, so that none fails in the outage.
-func startChaosOutage(t *testing.T) (*chaosRig, *chaosWorker, time.Time) {
+func startChaosOutage(t *testing.T) (*rig, *workerProc, time.Time) {
 	t.Helper()
-	r := newChaosRig(t, "", "", "-missing", "0.1")
+	r := newRig(t, withFake("-missing", "0.1"))
 	r.enqueue(t, "out", chaosOutageRequests)
 	until := chaosOutage(t, r.fakeURL, chaosOutageFor)
 	w := r.startWorker(t, "worker", "RATE_LIMIT_RPS=2000", "RATE_LIMIT_BURST=500", "CONCURRENCY=300",
@@ -348,41 +118,8 @@ func startChaosOutage(t *testing.T) (*chaosRig, *chaosWorker, time.Time) {
 	return r, w, until
 }
 
-func chaosPost(t *testing.T, url string) {
-	t.Helper()
-	resp, err := http.Post(url, "application/json", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("POST %s: %s", url, resp.Status)
-	}
-}
-
-// freeze stops the worker with SIGSTOP, so that what it holds stops changing before kill9; the
-// statements it already sent still land.
-func (w *chaosWorker) freeze(t *testing.T) {
-	t.Helper()
-	if err := w.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-}
-
-// kill9 kills the worker with SIGKILL, as the kernel's OOM killer or a node failure would: no
-// shutdown, no release of its claims, no goodbye to the rate limit. It returns once the process
-// is gone.
-func (w *chaosWorker) kill9(t *testing.T) {
-	t.Helper()
-	if err := w.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-w.done
-}
-
 // holding counts the requests the worker holds claimed (running under its lease).
-func (w *chaosWorker) holding(t *testing.T, conn *pgx.Conn) int64 {
+func (w *workerProc) holding(t *testing.T, conn *pgx.Conn) int64 {
 	t.Helper()
 	return chaosQueryInt(t, conn, `SELECT count(*) FROM erasure_requests WHERE status = 'running' AND lease_owner = $1`, w.id)
 }
@@ -398,14 +135,14 @@ type chaosTakeover struct {
 	took     time.Duration // from the kill until nothing was pending or running
 	done     bool          // everything finished within the wait
 	counts   map[string]int64
-	survivor *chaosWorker
+	survivor *workerProc
 }
 
 // runTakeover runs chaosTakeover on a fresh rig, waiting at most within after the kill.
-func runTakeover(t *testing.T, within time.Duration) (*chaosRig, chaosTakeover) {
+func runTakeover(t *testing.T, within time.Duration) (*rig, chaosTakeover) {
 	t.Helper()
 	const n = 3000
-	r := newChaosRig(t, "", "", "-latency", "30ms", "-latency-jitter", "30ms", "-missing", "0.1")
+	r := newRig(t, withFake("-latency", "30ms", "-latency-jitter", "30ms", "-missing", "0.1"))
 	r.enqueue(t, "tk", n)
 	settings := []string{"RATE_LIMIT_RPS=400", "RATE_LIMIT_BURST=40", "CONCURRENCY=16"}
 	victim := r.startWorker(t, "victim", settings...)
@@ -450,13 +187,13 @@ type chaosWindows struct {
 
 // resetWindows starts counting one-second windows afresh: it resets the fake's counts (and its
 // memory of deleted users, so Deleted and DuplicateDeletes then count from here too).
-func (r *chaosRig) resetWindows(t *testing.T) {
+func (r *rig) resetWindows(t *testing.T) {
 	t.Helper()
-	chaosPost(t, r.fakeURL+"/_fake/reset")
+	resetFake(t, r.fakeURL)
 }
 
 // windows returns the one-second windows since resetWindows.
-func (r *chaosRig) windows(t *testing.T) chaosWindows {
+func (r *rig) windows(t *testing.T) chaosWindows {
 	t.Helper()
 	st := fakeStats(t, r.fakeURL)
 	return chaosWindows{Calls: st.Calls, Busiest: st.BusiestSecond, PerSecond: st.PerSecond}

@@ -21,10 +21,10 @@ import (
 // alone, with a readable last_error, and never reaches Knot; every valid neighbour is erased.
 func TestChaosBadInput(t *testing.T) {
 	t.Parallel()
-	fake := knotfake.New(knotfake.Options{ClientID: "e2e-client", Secret: chaosSecret})
+	fake := knotfake.New(knotfake.Options{ClientID: "e2e-client", Secret: knotSecret})
 	srv := httptest.NewServer(fake)
 	t.Cleanup(srv.Close)
-	r := newChaosRig(t, "", srv.URL)
+	r := newRig(t, withKnot(srv.URL))
 
 	valid := map[string]string{}   // request_ref -> external_user_id that must be erased
 	invalid := map[string]string{} // request_ref -> external_user_id that must fail as invalid, unsent
@@ -94,7 +94,7 @@ func TestChaosBadInput(t *testing.T) {
 	valid["c-ok"], valid["c-quoted"], valid["c-past"] = "c-ok-user", `c "quoted", with, commas`, "c-past-user"
 
 	// A byte order mark, as Excel's "CSV UTF-8" writes, is not part of the header line.
-	if out, errOut, code := cli(t, r.workerBin, r.env, "\ufeffrequest_ref,external_user_id\r\nc-bom,c-bom-user\r\n", "enqueue", "--format", "csv"); code != 0 || out != "inserted 1, duplicate 0, rejected 0\n" {
+	if out, errOut, code := r.cli(t, "\ufeffrequest_ref,external_user_id\r\nc-bom,c-bom-user\r\n", "enqueue", "--format", "csv"); code != 0 || out != "inserted 1, duplicate 0, rejected 0\n" {
 		t.Errorf("CSV with a byte order mark: exit %d, %q %s", code, out, errOut)
 	}
 	valid["c-bom"] = "c-bom-user"
@@ -220,9 +220,9 @@ func TestChaosBadInput(t *testing.T) {
 
 // checkEnqueue runs `enqueue --format format` on input and checks, line by line, that each was
 // inserted, counted as a duplicate, skipped, or rejected with its reason on stderr.
-func checkEnqueue(t *testing.T, r *chaosRig, format, input string, lines int, verdict func(int) string) {
+func checkEnqueue(t *testing.T, r *rig, format, input string, lines int, verdict func(int) string) {
 	t.Helper()
-	out, errOut, code := cli(t, r.workerBin, r.env, input, "enqueue", "--format", format)
+	out, errOut, code := r.cli(t, input, "enqueue", "--format", format)
 	var inserted, duplicate, rejected int
 	for i := range lines {
 		prefix := fmt.Sprintf("enqueue: line %d: ", i+1)

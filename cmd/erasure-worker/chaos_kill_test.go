@@ -24,7 +24,7 @@ func TestChaosKill9(t *testing.T) {
 		// back is a figure of `make bench` (section 8, kill -9 takeover).
 		slack = 30 * time.Second
 	)
-	r := newChaosRig(t, "", "", "-latency", "30ms", "-latency-jitter", "30ms", "-missing", "0.1")
+	r := newRig(t, withFake("-latency", "30ms", "-latency-jitter", "30ms", "-missing", "0.1"))
 	r.enqueue(t, "k9", n)
 	settings := []string{"LEASE_DURATION=" + lease.String(), "KNOT_TIMEOUT=1s", "QUICK_RETRIES=2",
 		"RATE_LIMIT_RPS=400", "RATE_LIMIT_BURST=40", "CONCURRENCY=16", "POLL_INTERVAL=500ms",

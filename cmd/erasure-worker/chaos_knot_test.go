@@ -63,7 +63,7 @@ func TestChaosKnotOutage(t *testing.T) {
 	// Forget the outage's calls: what the fake counts from then on is the recovery (and the
 	// outage's last 100ms, so that no delete after it goes uncounted).
 	time.Sleep(time.Until(outageUntil.Add(-100 * time.Millisecond)))
-	chaosPost(t, r.fakeURL+"/_fake/reset")
+	resetFake(t, r.fakeURL)
 	c := r.drained(t, 2*time.Minute)
 	chaosAllSucceeded(t, c, n)
 	st := fakeStats(t, r.fakeURL)
@@ -126,7 +126,7 @@ func TestChaosRateLimited(t *testing.T) {
 		rps   = 200
 		storm = 6 * time.Second
 	)
-	r := newChaosRig(t, "", "", "-missing", "0.1")
+	r := newRig(t, withFake("-missing", "0.1"))
 	r.enqueue(t, "rl", n)
 	setFaults(t, r.fakeURL, `{"rate_limit_rate":1,"retry_after":"2s"}`)
 	w := r.startWorker(t, "worker", "RATE_LIMIT_RPS="+strconv.Itoa(rps), "RATE_LIMIT_BURST=20", "CONCURRENCY=16",
@@ -182,7 +182,7 @@ func TestChaosRateLimited(t *testing.T) {
 func TestChaosCredentialsRejected(t *testing.T) {
 	t.Parallel()
 	const n = 200
-	r := newChaosRig(t, "", "", "-missing", "0.1")
+	r := newRig(t, withFake("-missing", "0.1"))
 	r.enqueue(t, "cr", n)
 	setFaults(t, r.fakeURL, `{"reject_credentials":true}`)
 	w := r.startWorker(t, "worker", "PAUSE_PROBE_INTERVAL=500ms", "CONCURRENCY=8", "RATE_LIMIT_RPS=200",
@@ -257,7 +257,7 @@ func TestChaosCredentialsRejected(t *testing.T) {
 func TestChaosSecretFileRotation(t *testing.T) {
 	t.Parallel()
 	const n = 100
-	r := newChaosRig(t, "", "", "-missing", "0.1")
+	r := newRig(t, withFake("-missing", "0.1"))
 	r.enqueue(t, "sf", n)
 	dir := t.TempDir()
 	secretFile := filepath.Join(dir, "secret")
@@ -288,7 +288,7 @@ func TestChaosSecretFileRotation(t *testing.T) {
 		t.Errorf("while paused, %d requests are claimed; only the probe's may be: %v", got, r.counts(t))
 	}
 
-	writeSecret(chaosSecret)
+	writeSecret(knotSecret)
 	queuetest.WaitFor(t, 30*time.Second, "the worker to resume once the file holds the right secret", func() bool {
 		return w.metric(t, "erasure_worker_paused") == 0
 	})
@@ -304,7 +304,7 @@ func TestChaosSecretFileRotation(t *testing.T) {
 	if w.metric(t, "erasure_worker_paused") != 0 {
 		t.Error("erasure_worker_paused is still 1 after the secret was rotated")
 	}
-	if out := w.out.String(); strings.Contains(out, wrong) || strings.Contains(out, chaosSecret) {
+	if out := w.out.String(); strings.Contains(out, wrong) || strings.Contains(out, knotSecret) {
 		t.Error("the worker's log holds a secret")
 	}
 	if got := w.logLines("Knot rejected the credentials (401)"); len(got) != 1 {
@@ -322,8 +322,8 @@ func TestChaosKnotGarbage(t *testing.T) {
 		n           = 400
 		callTimeout = time.Second
 	)
-	r := newChaosRig(t, "", "", "-missing", "0.1", "-hang-rate", "0.05", "-bad-gateway-rate", "0.05",
-		"-truncated-rate", "0.05", "-empty-ok-rate", "0.05")
+	r := newRig(t, withFake("-missing", "0.1", "-hang-rate", "0.05", "-bad-gateway-rate", "0.05",
+		"-truncated-rate", "0.05", "-empty-ok-rate", "0.05"))
 	r.enqueue(t, "gb", n)
 	w := r.startWorker(t, "worker", "KNOT_TIMEOUT="+callTimeout.String(), "QUICK_RETRIES=2", "LEASE_DURATION=5s",
 		"RATE_LIMIT_RPS=300", "CONCURRENCY=32", "RETRY_MIN_BACKOFF=200ms", "RETRY_MAX_BACKOFF=1s",

@@ -28,7 +28,7 @@ func TestChaosLanes(t *testing.T) {
 		hangFor   = time.Minute
 		within    = 5 * time.Second
 	)
-	r := newReportsRig(t, "", 0)
+	r := newReportsRig(t, 0)
 	putFaults(t, r.doors.ketchURL, `{"hang_rate":1}`, nil)
 	hungAt := time.Now()
 	w := r.start(t, "worker")

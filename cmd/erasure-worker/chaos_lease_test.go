@@ -23,7 +23,7 @@ func TestChaosRetryAfterLongerThanLease(t *testing.T) {
 		storm      = 6 * time.Second
 		retryAfter = 12 * time.Second
 	)
-	r := newChaosRig(t, "", "", "-missing", "0.1")
+	r := newRig(t, withFake("-missing", "0.1"))
 	r.enqueue(t, "ra", n)
 	setFaults(t, r.fakeURL, fmt.Sprintf(`{"rate_limit_rate":1,"retry_after":%q}`, retryAfter))
 	// LEASE_DURATION=5s is accepted with a 1s call timeout and one quick retry; two attempts,
@@ -66,7 +66,7 @@ func TestChaosRetryAfterLongerThanLease(t *testing.T) {
 	if st.EarlyRetries != 0 {
 		t.Errorf("%d calls came back for a request before its Retry-After", st.EarlyRetries)
 	}
-	for _, w := range []*chaosWorker{a, b} {
+	for _, w := range []*workerProc{a, b} {
 		w.noPanic(t)
 		if code := w.probe("/healthz"); code != http.StatusOK {
 			t.Errorf("worker %s: /healthz answers %d", w.id, code)

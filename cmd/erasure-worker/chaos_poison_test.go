@@ -22,7 +22,7 @@ func TestChaosPoisonedResult(t *testing.T) {
 		n      = 200
 		poison = "poison-0"
 	)
-	r := newChaosRig(t, "", "", "-missing", "0")
+	r := newRig(t, withFake("-missing", "0"))
 	conn := r.db(t)
 	if _, err := conn.Exec(context.Background(),
 		`ALTER TABLE erasure_requests ADD CONSTRAINT poison CHECK (request_ref <> '`+poison+`' OR status <> 'succeeded')`); err != nil {

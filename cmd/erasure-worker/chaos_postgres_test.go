@@ -24,7 +24,7 @@ func TestChaosPostgresRestart(t *testing.T) {
 	t.Parallel()
 	const n = 1500
 	pg := startChaosCluster(t)
-	r := newChaosRig(t, pg.url, "", "-latency", "20ms", "-missing", "0.1")
+	r := newRig(t, withDB(pg.url), withFake("-latency", "20ms", "-missing", "0.1"))
 	r.enqueue(t, "pg", n)
 	// The lease is long enough that a result written after the restart still holds it: a
 	// recovered lease would make a second call legitimately, and hide a double completion.
@@ -115,7 +115,7 @@ func TestChaosPostgresCrashes(t *testing.T) {
 		crashes = 12
 	)
 	pg := startChaosCluster(t)
-	r := newChaosRig(t, pg.url, "", "-latency", "5ms", "-missing", "0.1")
+	r := newRig(t, withDB(pg.url), withFake("-latency", "5ms", "-missing", "0.1"))
 	r.enqueue(t, "crash", n)
 	// The lease outlasts the crashes, so that every result is written before its lease ends.
 	w := r.startWorker(t, "worker", "LEASE_DURATION=30s", "KNOT_TIMEOUT=2s", "RATE_LIMIT_RPS=300",

@@ -21,10 +21,10 @@ func TestChaosRolloutLowersRateLimit(t *testing.T) {
 		settle                = 4 * time.Second // four heartbeats of the third replica
 		measure               = 10 * time.Second
 	)
-	r := newChaosRig(t, "", "", "-latency", "5ms", "-missing", "0")
+	r := newRig(t, withFake("-latency", "5ms", "-missing", "0"))
 	r.enqueue(t, "ro", 5000) // beyond what the run can do: every replica stays busy
 	common := []string{fmt.Sprintf("RATE_LIMIT_BURST=%d", burst), "CONCURRENCY=8", "POLL_INTERVAL=200ms"}
-	workers := []*chaosWorker{
+	workers := []*workerProc{
 		r.startWorker(t, "old-a", append(common, fmt.Sprintf("RATE_LIMIT_RPS=%d", oldRPS))...),
 		r.startWorker(t, "old-b", append(common, fmt.Sprintf("RATE_LIMIT_RPS=%d", oldRPS))...),
 	}
@@ -57,8 +57,8 @@ func TestChaosBurstAcrossReplicas(t *testing.T) {
 		batches     = 5
 		batch, lull = 40, 3 * time.Second
 	)
-	r := newChaosRig(t, "", "", "-latency", "5ms", "-missing", "0")
-	var workers []*chaosWorker
+	r := newRig(t, withFake("-latency", "5ms", "-missing", "0"))
+	var workers []*workerProc
 	for range replicas {
 		workers = append(workers, r.startWorker(t, "replica", fmt.Sprintf("RATE_LIMIT_RPS=%d", rps),
 			fmt.Sprintf("RATE_LIMIT_BURST=%d", burst), "CONCURRENCY=4", "POLL_INTERVAL=200ms"))
@@ -88,7 +88,7 @@ func TestChaosBurstAcrossReplicas(t *testing.T) {
 
 // chaosStopAll stops the workers with SIGTERM and checks that each exits 0 without a panic and
 // that nothing is left running or failed.
-func chaosStopAll(t *testing.T, r *chaosRig, workers []*chaosWorker) {
+func chaosStopAll(t *testing.T, r *rig, workers []*workerProc) {
 	t.Helper()
 	for _, w := range workers {
 		if code, took := w.stop(t, 30*time.Second); code != 0 {

@@ -40,25 +40,20 @@ const (
 	reportsCallbacks  = 2                // ketchfake's callbacks per pushed request
 )
 
-// reportsRig is a chaos rig (a database, knotfake, the worker binary) with the three door fakes.
-type reportsRig struct {
-	*chaosRig
-	doors *doorsRig
+// reportsRig is a rig with the doors on.
+type reportsRig struct{ *rig }
+
+func newReportsRig(t *testing.T, transcendItems int, opts ...rigOption) *reportsRig {
+	t.Helper()
+	return &reportsRig{newRig(t, append([]rigOption{withFake("-missing", "0.1"), withDoors(transcendItems, nil)}, opts...)...)}
 }
 
-func newReportsRig(t *testing.T, dbURL string, transcendItems int) *reportsRig {
+// start runs a replica (every door on, as in every worker of the rig). Knot is fast and
+// lenient, so that what the scenarios wait for is the reports.
+func (r *reportsRig) start(t *testing.T, name string, extra ...string) *workerProc {
 	t.Helper()
-	r := newChaosRig(t, dbURL, "", "-missing", "0.1")
-	return &reportsRig{chaosRig: r, doors: startDoorsRig(t, transcendItems, nil)}
-}
-
-// start runs a replica with every door on. Knot is fast and lenient, so that what the
-// scenarios wait for is the reports.
-func (r *reportsRig) start(t *testing.T, name string, extra ...string) *chaosWorker {
-	t.Helper()
-	env := append([]string{}, r.doors.env...)
-	env = append(env, "RATE_LIMIT_RPS=2000", "RATE_LIMIT_BURST=50", "CONCURRENCY=16", "RETRY_MIN_BACKOFF=100ms",
-		"RETRY_MAX_BACKOFF=1s", "POLL_INTERVAL=200ms", "STATS_INTERVAL=1s")
+	env := []string{"RATE_LIMIT_RPS=2000", "RATE_LIMIT_BURST=50", "CONCURRENCY=16", "RETRY_MIN_BACKOFF=100ms",
+		"RETRY_MAX_BACKOFF=1s", "POLL_INTERVAL=200ms", "STATS_INTERVAL=1s"}
 	return r.startWorker(t, name, append(env, extra...)...)
 }
 
@@ -71,7 +66,7 @@ func (w reportsWant) reports() int64  { return w.api + reportsCallbacks*w.ketch 
 // delivered counts the delivered reports.
 func (r *reportsRig) delivered(t *testing.T) int64 {
 	t.Helper()
-	c := (&e2e{dbURL: r.dbURL}).reportCounts(t)
+	c := r.reportCounts(t)
 	return c["webhook/delivered"] + c["ketch/delivered"] + c["transcend/delivered"]
 }
 
@@ -80,10 +75,9 @@ func (r *reportsRig) delivered(t *testing.T) int64 {
 func (r *reportsRig) waitDelivered(t *testing.T, want reportsWant, within time.Duration) time.Duration {
 	t.Helper()
 	began := time.Now()
-	e := &e2e{dbURL: r.dbURL}
 	var c, rc map[string]int64
 	for {
-		c, rc = e.counts(t), e.reportCounts(t)
+		c, rc = r.counts(t), r.reportCounts(t)
 		if c["succeeded/deleted"]+c["succeeded/not_found"] == want.requests() && rc["webhook/delivered"] == want.api &&
 			rc["ketch/delivered"] == reportsCallbacks*want.ketch && rc["transcend/delivered"] == want.transcend {
 			return time.Since(began)
@@ -169,7 +163,7 @@ SELECT count(*) FROM (SELECT 1 FROM erasure_report_attempts GROUP BY report_id, 
 // log the receivers' errors. The credentials are the rig's, every Ketch callback's header value
 // and every Transcend nonce, as the fakes handed them out. (Not the bare "cb-" prefix of Ketch
 // credentials: a logged request_ref is a UUID, and one in a hundred holds "cb-".)
-func (r *reportsRig) noLeaks(t *testing.T, w *chaosWorker) {
+func (r *reportsRig) noLeaks(t *testing.T, w *workerProc) {
 	t.Helper()
 	w.noPanic(t)
 	secrets := []string{rigAPIToken, rigKetchValue, rigTranscendKey, strings.TrimPrefix(rigWebhookSecret, "whsec_"),
@@ -238,7 +232,7 @@ func putFaults(t *testing.T, fakeURL, body string, out any) {
 }
 
 // retryLines returns the worker's "report not delivered; retrying" lines for connector.
-func retryLines(w *chaosWorker, connector string) []map[string]any {
+func retryLines(w *workerProc, connector string) []map[string]any {
 	var out []map[string]any
 	for _, l := range w.logLines("report not delivered; retrying") {
 		if l["connector"] == connector {
@@ -280,7 +274,7 @@ func TestChaosReportsReceiverOutage(t *testing.T) {
 	t.Parallel()
 	const outage = 20 * time.Second
 	want := reportsWant{api: 150, transcend: 150}
-	r := newReportsRig(t, "", int(want.transcend))
+	r := newReportsRig(t, int(want.transcend))
 	var wf webhookfake.Faults
 	putFaults(t, r.doors.webhookURL, `{"outage_for":"20s"}`, &wf)
 	var tf transcendfake.Faults
@@ -389,7 +383,7 @@ func TestChaosReportsRateLimitStorm(t *testing.T) {
 		storm      = 12 * time.Second
 	)
 	want := reportsWant{api: 100, ketch: 100}
-	r := newReportsRig(t, "", 0)
+	r := newReportsRig(t, 0)
 	putFaults(t, r.doors.ketchURL, `{"rate_limit_rate":1,"retry_after":"5s"}`, nil)
 	putFaults(t, r.doors.webhookURL, `{"rate_limit_rate":1,"retry_after":"5s"}`, nil)
 
@@ -510,7 +504,7 @@ WHERE rep.status = 'delivering' AND rep.lease_owner = $1`, owner)
 func TestChaosReportsKill9MidDelivery(t *testing.T) {
 	t.Parallel()
 	want := reportsWant{ketch: 75, transcend: 150}
-	r := newReportsRig(t, "", int(want.transcend))
+	r := newReportsRig(t, int(want.transcend))
 	putFaults(t, r.doors.ketchURL, `{"latency":"500ms"}`, nil)
 	putFaults(t, r.doors.transcendURL, `{"report":{"latency":"500ms"}}`, nil)
 
@@ -590,7 +584,7 @@ func TestChaosReportsPostgresRestart(t *testing.T) {
 	t.Parallel()
 	want := reportsWant{api: 100, ketch: 50, transcend: 100}
 	pg := startChaosCluster(t)
-	r := newReportsRig(t, pg.url, int(want.transcend))
+	r := newReportsRig(t, int(want.transcend), withDB(pg.url))
 	// Slow receivers keep deliveries in flight when the database goes.
 	putFaults(t, r.doors.ketchURL, `{"latency":"200ms"}`, nil)
 	putFaults(t, r.doors.transcendURL, `{"report":{"latency":"200ms"}}`, nil)

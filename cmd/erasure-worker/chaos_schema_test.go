@@ -4,33 +4,12 @@ package main
 
 import (
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/erasure-worker/erasure-worker/queue/queuetest"
 )
-
-// newUnmigratedChaosRig is newChaosRig without the migration: a fresh, empty database.
-func newUnmigratedChaosRig(t *testing.T) *chaosRig {
-	t.Helper()
-	workerBin, fakeBin := binaries(t)
-	_, fakeURL := startFake(t, fakeBin)
-	r := &chaosRig{workerBin: workerBin, fakeURL: fakeURL, dbURL: queuetest.EmptyURL(t)}
-	r.env = []string{"DATABASE_URL=" + r.dbURL, "KNOT_BASE_URL=" + fakeURL, "KNOT_CLIENT_ID=e2e-client",
-		"LOG_FORMAT=json", "IDENTIFIER_RETENTION=off", "PATH=" + os.Getenv("PATH")}
-	return r
-}
-
-// startWaitingWorker starts `erasure-worker run`, which against an unmigrated database logs no
-// "worker starting" line for startWorker to wait for.
-func (r *chaosRig) startWaitingWorker(t *testing.T, name string, extra ...string) *chaosWorker {
-	t.Helper()
-	addr := freeAddr(t)
-	env := append(append([]string{}, r.env...), "LISTEN_ADDR="+addr, "KNOT_SECRET="+chaosSecret)
-	return &chaosWorker{process: start(t, name, append(env, extra...), r.workerBin, "run"), addr: addr}
-}
 
 // The database was never migrated (the init container was left out, or a new database was
 // pointed at): the worker says so once, in words, is healthy but not ready, and starts by itself
@@ -39,23 +18,23 @@ func (r *chaosRig) startWaitingWorker(t *testing.T, name string, extra ...string
 func TestChaosUnmigratedDatabase(t *testing.T) {
 	t.Parallel()
 	const n = 50
-	r := newUnmigratedChaosRig(t)
+	r := newRig(t, withoutMigrate(), withoutRetention())
 	want := noSchema(t)
-	w := r.startWaitingWorker(t, "worker", "POLL_INTERVAL=200ms")
-	idle := r.startWaitingWorker(t, "worker stopped while waiting")
+	w := r.spawnWorker(t, "worker", "POLL_INTERVAL=200ms")
+	idle := r.spawnWorker(t, "worker stopped while waiting")
 
 	queuetest.WaitFor(t, 30*time.Second, "/readyz to give the reason", func() bool {
 		code, body := probeGet("http://" + w.addr + "/readyz")
 		return code == http.StatusServiceUnavailable && body == want+"\n"
 	})
-	out, errOut, code := cli(t, r.workerBin, r.env, "", "status")
+	out, errOut, code := r.cli(t, "", "status")
 	if code != exitFailure || errOut != "erasure-worker: status: "+want+"\n" || out != "" {
 		t.Errorf("status on the unmigrated database: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 
 	// Over two schema checks (every 5s) and more, the reason is logged once.
 	time.Sleep(11 * time.Second)
-	for _, p := range []*chaosWorker{w, idle} {
+	for _, p := range []*workerProc{w, idle} {
 		log := p.out.String()
 		if got := countMessage(log, want); got != 1 {
 			t.Errorf("the log holds %q %d times; want once:\n%s", want, got, log)
@@ -74,7 +53,7 @@ func TestChaosUnmigratedDatabase(t *testing.T) {
 		t.Errorf("SIGTERM while waiting for the schema: exit %d after %v; want 0 at once", code, took)
 	}
 
-	out, errOut, code = cli(t, r.workerBin, r.env, "", "migrate")
+	out, errOut, code = r.cli(t, "", "migrate")
 	if code != 0 {
 		t.Fatalf("migrate: exit %d: %s %s", code, out, errOut)
 	}

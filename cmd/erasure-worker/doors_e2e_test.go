@@ -16,29 +16,27 @@ import (
 func TestEndToEndThreeDoorsReportEveryOutcome(t *testing.T) {
 	t.Parallel()
 	const n = 300
-	e := setupE2E(t, 0, "-error-rate", "0.05", "-missing", "0.1")
-	rig := startDoorsRig(t, n, nil)
-	w, _ := e.startWorker(t, append(rig.env, "RATE_LIMIT_RPS=2000", "RATE_LIMIT_BURST=50", "CONCURRENCY=16",
-		"RETRY_MIN_BACKOFF=100ms", "RETRY_MAX_BACKOFF=1s", "POLL_INTERVAL=200ms")...)
+	rig := newRig(t, withFake("-error-rate", "0.05", "-missing", "0.1"), withDoors(n, nil))
+	w := rig.startWorker(t, "worker", "RATE_LIMIT_RPS=2000", "RATE_LIMIT_BURST=50", "CONCURRENCY=16",
+		"RETRY_MIN_BACKOFF=100ms", "RETRY_MAX_BACKOFF=1s", "POLL_INTERVAL=200ms")
 	rig.waitAPI(t, 30*time.Second)
 	rig.submitAPI(t, n)
 	rig.pushKetch(t, n)
 
 	const callbacks = 2 // ketchfake's default per request
 	queuetest.WaitFor(t, 3*time.Minute, "every request finished and every report delivered", func() bool {
-		c, r := e.counts(t), e.reportCounts(t)
+		c, r := rig.counts(t), rig.reportCounts(t)
 		return c["succeeded/deleted"]+c["succeeded/not_found"] == 3*n &&
 			r["webhook/delivered"] == n && r["ketch/delivered"] == callbacks*n && r["transcend/delivered"] == n
 	})
-	c := e.counts(t)
+	c := rig.counts(t)
 	if c["failed"] != 0 || c["pending"]+c["running"] != 0 {
 		t.Fatalf("counts %v, want all %d succeeded", c, 3*n)
 	}
 
 	// Outcomes by door, from the table, to hold each fake's counts against.
+	conn := rig.db(t)
 	byDoor := func(prefix, outcome string) int64 {
-		conn := e.conn(t)
-		defer conn.Close(context.Background())
 		var k int64
 		if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM erasure_requests WHERE request_ref LIKE $1 AND outcome = $2`,
 			prefix+"%", outcome).Scan(&k); err != nil {
@@ -77,7 +75,7 @@ func TestEndToEndThreeDoorsReportEveryOutcome(t *testing.T) {
 		wh.RequestRefs, wh.Messages, wh.DuplicateWebhookIDs, k.FinalEvents, k.UIDsOneFinal, tr.ItemsReported, tr.ReportsByProfileStatus, c)
 
 	// What an operator sees.
-	out, errOut, code := cli(t, e.workerBin, e.env, "", "status")
+	out, errOut, code := rig.cli(t, "", "status")
 	if code != 0 || !strings.Contains(out, "REPORTS") {
 		t.Fatalf("status: exit %d: %s %s", code, out, errOut)
 	}
@@ -92,8 +90,6 @@ func TestEndToEndThreeDoorsReportEveryOutcome(t *testing.T) {
 	}
 
 	// Delivered reports keep no credentials; no log line holds one, or an id.
-	conn := e.conn(t)
-	defer conn.Close(context.Background())
 	var kept int64
 	if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM erasure_reports WHERE credentials IS NOT NULL`).Scan(&kept); err != nil || kept != 0 {
 		t.Errorf("%d delivered reports keep their credentials (%v)", kept, err)

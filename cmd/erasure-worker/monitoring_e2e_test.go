@@ -35,11 +35,11 @@ func TestMonitoringEndToEnd(t *testing.T) {
 	promBin, promtoolBin := monTools(t)
 	t.Parallel()
 	const rps = 80
-	e := setupE2E(t, 3000, "-error-rate", "0.05", "-latency", "5ms", "-latency-jitter", "20ms")
+	r := newRig(t, withFake("-error-rate", "0.05", "-latency", "5ms", "-latency-jitter", "20ms"), withRequests(3000))
 	workerEnv := []string{fmt.Sprintf("RATE_LIMIT_RPS=%d", rps), "STATS_INTERVAL=1s", "POLL_INTERVAL=200ms",
 		"RETRY_MIN_BACKOFF=100ms", "RETRY_MAX_BACKOFF=1s"}
-	_, addr1 := e.startWorker(t, workerEnv...)
-	_, addr2 := e.startWorker(t, workerEnv...)
+	addr1 := r.startWorker(t, "replica 1", workerEnv...).addr
+	addr2 := r.startWorker(t, "replica 2", workerEnv...).addr
 	prom := monStartPrometheus(t, promBin, addr1, addr2)
 
 	// Wait for a dozen scrapes of both replicas, so that every rate() has samples to work on.

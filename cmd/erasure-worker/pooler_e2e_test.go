@@ -29,15 +29,11 @@ func TestEndToEndBehindPgBouncerInTransactionMode(t *testing.T) {
 		serverConn = 4   // PgBouncer's pool: fewer than the replicas' connections
 		perDoor    = 150 // requests through each of the API, the table and enqueue
 	)
-	workerBin, fakeBin := binaries(t)
 	direct := queuetest.EmptyURL(t)
 	bouncer := startPgBouncer(t, direct, serverConn)
-	_, fakeURL := startFake(t, fakeBin, "-latency", "5ms", "-missing", "0.1")
-	// The test reads the table directly (e.dbURL); every process it starts goes through PgBouncer.
-	e := &e2e{workerBin: workerBin, fakeURL: fakeURL, dbURL: direct}
-	e.env = []string{"DATABASE_URL=" + bouncer.url, "KNOT_BASE_URL=" + fakeURL, "KNOT_CLIENT_ID=e2e-client", "KNOT_SECRET=e2e-secret",
-		"IDENTIFIER_KEY_FILE=" + identifierKeyFile(t), "LOG_FORMAT=json", "PATH=" + os.Getenv("PATH")}
-	var logs []*process
+	// The test reads the table directly (r.dbURL); every process it starts goes through PgBouncer.
+	r := newRig(t, withFake("-latency", "5ms", "-missing", "0.1"), withDB(direct), withWorkerDB(bouncer.url), withoutMigrate())
+	var logs []*workerProc
 
 	// Two migrates at once through the pooler: one migrates, the other waits for it and finds
 	// the schema up to date.
@@ -45,7 +41,7 @@ func TestEndToEndBehindPgBouncerInTransactionMode(t *testing.T) {
 	outs := make([]string, 2)
 	for i := range outs {
 		wg.Go(func() {
-			out, errOut, code := cli(t, workerBin, e.env, "", "migrate")
+			out, errOut, code := r.cli(t, "", "migrate")
 			outs[i] = fmt.Sprintf("exit %d: %s%s", code, out, errOut)
 		})
 	}
@@ -60,22 +56,21 @@ func TestEndToEndBehindPgBouncerInTransactionMode(t *testing.T) {
 	for i := range perDoor {
 		fmt.Fprintf(&in, `{"request_ref":"file-%d","external_user_id":"file-person-%d"}`+"\n", i, i)
 	}
-	if out, errOut, code := cli(t, workerBin, e.env, in.String(), "enqueue"); code != 0 || out != fmt.Sprintf("inserted %d, duplicate 0, rejected 0\n", perDoor) {
+	if out, errOut, code := r.cli(t, in.String(), "enqueue"); code != 0 || out != fmt.Sprintf("inserted %d, duplicate 0, rejected 0\n", perDoor) {
 		t.Fatalf("enqueue through PgBouncer: exit %d: %s %s", code, out, errOut)
 	}
 
-	rig := &doorsRig{apiAddr: freeAddr(t)}
+	api := &doors{apiAddr: freeAddr(t)}
 	for i := range replicas {
 		extra := []string{"DISABLE_LISTEN=true", "POLL_INTERVAL=200ms", "RATE_LIMIT_RPS=1000", "CONCURRENCY=8",
 			"STATS_INTERVAL=1s", "RATE_LIMIT_SYNC_INTERVAL=500ms"}
 		if i == 0 {
-			extra = append(extra, "API_LISTEN_ADDR="+rig.apiAddr, "API_TOKEN="+rigAPIToken)
+			extra = append(extra, "API_LISTEN_ADDR="+api.apiAddr, "API_TOKEN="+rigAPIToken)
 		}
-		w, _ := e.startWorker(t, extra...)
-		logs = append(logs, w)
+		logs = append(logs, r.startWorker(t, fmt.Sprintf("replica %d", i), extra...))
 	}
-	rig.waitAPI(t, 30*time.Second)
-	wg.Go(func() { rig.submitAPI(t, perDoor) })
+	api.waitAPI(t, 30*time.Second)
+	wg.Go(func() { api.submitAPI(t, perDoor) })
 	// The SQL contract, through the pooler, as a privacy request system would send it: one
 	// statement each, with arguments.
 	for i := range perDoor {
@@ -87,7 +82,7 @@ func TestEndToEndBehindPgBouncerInTransactionMode(t *testing.T) {
 		t.Errorf("PgBouncer had %d clients for %d server connections: the test proves nothing", clients, serverConn)
 	}
 
-	c := e.waitDrained(t, 90*time.Second)
+	c := r.drained(t, 90*time.Second)
 	if c["succeeded/deleted"]+c["succeeded/not_found"] != 3*perDoor || c["failed"] != 0 {
 		t.Errorf("final states %v: want all %d succeeded", c, 3*perDoor)
 	}
@@ -96,16 +91,16 @@ func TestEndToEndBehindPgBouncerInTransactionMode(t *testing.T) {
 	}
 
 	// The short commands, through the pooler.
-	if out, errOut, code := cli(t, workerBin, e.env, "", "status"); code != 0 || !strings.Contains(out, "succeeded") {
+	if out, errOut, code := r.cli(t, "", "status"); code != 0 || !strings.Contains(out, "succeeded") {
 		t.Errorf("status through PgBouncer: exit %d: %s %s", code, out, errOut)
 	}
-	if out, errOut, code := cli(t, workerBin, e.env, "", "evidence", "--ref", "api-7"); code != 0 || !strings.Contains(out, "api-7") {
+	if out, errOut, code := r.cli(t, "", "evidence", "--ref", "api-7"); code != 0 || !strings.Contains(out, "api-7") {
 		t.Errorf("evidence through PgBouncer: exit %d: %s %s", code, out, errOut)
 	}
-	if out, errOut, code := cli(t, workerBin, e.env, "", "evidence", "--since", "2000-01-01"); code != 0 || strings.Count(out, "\n") != 3*perDoor {
+	if out, errOut, code := r.cli(t, "", "evidence", "--since", "2000-01-01"); code != 0 || strings.Count(out, "\n") != 3*perDoor {
 		t.Errorf("evidence --since through PgBouncer: exit %d, %d lines: %s", code, strings.Count(out, "\n"), errOut)
 	}
-	if out, errOut, code := cli(t, workerBin, e.env, "", "reports", "requeue"); code != 0 {
+	if out, errOut, code := r.cli(t, "", "reports", "requeue"); code != 0 {
 		t.Errorf("reports requeue through PgBouncer: exit %d: %s %s", code, out, errOut)
 	}
 
@@ -114,8 +109,12 @@ func TestEndToEndBehindPgBouncerInTransactionMode(t *testing.T) {
 			t.Errorf("replica %d: exit %d after SIGTERM (took %v)", i, code, took)
 		}
 	}
-	for i, w := range append(logs, bouncer.process) {
-		out := w.out.String()
+	var procs []*process
+	for _, w := range logs {
+		procs = append(procs, w.process)
+	}
+	for i, p := range append(procs, bouncer.process) {
+		out := p.out.String()
 		for _, bad := range []string{"42P05", "26000", "prepared statement", "DATA RACE", "panic"} {
 			if strings.Contains(out, bad) {
 				t.Errorf("process %d's log holds %q", i, bad)

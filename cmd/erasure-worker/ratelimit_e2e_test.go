@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -83,14 +82,13 @@ func (r rateRun) check(t *testing.T) {
 // rateThreeReplicas runs three replicas over a deep backlog for 12s and returns what Knot saw.
 func rateThreeReplicas(t *testing.T) rateRun {
 	t.Helper()
-	e := setupE2E(t, 8000, "-latency", "5ms", "-missing", "0")
-	var replicas []*process
+	r := newRig(t, withFake("-latency", "5ms", "-missing", "0"), withRequests(8000))
+	var replicas []*workerProc
 	for range 3 {
-		p, _ := e.startWorker(t, replicaEnv...)
-		replicas = append(replicas, p)
+		replicas = append(replicas, r.startWorker(t, "replica", replicaEnv...))
 	}
 	time.Sleep(12 * time.Second)
-	run := observe(t, e.fakeURL)
+	run := observe(t, r.fakeURL)
 	for _, p := range replicas {
 		p.stop(t, 10*time.Second)
 	}
@@ -102,18 +100,16 @@ func rateThreeReplicas(t *testing.T) rateRun {
 // survivors should have taken over the dead replica's share (3s after the kill).
 func rateJoinAndDie(t *testing.T) (run rateRun, takenOver int) {
 	t.Helper()
-	e := setupE2E(t, 8000, "-latency", "5ms", "-missing", "0")
-	first, _ := e.startWorker(t, replicaEnv...)
-	second, _ := e.startWorker(t, replicaEnv...)
+	r := newRig(t, withFake("-latency", "5ms", "-missing", "0"), withRequests(8000))
+	first := r.startWorker(t, "first", replicaEnv...)
+	second := r.startWorker(t, "second", replicaEnv...)
 	time.Sleep(5 * time.Second)
-	third, _ := e.startWorker(t, replicaEnv...) // a replica joins
+	third := r.startWorker(t, "third", replicaEnv...) // a replica joins
 	time.Sleep(5 * time.Second)
 	killedAt := time.Now()
-	if err := first.cmd.Process.Signal(syscall.SIGKILL); err != nil { // one dies without a word
-		t.Fatal(err)
-	}
+	first.kill9(t) // one dies without a word
 	time.Sleep(7 * time.Second)
-	run = observe(t, e.fakeURL)
+	run = observe(t, r.fakeURL)
 	second.stop(t, 10*time.Second)
 	third.stop(t, 10*time.Second)
 	return run, run.second(killedAt) + 3
@@ -139,11 +135,10 @@ func TestSharedRateLimitWhenReplicasJoinAndDie(t *testing.T) {
 }
 
 func TestSharedRateLimitBacksOffOn429AndRecovers(t *testing.T) {
-	e := setupE2E(t, 8000, "-latency", "5ms", "-missing", "0", "-retry-after", "1s")
+	r := newRig(t, withFake("-latency", "5ms", "-missing", "0", "-retry-after", "1s"), withRequests(8000))
 	var addrs []string
 	for range 3 {
-		_, addr := e.startWorker(t, replicaEnv...)
-		addrs = append(addrs, addr)
+		addrs = append(addrs, r.startWorker(t, "replica", replicaEnv...).addr)
 	}
 	globalRPS := func() float64 { return scrapeGauge(t, "http://"+addrs[0]+"/metrics", "erasure_rate_limit_global_rps") }
 	queuetest.WaitFor(t, 15*time.Second, "the deployment to run at its limit", func() bool {
@@ -151,14 +146,14 @@ func TestSharedRateLimitBacksOffOn429AndRecovers(t *testing.T) {
 		return err == nil && v >= sharedRPS
 	})
 
-	setFaults(t, e.fakeURL, `{"rate_limit_rate":0.2,"retry_after":"1s"}`)
+	setFaults(t, r.fakeURL, `{"rate_limit_rate":0.2,"retry_after":"1s"}`)
 	lowest := float64(sharedRPS)
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		lowest = min(lowest, globalRPS())
 		time.Sleep(100 * time.Millisecond)
 	}
-	setFaults(t, e.fakeURL, `{}`)
+	setFaults(t, r.fakeURL, `{}`)
 	if lowest > sharedRPS/2 {
 		t.Errorf("the deployment's rate only fell to %.1f while Knot answered 429, want at most %d", lowest, sharedRPS/2)
 	}
@@ -169,7 +164,7 @@ func TestSharedRateLimitBacksOffOn429AndRecovers(t *testing.T) {
 			t.Errorf("replica %s runs at %.1f, above the %d limit", addr, got, sharedRPS)
 		}
 	}
-	st := fakeStats(t, e.fakeURL)
+	st := fakeStats(t, r.fakeURL)
 	if st.ByStatus["429"] == 0 {
 		t.Fatal("the fake answered no 429: the test proves nothing")
 	}

@@ -18,33 +18,31 @@ func TestEndToEndADumpHoldsNoRawIDOnceItsRetentionPassed(t *testing.T) {
 	t.Parallel()
 	pgDump := requireTool(t, "pg_dump", "it comes with the PostgreSQL client: apt-get install postgresql-client")
 	const n = 20
-	e := setupE2E(t, n, "-missing", "0.2") // person-0.. through the table's contract
-	rig := startDoorsRig(t, n, nil)
-	w, addr := e.startWorker(t, append(rig.env, "RATE_LIMIT_RPS=500", "CONCURRENCY=8", "POLL_INTERVAL=200ms",
-		"IDENTIFIER_RETENTION=2s", "RETENTION_INTERVAL=1s", "STATS_INTERVAL=1s")...)
+	rig := newRig(t, withFake("-missing", "0.2"), withRequests(n), withDoors(n, nil)) // person-0.. through the table's contract
+	w := rig.startWorker(t, "worker", "RATE_LIMIT_RPS=500", "CONCURRENCY=8", "POLL_INTERVAL=200ms",
+		"IDENTIFIER_RETENTION=2s", "RETENTION_INTERVAL=1s", "STATS_INTERVAL=1s")
 	rig.waitAPI(t, 30*time.Second)
 	rig.submitAPI(t, n)    // api-person-..
 	rig.pushKetch(t, n)    // ketch-person-..
 	const requests = 4 * n // and transcend-user-.. pulled
 
+	conn := rig.db(t)
 	queuetest.WaitFor(t, 2*time.Minute, "every request finished and reported, then pseudonymised", func() bool {
-		c := e.counts(t)
+		c := rig.counts(t)
 		if c["succeeded/deleted"]+c["succeeded/not_found"] != requests {
 			return false
 		}
-		conn := e.conn(t)
-		defer conn.Close(t.Context())
 		var left int
 		if err := conn.QueryRow(t.Context(), `SELECT count(*) FROM erasure_requests WHERE pseudonymised_at IS NULL`).Scan(&left); err != nil {
 			t.Fatal(err)
 		}
 		return left == 0
 	})
-	if r := e.reportCounts(t); r["webhook/delivered"] != n || r["transcend/delivered"] != n || r["ketch/delivered"] == 0 {
+	if r := rig.reportCounts(t); r["webhook/delivered"] != n || r["transcend/delivered"] != n || r["ketch/delivered"] == 0 {
 		t.Errorf("reports %v: want every one delivered before its request lost its id", r)
 	}
 
-	out, err := exec.Command(pgDump, "--data-only", "--dbname", e.dbURL).Output()
+	out, err := exec.Command(pgDump, "--data-only", "--dbname", rig.dbURL).Output()
 	if err != nil {
 		t.Fatalf("pg_dump: %v", err)
 	}
@@ -55,7 +53,7 @@ func TestEndToEndADumpHoldsNoRawIDOnceItsRetentionPassed(t *testing.T) {
 	for _, raw := range regexp.MustCompile(`(?:person|transcend-user)-\d+`).FindAllString(dump, -1) {
 		t.Errorf("the dump still holds the raw id %s", raw)
 	}
-	if v := scrapeGauge(t, "http://"+addr+"/metrics", "erasure_retention_pseudonymised_total"); v != requests {
+	if v := scrapeGauge(t, "http://"+w.addr+"/metrics", "erasure_retention_pseudonymised_total"); v != requests {
 		t.Errorf("erasure_retention_pseudonymised_total = %v, want %d (one replica)", v, requests)
 	}
 	// The pseudonymised ids never reach the log either.

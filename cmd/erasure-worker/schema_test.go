@@ -167,7 +167,7 @@ func TestRunWaitsForAnUnmigratedDatabaseAndStartsAfterMigrate(t *testing.T) {
 		return code == http.StatusOK
 	})
 	queuetest.WaitFor(t, 20*time.Second, "the request enqueued after migrate to be carried out", func() bool {
-		return (&e2e{dbURL: dbURL}).counts(t)["succeeded/deleted"] == 1
+		return (&rig{dbURL: dbURL}).counts(t)["succeeded/deleted"] == 1
 	})
 	if st := fake.Stats(); st.Deleted != 1 {
 		t.Errorf("Knot deleted %d users; want 1", st.Deleted)
