@@ -75,6 +75,10 @@ func (s *Set) SetErr(err error) {
 // Name is the setting's environment name.
 func (st *Setting) Name() string { return st.env }
 
+// Waive makes a required setting optional, for a run in which it is not needed (a role that
+// does not use it); call it after Parse and before reading the setting.
+func (s *Set) Waive(st *Setting) { st.required = false }
+
 // Command is the command these settings are of, as --help names it.
 func (s *Set) Command() string { return s.command }
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/netutil"
 
 	"github.com/erasure-worker/erasure-worker/connector"
 	"github.com/erasure-worker/erasure-worker/queue"
@@ -24,8 +25,10 @@ import (
 // doorsConfig is how requests come in besides the table and `enqueue`, and where their outcomes
 // go: every registered connector that its settings turn on.
 type doorsConfig struct {
-	apiAddr string
-	on      []configured // in the registry's order
+	apiAddr  string
+	maxConns int          // open connections to API_LISTEN_ADDR at most
+	dbConns  int32        // the doors' own database pool
+	on       []configured // in the registry's order
 }
 
 type configured struct {
@@ -41,13 +44,15 @@ func (d doorsConfig) listening() bool {
 // reads them once s is parsed.
 func declareDoors(s *settings.Set) func() doorsConfig {
 	apiAddr := s.Add("API_LISTEN_ADDR", "", "address serving the HTTP doors of the connectors that are on, apart from LISTEN_ADDR; nothing is served there until a connector's setting below turns its door on")
+	maxConns := s.Add("API_MAX_CONNECTIONS", "512", "open connections the HTTP doors serve at once; more wait to be accepted, so that a flood of slow or refused senders cannot take the process's memory")
+	dbConns := s.Add("DOORS_DB_MAX_CONNS", "4", "connections to PostgreSQL that the HTTP doors may use, in a pool of their own: door traffic never delays the worker's heartbeat or its finishes")
 	all := connectors.All()
 	reads := make([]func() *connector.Parts, len(all))
 	for i, c := range all {
 		reads[i] = c.Declare(s)
 	}
 	return func() doorsConfig {
-		d := doorsConfig{apiAddr: s.String(apiAddr)}
+		d := doorsConfig{apiAddr: s.String(apiAddr), maxConns: s.Int(maxConns, 1), dbConns: int32(s.Int(dbConns, 1))}
 		for i, c := range all {
 			p := reads[i]()
 			if p == nil {
@@ -78,6 +83,10 @@ func intake(q *queue.Queue, info connector.Info, keys worker.IdentifierKeys, ref
 	return worker.NewIntake(q, worker.IntakeConfig{Info: info, Prefixes: connectors.Prefixes(), Keys: keys, Refusals: refusals, Logger: log})
 }
 
+// doorsMaxHeaderBytes bounds a request's headers at a door: a sender's credential and a few
+// standard headers fit many times over.
+const doorsMaxHeaderBytes = 16 << 10
+
 // serveDoors serves the HTTP doors on API_LISTEN_ADDR; stop ends them gracefully, letting
 // requests being answered finish.
 func serveDoors(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, log *slog.Logger, m doorMetrics) (stop func(), err error) {
@@ -91,10 +100,11 @@ func serveDoors(cfg doorsConfig, keys worker.IdentifierKeys, q *queue.Queue, log
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
-		MaxHeaderBytes:    64 << 10,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    doorsMaxHeaderBytes,
 	}
 	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(netutil.LimitListener(ln, cfg.maxConns)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("the HTTP doors stopped", "err", err)
 		}
 	}()

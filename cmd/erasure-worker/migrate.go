@@ -79,7 +79,7 @@ func connectQueue(ctx context.Context, env *environment, s *settings.Set, dbURL 
 		env.errorf("%v", s.Err())
 		return nil, nil, exitUsage
 	}
-	pool, err := openPool(ctx, url, false)
+	pool, err := openPool(ctx, url, false, 0)
 	if err != nil {
 		env.errorf("%v", err)
 		return nil, nil, exitFailure

@@ -28,6 +28,7 @@ import (
 // runConfig is everything `run` needs, read and checked before anything starts.
 type runConfig struct {
 	databaseURL string
+	role        string // all, worker or doors
 	knot        knotclient.Config
 	secretFile  string
 	listenAddr  string
@@ -45,6 +46,7 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 	s := newSettingSet("run", env)
 	var (
 		dbURL       = s.RequireDatabaseURL()
+		role        = s.Add("ROLE", roleAll, "what this process does: all (the default), worker (claim, call Knot, report, pull, purge; no HTTP doors) or doors (serve the HTTP doors only, on a database pool of their own, with no Knot credentials needed), so that the doors can run as a Deployment of their own")
 		baseURL     = s.Add("KNOT_BASE_URL", "https://development.knotapi.com", "Knot API base URL; https://production.knotapi.com for production (separate credentials)")
 		clientID    = s.Require("KNOT_CLIENT_ID", "Knot client_id, sent as the Basic auth user name")
 		secret      = s.RequireSecret("KNOT_SECRET", "Knot secret, sent as the Basic auth password", "file holding the Knot secret; re-read while paused on rejected credentials, so a rotated secret is picked up without a restart")
@@ -74,7 +76,14 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 	if _, err := s.Parse(args); err != nil {
 		return runConfig{}, err
 	}
+	r := s.OneOf(role, roleAll, roleWorker, roleDoors)
+	if r == roleDoors {
+		// The doors never call Knot: a Deployment of them holds no Knot credential.
+		s.Waive(clientID)
+		s.Waive(secret)
+	}
 	c := runConfig{
+		role:        r,
 		databaseURL: s.DatabaseURL(dbURL),
 		secretFile:  s.String(secret.File()),
 		listenAddr:  s.String(listenAddr),
@@ -113,7 +122,12 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 	if s.Err() != nil {
 		return runConfig{}, s.Err()
 	}
-	if _, err := knotclient.New(c.knot); err != nil {
+	if r == roleDoors && !c.doors.listening() {
+		return runConfig{}, errors.New("ROLE=doors: no door is on (set API_LISTEN_ADDR and a connector's door setting, e.g. API_TOKEN or KETCH_AUTH_VALUE)")
+	}
+	if r == roleDoors {
+		c.knot = knotclient.Config{} // not used, and not checked
+	} else if _, err := knotclient.New(c.knot); err != nil {
 		return runConfig{}, fmt.Errorf("Knot settings (KNOT_BASE_URL, KNOT_CLIENT_ID, KNOT_SECRET): %w", err)
 	}
 	c.worker.ID = workerID()
@@ -127,6 +141,13 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 	}
 	return c, nil
 }
+
+// The roles of `run`.
+const (
+	roleAll    = "all"
+	roleWorker = "worker"
+	roleDoors  = "doors"
+)
 
 // workerID names this process as lease owner: the host (the pod name in Kubernetes), the pid
 // and a random suffix, so that a restarted pod never inherits its predecessor's leases.
@@ -155,18 +176,74 @@ func runWorker(ctx context.Context, env *environment, args []string) int {
 }
 
 func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
-	pool, err := openPool(ctx, cfg.databaseURL, !cfg.worker.DisableListen)
+	prepared := !cfg.worker.DisableListen
+	pool, err := openPool(ctx, cfg.databaseURL, prepared, 0)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	q := queue.New(pool)
+
+	ln, err := net.Listen("tcp", cfg.listenAddr)
+	if err != nil {
+		return fmt.Errorf("LISTEN_ADDR: %w", err)
+	}
+	var st startup
+	st.waitingFor("checking the database schema")
+	srv := newMetricsServer(probes(&st, pool, reg))
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	defer func() {
+		// Run kept this much of SHUTDOWN_TIMEOUT for it: scrapes and probes are quick.
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), worker.AfterRunReserve)
+		defer cancel()
+		_ = srv.Shutdown(shutdownCtx)
+	}()
+	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String(), "version", buildVersion(), "role", cfg.role)
+
+	// The worker is made only once the schema is right, so that /healthz never judges a claim
+	// loop that has not been allowed to start.
+	if !waitForSchema(ctx, q, &st, log) {
+		log.Info("stopped before the database schema was ready")
+		return nil
+	}
+
+	// The doors bind first: a taken API_LISTEN_ADDR stops start-up before anything runs. They
+	// store requests through a small pool of their own, so that no flood at a door waits for a
+	// connection that a heartbeat or a finish needs. Any return from here on stops the services
+	// started below, then waits for them.
+	doorMetrics := newDoorMetrics(reg)
+	if cfg.role != roleWorker && cfg.doors.listening() {
+		doorsPool, err := openPool(ctx, cfg.databaseURL, prepared, cfg.doors.dbConns)
+		if err != nil {
+			return err
+		}
+		defer doorsPool.Close()
+		stop, err := serveDoors(cfg.doors, cfg.retention.keys, queue.New(doorsPool), log, doorMetrics)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	if cfg.role == roleDoors {
+		st.doorsOnly()
+		<-ctx.Done()
+		return nil
+	}
+	if cfg.role == roleWorker && cfg.doors.listening() {
+		log.Info("ROLE=worker: the HTTP doors are not served here; a Deployment with ROLE=doors serves them")
+	}
+
 	knot, err := knotclient.New(cfg.knot)
 	if err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg.worker.Metrics = worker.NewMetrics(reg)
 	retentionMetrics := worker.NewRetentionMetrics(reg)
 	cfg.worker.Logger = log
@@ -180,50 +257,12 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 			knot.SetCredentials(cfg.knot.ClientID, sec)
 		}
 	}
-	q := queue.New(pool)
-
-	ln, err := net.Listen("tcp", cfg.listenAddr)
-	if err != nil {
-		return fmt.Errorf("LISTEN_ADDR: %w", err)
-	}
-	var st startup
-	st.waitingFor("checking the database schema")
-	srv := &http.Server{Handler: probes(&st, pool, reg), ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server stopped", "err", err)
-		}
-	}()
-	defer func() {
-		// Run kept this much of SHUTDOWN_TIMEOUT for it: scrapes and probes are quick.
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), worker.AfterRunReserve)
-		defer cancel()
-		_ = srv.Shutdown(shutdownCtx)
-	}()
-	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String(), "version", buildVersion())
-
-	// The worker is made only once the schema is right, so that /healthz never judges a claim
-	// loop that has not been allowed to start.
-	if !waitForSchema(ctx, q, &st, log) {
-		log.Info("stopped before the database schema was ready")
-		return nil
-	}
 	w, err := worker.New(q, knot, cfg.worker)
 	if err != nil {
 		return err
 	}
 	st.started(w)
 
-	// The doors bind first: a taken API_LISTEN_ADDR stops start-up before anything runs. Any
-	// return from here on stops the services started below, then waits for them.
-	doorMetrics := newDoorMetrics(reg)
-	if cfg.doors.listening() {
-		stop, err := serveDoors(cfg.doors, cfg.retention.keys, q, log, doorMetrics)
-		if err != nil {
-			return err
-		}
-		defer stop()
-	}
 	var services sync.WaitGroup
 	defer services.Wait()
 	ctx, stopServices := context.WithCancel(ctx)
@@ -258,6 +297,20 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 	services.Go(func() { purge.Run(ctx) })
 	w.Run(ctx)
 	return nil
+}
+
+// Timeouts of the metrics server: a scrape or a probe is quick, and a connection that sends
+// nothing, or idles, is not kept.
+var (
+	metricsReadTimeout  = 10 * time.Second
+	metricsWriteTimeout = 30 * time.Second
+	metricsIdleTimeout  = 60 * time.Second
+)
+
+// newMetricsServer serves LISTEN_ADDR.
+func newMetricsServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: metricsReadTimeout,
+		WriteTimeout: metricsWriteTimeout, IdleTimeout: metricsIdleTimeout, MaxHeaderBytes: 16 << 10}
 }
 
 // schemaCheckInterval is how often `run` looks again at a database that does not hold this
@@ -307,9 +360,11 @@ func waitForSchema(ctx context.Context, q *queue.Queue, st *startup, log *slog.L
 type startup struct {
 	waiting atomic.Pointer[string]        // why the worker has not started
 	worker  atomic.Pointer[worker.Worker] // set once it has
+	doors   atomic.Bool                   // ROLE=doors: serving the doors, with no worker
 }
 
 func (s *startup) waitingFor(reason string) { s.waiting.Store(&reason) }
+func (s *startup) doorsOnly()               { s.doors.Store(true) }
 func (s *startup) started(w *worker.Worker) { s.worker.Store(w) }
 
 // probes serves /metrics; /healthz, which fails when the claim loop is stuck (restart me); and
@@ -320,7 +375,11 @@ func probes(st *startup, pool *pgxpool.Pool, reg *prometheus.Registry) http.Hand
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, r *http.Request) {
 		w := st.worker.Load()
-		if w == nil {
+		switch {
+		case st.doors.Load():
+			fmt.Fprintln(rw, "ok (doors only)")
+			return
+		case w == nil:
 			fmt.Fprintln(rw, "ok (waiting for the database schema)")
 			return
 		}
@@ -332,7 +391,7 @@ func probes(st *startup, pool *pgxpool.Pool, reg *prometheus.Registry) http.Hand
 	})
 	mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, r *http.Request) {
 		w := st.worker.Load()
-		if w == nil {
+		if w == nil && !st.doors.Load() {
 			http.Error(rw, *st.waiting.Load(), http.StatusServiceUnavailable)
 			return
 		}
@@ -340,6 +399,10 @@ func probes(st *startup, pool *pgxpool.Pool, reg *prometheus.Registry) http.Hand
 		defer cancel()
 		if err := pool.Ping(ctx); err != nil {
 			http.Error(rw, "database not answering", http.StatusServiceUnavailable)
+			return
+		}
+		if w == nil {
+			fmt.Fprintln(rw, "ok (doors only)")
 			return
 		}
 		if w.Paused() {
@@ -356,10 +419,14 @@ func probes(st *startup, pool *pgxpool.Pool, reg *prometheus.Registry) http.Hand
 // openPool connects to PostgreSQL with a connect timeout, safely behind a pooler in transaction
 // mode (queue.ParsePoolConfig), or with prepared statements cached when no pooler is in between
 // (queue.Prepared). Its errors never repeat the URL, which may hold a password.
-func openPool(ctx context.Context, databaseURL string, prepared bool) (*pgxpool.Pool, error) {
+func openPool(ctx context.Context, databaseURL string, prepared bool, maxConns int32) (*pgxpool.Pool, error) {
 	cfg, err := queue.ParsePoolConfig(databaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	if maxConns > 0 {
+		cfg.MaxConns = maxConns
+		cfg.MinConns = min(cfg.MinConns, maxConns)
 	}
 	if prepared {
 		queue.Prepared(cfg.ConnConfig)
