@@ -186,6 +186,13 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	q := queue.New(pool)
+	// The worker's metrics exist from the start, while the schema is awaited too; the doors
+	// alone have none of them.
+	var retentionMetrics *worker.RetentionMetrics
+	if cfg.role != roleDoors {
+		cfg.worker.Metrics = worker.NewMetrics(reg)
+		retentionMetrics = worker.NewRetentionMetrics(reg)
+	}
 
 	ln, err := net.Listen("tcp", cfg.listenAddr)
 	if err != nil {
@@ -244,8 +251,6 @@ func serve(ctx context.Context, cfg runConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	cfg.worker.Metrics = worker.NewMetrics(reg)
-	retentionMetrics := worker.NewRetentionMetrics(reg)
 	cfg.worker.Logger = log
 	if cfg.secretFile != "" {
 		cfg.worker.BeforeProbe = func(context.Context) {
