@@ -436,11 +436,16 @@ func (r *Reporter) deliver(ctx, dctx context.Context, rep queue.Report, wait tim
 	return res, true
 }
 
-// connectorReport is what a Deliverer is given of a claimed report.
+// connectorReport is what a Deliverer is given of a claimed report: never a pseudonym for the
+// person's id.
 func connectorReport(r queue.Report) connector.Report {
+	uid := r.ExternalUserID
+	if r.Pseudonymised {
+		uid = ""
+	}
 	return connector.Report{
 		ID: r.ID, Target: r.Target, Attempts: r.Attempts, Credentials: r.Credentials,
-		RequestID: r.RequestID, RequestRef: r.RequestRef, ExternalUserID: r.ExternalUserID,
+		RequestID: r.RequestID, RequestRef: r.RequestRef, ExternalUserID: uid,
 		Outcome: r.Outcome, ErrorCode: r.ErrorCode, CompletedAt: r.CompletedAt,
 	}
 }
