@@ -20,7 +20,7 @@ func TestEndToEndADumpHoldsNoRawIDOnceItsRetentionPassed(t *testing.T) {
 	const n = 20
 	rig := newRig(t, withFake("-missing", "0.2"), withRequests(n), withDoors(n, nil)) // person-0.. through the table's contract
 	w := rig.startWorker(t, "worker", "RATE_LIMIT_RPS=500", "CONCURRENCY=8", "POLL_INTERVAL=200ms",
-		"IDENTIFIER_RETENTION=2s", "RETENTION_INTERVAL=1s", "STATS_INTERVAL=1s")
+		"IDENTIFIER_RETENTION=5s", "RETENTION_INTERVAL=1s", "STATS_INTERVAL=1s") // REPORT_MAX_AGE follows: 5s, time for every report
 	rig.waitAPI(t, 30*time.Second)
 	rig.submitAPI(t, n)    // api-person-..
 	rig.pushKetch(t, n)    // ketch-person-..
