@@ -103,10 +103,19 @@ type NewReport struct {
 	// lane is delivered apart, so that one hung receiver holds back only its own reports. ""
 	// for the connector's one receiver.
 	Lane string
-	// Credentials is what the delivery needs, in the connector's own JSON: kept until the report
-	// ends, never shown.
+	// Credentials is what the delivery needs, in the connector's own JSON object: kept until the
+	// report ends, never shown. A receiver that names the person keeps the raw id here, under
+	// IdentifierCredential, rather than reading it from the request, which is pseudonymised
+	// IDENTIFIER_RETENTION after it finished whatever its reports do.
 	Credentials []byte
 }
+
+// IdentifierCredential is the member of a report's Credentials that holds personal data: the
+// raw id, for a receiver that names the person. It is deleted when the report fails or gives
+// up (REPORT_MAX_AGE); the other members stay for `reports requeue` until the report is
+// delivered, when every credential is deleted. The queue knows it by the same name
+// (queue.IdentifierCredential).
+const IdentifierCredential = "identifier"
 
 // Admission is what intake did with one Request.
 type Admission int
@@ -223,9 +232,11 @@ type Report struct {
 	Attempts    int   // earlier attempts that counted
 	Credentials []byte
 
-	RequestID      int64
-	RequestRef     string
-	ExternalUserID string // for a receiver that names the person; never logged
+	RequestID  int64
+	RequestRef string
+	// ExternalUserID is the request's raw id while it keeps it, for a receiver that names the
+	// person; "" once the request is pseudonymised (IDENTIFIER_RETENTION). Never logged.
+	ExternalUserID string
 	Outcome        string // deleted, not_found, rejected, invalid, exhausted
 	ErrorCode      string // Knot's error_code of a failed request
 	CompletedAt    time.Time

@@ -184,7 +184,7 @@ func TestAlertRulesAreComplete(t *testing.T) {
 	for _, want := range []string{"ErasureRequestsOverdue", "ErasureRequestsDueSoon", "ErasureOldestPendingAgeGrowing",
 		"ErasureWorkerPaused", "ErasureRequestsFailing", "ErasureKnotServerErrors", "ErasureKnotRateLimited",
 		"ErasureWorkerDown", "ErasureQueueNotDraining",
-		"ErasureReportsUndelivered", "ErasureReportsPaused", "ErasureReportsFailed", "ErasureDoorMostlyRefused", "ErasureRetentionBehind"} {
+		"ErasureReportsUndelivered", "ErasureReportsPaused", "ErasureReportsFailed", "ErasureReportsGivenUp", "ErasureDoorMostlyRefused", "ErasureRetentionBehind"} {
 		if !seen[want] {
 			t.Errorf("alert %s is missing", want)
 		}

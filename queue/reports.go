@@ -18,6 +18,21 @@ const (
 	ReportFailed     = "failed"     // the receiver refused it for good; waits for `reports requeue`
 )
 
+// IdentifierCredential is the member of a report's credentials (a JSON object) that holds
+// personal data: the raw id of a receiver that names the person (Transcend's). The report's
+// copy lives only as long as the report: every credential is deleted when the report is
+// delivered, and this member when it fails or gives up. The rest (a Ketch callback's URL and
+// headers, a Transcend nonce) is no personal data and stays with a failed report, so that
+// `reports requeue` can send it again, until the report is delivered or its evidence deleted.
+// A requeued report whose copy was dropped names the person by its request's raw id while the
+// request keeps it, and not at all once it is pseudonymised.
+const IdentifierCredential = "identifier"
+
+// withoutIdentifier is a report's credentials without IdentifierCredential. Credentials are a
+// JSON object by the connectors' contract; anything else is left as it is rather than failing
+// the statement that ends the report.
+const withoutIdentifier = `CASE WHEN jsonb_typeof(rep.credentials) = 'object' THEN rep.credentials - 'identifier' ELSE rep.credentials END`
+
 // Report is a claimed report with what its delivery needs: the request's outcome, and the
 // credentials, which no log or error may show.
 type Report struct {
@@ -32,10 +47,13 @@ type Report struct {
 	RequestID      int64
 	RequestRef     string
 	ExternalUserID string // for a receiver that names the person; never logged
-	Status         string // the request's: succeeded or failed
-	Outcome        string
-	ErrorCode      string
-	CompletedAt    time.Time
+	// Pseudonymised: ExternalUserID is the request's pseudonym, not its raw id (the request
+	// finished longer than IDENTIFIER_RETENTION ago).
+	Pseudonymised bool
+	Status        string // the request's: succeeded or failed
+	Outcome       string
+	ErrorCode     string
+	CompletedAt   time.Time
 }
 
 // ReportLane is one lane of the outbox: a connector's reports to one receiver. Name is "" for
@@ -112,7 +130,7 @@ SET status = 'delivering',
 FROM picked, erasure_requests r
 WHERE rep.id = picked.id AND r.id = rep.request_id
 RETURNING rep.id, rep.lease_token, rep.connector, rep.lane, rep.target, rep.attempts, rep.credentials,
-          r.id, r.request_ref, r.external_user_id, r.status, coalesce(r.outcome, ''),
+          r.id, r.request_ref, r.external_user_id, r.pseudonymised_at IS NOT NULL, r.status, coalesce(r.outcome, ''),
           coalesce(r.last_error_code, ''), coalesce(r.completed_at, now())`
 
 // ClaimReports leases up to limit deliverable reports of one lane for leaseFor, oldest due
@@ -127,7 +145,7 @@ func (q *Queue) ClaimReports(ctx context.Context, owner string, lane ReportLane,
 	reports, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Report, error) {
 		var r Report
 		err := row.Scan(&r.ID, &r.Token, &r.Connector, &r.Lane, &r.Target, &r.Attempts, &r.Credentials,
-			&r.RequestID, &r.RequestRef, &r.ExternalUserID, &r.Status, &r.Outcome, &r.ErrorCode, &r.CompletedAt)
+			&r.RequestID, &r.RequestRef, &r.ExternalUserID, &r.Pseudonymised, &r.Status, &r.Outcome, &r.ErrorCode, &r.CompletedAt)
 		return r, err
 	})
 	if err != nil {
@@ -157,7 +175,8 @@ var reportResults = map[string]bool{
 
 // FinishReports records delivery attempts, in one statement: each report moves on only while
 // this claim still holds it, and each attempt is kept as evidence whatever the fence decides.
-// A delivered report's credentials are deleted. It returns the IDs it moved on.
+// A delivered report's credentials are deleted; a failed one's IdentifierCredential. It returns
+// the IDs it moved on.
 func (q *Queue) FinishReports(ctx context.Context, owner string, results []ReportResult) ([]int64, error) {
 	if len(results) == 0 {
 		return nil, nil
@@ -197,7 +216,9 @@ moved AS (
     SET status = CASE WHEN i.result IN ('delivered', 'closed') THEN 'delivered'
                       WHEN i.result = 'rejected' THEN 'failed'
                       ELSE 'pending' END,
-        credentials = CASE WHEN i.result IN ('delivered', 'closed') THEN NULL ELSE rep.credentials END,
+        credentials = CASE WHEN i.result IN ('delivered', 'closed') THEN NULL
+                           WHEN i.result = 'rejected' THEN ` + withoutIdentifier + `
+                           ELSE rep.credentials END,
         delivered_at = CASE WHEN i.result IN ('delivered', 'closed') THEN now() END,
         attempts = rep.attempts + CASE WHEN i.result = 'unauthorized' THEN 0 ELSE 1 END,
         run_after = CASE WHEN i.result IN ('retry', 'rate_limited', 'unauthorized')
@@ -253,6 +274,55 @@ WHERE rep.id = t.id AND rep.status = 'delivering' AND rep.lease_owner = $1 AND r
 		return fmt.Errorf("release reports: %w", err)
 	}
 	return nil
+}
+
+// giveUpReportsSQL fails up to $3 undelivered reports that became deliverable more than $1
+// milliseconds ago (REPORT_MAX_AGE), oldest first, through erasure_reports_undelivered: pending
+// ones, and delivering ones whose lease lapsed; a delivery in flight is left to end, and its
+// report is given up by the next round if it was not taken. Each keeps its last reason behind $2
+// (the share of the last error that fits the table's bound) and loses what is personal data in
+// its credentials, as a report refused for good does. SKIP LOCKED: a report that a replica is
+// claiming is not waited for.
+const giveUpReportsSQL = `
+WITH expired AS (
+    SELECT id FROM erasure_reports
+    WHERE status IN ('pending', 'delivering') AND ready_at < now() - $1 * interval '1 millisecond'
+      AND (status = 'pending' OR run_after <= now())
+    ORDER BY ready_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE erasure_reports rep
+SET status = 'failed',
+    run_after = NULL,
+    lease_owner = NULL,
+    lease_token = NULL,
+    credentials = ` + withoutIdentifier + `,
+    last_error = $2 || CASE WHEN rep.last_error IS NULL THEN 'no delivery attempt ended'
+                            WHEN octet_length(rep.last_error) <= 1800 THEN rep.last_error
+                            ELSE left(rep.last_error, 440) || '…' END
+FROM expired
+WHERE rep.id = expired.id
+RETURNING rep.connector`
+
+// GiveUpReports fails up to limit reports still undelivered maxAge after they became
+// deliverable (their request finished, or a person requeued them), each with reason followed by
+// its last error, and returns how many it failed, by connector. Failed, they wait for `reports
+// requeue` like the reports a receiver refused for good.
+func (q *Queue) GiveUpReports(ctx context.Context, maxAge time.Duration, reason string, limit int) (map[string]int64, error) {
+	rows, err := q.pool.Query(ctx, giveUpReportsSQL, maxAge.Milliseconds(), truncate(storable(reason), 200), limit)
+	if err != nil {
+		return nil, fmt.Errorf("give up reports: %w", err)
+	}
+	connectors, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("give up reports: %w", err)
+	}
+	out := map[string]int64{}
+	for _, c := range connectors {
+		out[c]++
+	}
+	return out, nil
 }
 
 // ReportStats are the figures behind the report gauges, read through partial indexes over
@@ -376,12 +446,13 @@ ORDER BY connector`
 	return out, now, nil
 }
 
-// RequeueReports makes failed reports deliverable again, with a fresh count of attempts, and
-// returns how many: of one connector, or of every connector when connector is empty.
+// RequeueReports makes failed reports deliverable again, with a fresh count of attempts and a
+// fresh age (REPORT_MAX_AGE counts from the requeue), and returns how many: of one connector, or
+// of every connector when connector is empty.
 func (q *Queue) RequeueReports(ctx context.Context, connector string) (int64, error) {
 	tag, err := q.pool.Exec(ctx, `
 UPDATE erasure_reports
-SET status = 'pending', run_after = now(), attempts = 0
+SET status = 'pending', run_after = now(), ready_at = now(), attempts = 0
 WHERE status = 'failed' AND ($1::text IS NULL OR connector = $1)`, nonEmpty(connector))
 	if err != nil {
 		return 0, fmt.Errorf("requeue reports: %w", err)

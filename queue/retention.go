@@ -17,18 +17,16 @@ import (
 // of migration 006 and commits at once: no lock is held for long, and none is ever taken on a
 // pending or running row, so claims never wait for the purge.
 //
-// A request keeps its raw id while one of its reports is undelivered (pending, delivering, or
-// refused for good and waiting for `reports requeue`): a report may name the person by
-// it. Such rows count as due, so a report that never goes out shows as retention falling
-// behind.
+// A request is pseudonymised on time whatever its reports do: none of them reads the request's
+// raw id once it is gone. A report whose receiver names the person (Transcend's) keeps its own
+// copy in its credentials (IdentifierCredential), which lives as long as the report does: it is
+// deleted when the report is delivered, fails or gives up (REPORT_MAX_AGE, which `run` keeps
+// within IDENTIFIER_RETENTION).
 
 // Identified is a finished request past IDENTIFIER_RETENTION that still holds its raw id.
 type Identified struct {
-	ID          int64
-	CompletedAt time.Time
-	// Held: a report of the request is undelivered and needs the raw id, which is then not
-	// read (ExternalUserID is empty); the request keeps it for now.
-	Held           bool
+	ID             int64
+	CompletedAt    time.Time
 	ExternalUserID string
 }
 
@@ -56,26 +54,16 @@ type Pseudonym struct {
 const RetentionCountCap = 100000
 
 // toPseudonymiseSQL reads a batch of finished rows that hold their raw id past $1 milliseconds,
-// oldest first from the cursor ($3, $4), through erasure_requests_identified in its order, and
-// says which an undelivered report holds. The batch is taken first and the reports looked up
-// for its rows only: as one join, Postgres may (with its statistics behind) read every due row
-// to anti-join the reports by hash before it sorts and keeps a thousand, 0.9s over 740,000 due.
-// The cursor moves a round past the rows it has seen, held ones included, so that neither they
-// nor the index entries its own updates left dead are read again.
+// oldest first from the cursor ($3, $4), through erasure_requests_identified in its order. The
+// cursor moves a round past the rows it has seen, so that neither a row skipped by the update
+// (requeued meanwhile) nor the index entries its own updates left dead are read again.
 const toPseudonymiseSQL = `
-WITH batch AS MATERIALIZED (
-    SELECT r.id, r.completed_at, r.external_user_id FROM erasure_requests r
-    WHERE r.pseudonymised_at IS NULL AND r.status IN ('succeeded', 'failed')
-      AND r.completed_at < now() - $1 * interval '1 millisecond'
-      AND (r.completed_at, r.id) > ($3::timestamptz, $4::bigint)
-    ORDER BY r.completed_at, r.id
-    LIMIT $2
-)
-SELECT b.id, b.completed_at, h.held, CASE WHEN h.held THEN '' ELSE b.external_user_id END
-FROM batch b
-CROSS JOIN LATERAL (SELECT EXISTS (
-    SELECT 1 FROM erasure_reports p WHERE p.request_id = b.id AND p.status <> 'delivered') AS held) h
-ORDER BY b.completed_at, b.id`
+SELECT r.id, r.completed_at, r.external_user_id FROM erasure_requests r
+WHERE r.pseudonymised_at IS NULL AND r.status IN ('succeeded', 'failed')
+  AND r.completed_at < now() - $1 * interval '1 millisecond'
+  AND (r.completed_at, r.id) > ($3::timestamptz, $4::bigint)
+ORDER BY r.completed_at, r.id
+LIMIT $2`
 
 // pseudonymiseSQL writes a batch's pseudonyms, re-checking on each row's latest version what
 // toPseudonymiseSQL chose it for (a failed row requeued in between is left alone). The check
@@ -84,17 +72,31 @@ ORDER BY b.completed_at, b.id`
 // erasure_requests_identified, so the planner finds each row by its id. With it, and the
 // statistics behind (a backlog that autoanalyze has not seen yet), Postgres hashed every due row
 // read through that index to update a thousand: 1.1s instead of milliseconds over 900,000 due.
+//
+// No report holds a request's raw id back. What a failed report keeps of it is dropped here too:
+// this release drops a report's IdentifierCredential when the report fails, but the previous
+// one, still running beside it during a rolling update, does not; the request's id going is the
+// latest its report's copy may stay. A report still undelivered keeps its copy until it ends.
 const pseudonymiseSQL = `
-UPDATE erasure_requests r
-SET external_user_id = t.pseudonym, pseudonymised_at = now()
-FROM unnest($2::bigint[], $3::text[], $4::text[]) AS t(id, raw, pseudonym)
-WHERE r.id = t.id AND r.external_user_id = t.raw
-  AND r.pseudonymised_at IS NULL AND r.completed_at < now() - $1 * interval '1 millisecond'
-  AND NOT EXISTS (SELECT 1 FROM erasure_reports p WHERE p.request_id = r.id AND p.status <> 'delivered')`
+WITH pseudonymised AS (
+    UPDATE erasure_requests r
+    SET external_user_id = t.pseudonym, pseudonymised_at = now()
+    FROM unnest($2::bigint[], $3::text[], $4::text[]) AS t(id, raw, pseudonym)
+    WHERE r.id = t.id AND r.external_user_id = t.raw
+      AND r.pseudonymised_at IS NULL AND r.completed_at < now() - $1 * interval '1 millisecond'
+    RETURNING r.id
+),
+failed_reports AS (
+    UPDATE erasure_reports rep
+    SET credentials = ` + withoutIdentifier + `
+    FROM pseudonymised p
+    WHERE rep.request_id = p.id AND rep.status = 'failed' AND rep.credentials ? 'identifier'
+)
+SELECT count(*) FROM pseudonymised`
 
 // ToPseudonymise returns up to limit finished requests whose raw id is past after
-// (IDENTIFIER_RETENTION), oldest first from the cursor from, held ones included (the next batch
-// starts at the last one's Next). It locks nothing: Pseudonymise re-checks every row.
+// (IDENTIFIER_RETENTION), oldest first from the cursor from (the next batch starts at the last
+// one's Next). It locks nothing: Pseudonymise re-checks every row.
 func (q *Queue) ToPseudonymise(ctx context.Context, after time.Duration, from RetentionCursor, limit int) ([]Identified, error) {
 	rows, err := q.pool.Query(ctx, toPseudonymiseSQL, after.Milliseconds(), limit, from.CompletedAt, from.ID)
 	if err != nil {
@@ -102,7 +104,7 @@ func (q *Queue) ToPseudonymise(ctx context.Context, after time.Duration, from Re
 	}
 	got, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Identified, error) {
 		var r Identified
-		err := row.Scan(&r.ID, &r.CompletedAt, &r.Held, &r.ExternalUserID)
+		err := row.Scan(&r.ID, &r.CompletedAt, &r.ExternalUserID)
 		return r, err
 	})
 	if err != nil {
@@ -113,8 +115,8 @@ func (q *Queue) ToPseudonymise(ctx context.Context, after time.Duration, from Re
 
 // Pseudonymise replaces each row's raw id with its pseudonym, in one statement, and returns how
 // many rows it changed. A row changes only while it still holds that raw id and is still past
-// after and unneeded by its reports; any other is skipped (another replica got there first, or
-// a person requeued it), so a batch may be sent again harmlessly.
+// after; any other is skipped (another replica got there first, or a person requeued it), so a
+// batch may be sent again harmlessly.
 func (q *Queue) Pseudonymise(ctx context.Context, after time.Duration, batch []Pseudonym) (int64, error) {
 	if len(batch) == 0 {
 		return 0, nil
@@ -128,15 +130,16 @@ func (q *Queue) Pseudonymise(ctx context.Context, after time.Duration, batch []P
 		ids[i], raws[i], pseudonyms[i] = p.ID, p.Raw, p.Pseudonym
 	}
 	// Sent unnamed, like Finish, so the plan fits the batch's size.
-	tag, err := q.pool.Exec(ctx, pseudonymiseSQL, pgx.QueryExecModeExec, after.Milliseconds(), ids, raws, pseudonyms)
+	var n int64
+	err := q.pool.QueryRow(ctx, pseudonymiseSQL, pgx.QueryExecModeExec, after.Milliseconds(), ids, raws, pseudonyms).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("pseudonymise: %w", err)
 	}
-	return tag.RowsAffected(), nil
+	return n, nil
 }
 
 // Two index range scans, one per partial index: pseudonymised rows, and rows that kept their id
-// (IDENTIFIER_RETENTION off, or a report undelivered). The DELETE's own WHERE is what Postgres
+// (IDENTIFIER_RETENTION off, or not yet pseudonymised). The DELETE's own WHERE is what Postgres
 // re-checks on a row changed meanwhile.
 const deleteEvidenceSQL = `
 WITH doomed AS (

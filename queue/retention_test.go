@@ -80,9 +80,7 @@ func pseudonymiseDue(t *testing.T, q *queue.Queue, b *testBundle, after time.Dur
 	}
 	var batch []queue.Pseudonym
 	for _, d := range due {
-		if !d.Held {
-			batch = append(batch, queue.Pseudonym{ID: d.ID, Raw: d.ExternalUserID, Pseudonym: keys.Pseudonym(d.ExternalUserID)})
-		}
+		batch = append(batch, queue.Pseudonym{ID: d.ID, Raw: d.ExternalUserID, Pseudonym: keys.Pseudonym(d.ExternalUserID)})
 	}
 	n, err := q.Pseudonymise(b.ctx, after, batch)
 	if err != nil {
@@ -219,38 +217,160 @@ func TestPseudonymiseSkipsRowsThatChangedSinceTheyWereRead(t *testing.T) {
 	}
 }
 
-func TestAnUndeliveredReportKeepsItsRequestsID(t *testing.T) {
+// Issue 23: a request is pseudonymised on time whatever its reports do (refused for good,
+// hanging, retrying); a report that names the person keeps the raw id only in its own
+// credentials, and loses it when it fails or gives up, keeping what a requeue needs.
+func TestRequestsArePseudonymisedOnTimeWhateverTheirReportsDo(t *testing.T) {
 	q, b := setup(t)
-	ids := b.enqueueReported(t, q, "transcend", 1)
-	finishAll(t, q, b, queue.Succeed, queue.OutcomeDeleted)
-	b.finishedAgo(t, ids[0], retainIDs+aMinute)
-
-	// Transcend's report names the person by the raw id: it stays until the report is out.
-	due, err := q.ToPseudonymise(b.ctx, retainIDs, queue.RetentionCursor{}, 10)
-	if err != nil || len(due) != 1 || !due[0].Held || due[0].ExternalUserID != "" {
-		t.Fatalf("due %+v, %v; want it held while the report is pending, its id not read", due, err)
+	// refused: the API's webhook, refused for good (400). hung: a Ketch callback, claimed and
+	// never answered. named and given-up: Transcend's, which names the person by the copy in
+	// its credentials and keeps failing.
+	credentials := map[string]string{
+		"refused":       ``,
+		"hung":          `{"url":"https://callback.example/cb","headers":{"Authorization":"Bearer cb"}}`,
+		"named":         `{"nonce":"nonce-named","identifier":"person-named"}`,
+		"given-up":      `{"nonce":"nonce-given-up","identifier":"person-given-up"}`,
+		"refused-named": `{"nonce":"nonce-refused-named","identifier":"person-refused-named"}`,
 	}
-	n, err := q.Pseudonymise(b.ctx, retainIDs, []queue.Pseudonym{{ID: ids[0], Raw: "user-0", Pseudonym: testKeys.Pseudonym("user-0")}})
-	if err != nil || n != 0 {
-		t.Fatalf("pseudonymised %d (%v) with the report pending, want 0", n, err)
+	connectors := map[string]string{"refused": "webhook", "hung": "ketch", "named": "transcend", "given-up": "transcend", "refused-named": "transcend"}
+	var reqs []queue.NewRequest
+	for ref, c := range connectors {
+		rep := queue.NewReport{Connector: c}
+		if credentials[ref] != "" {
+			rep.Credentials = []byte(credentials[ref])
+		}
+		reqs = append(reqs, queue.NewRequest{RequestRef: ref, ExternalUserID: "person-" + ref, Reports: []queue.NewReport{rep}})
 	}
-	// It counts as due, and as late: purging is behind while a report holds an id.
-	s, err := q.RetentionStats(b.ctx, retainIDs, twoYears)
-	if err != nil || s.ToPseudonymise != 1 || s.PseudonymiseLag(retainIDs) < aMinute-time.Second {
-		t.Fatalf("stats %+v (%v): want 1 due, a minute late", s, err)
-	}
-
-	reps, err := q.ClaimReports(b.ctx, "r1", transcendLane, 10, time.Minute)
-	if err != nil || len(reps) != 1 {
-		t.Fatalf("claim reports: %v, %v", reps, err)
-	}
-	if _, err := q.FinishReports(b.ctx, "r1", []queue.ReportResult{{ID: reps[0].ID, Token: reps[0].Token, Result: "delivered",
-		AttemptedAt: time.Now(), HTTPStatus: 200}}); err != nil {
+	if _, err := q.Enqueue(b.ctx, reqs); err != nil {
 		t.Fatal(err)
 	}
-	if n := pseudonymiseDue(t, q, b, retainIDs, testKeys); n != 1 {
-		t.Errorf("pseudonymised %d once the report was delivered, want 1", n)
+	finishAll(t, q, b, queue.Succeed, queue.OutcomeDeleted)
+	ids := b.ids(t, "refused", "hung", "named", "given-up", "refused-named")
+
+	deliver := func(lane queue.ReportLane, result func(ref string) string) {
+		t.Helper()
+		reps, err := q.ClaimReports(b.ctx, "r1", lane, 10, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rr []queue.ReportResult
+		for _, r := range reps {
+			if res := result(r.RequestRef); res != "" {
+				rr = append(rr, queue.ReportResult{ID: r.ID, Token: r.Token, Result: res, AttemptedAt: time.Now(), HTTPStatus: 400, Error: res + ": 400 bad request"})
+			}
+		}
+		if _, err := q.FinishReports(b.ctx, "r1", rr); err != nil {
+			t.Fatal(err)
+		}
 	}
+	deliver(webhookLane, func(string) string { return "rejected" })
+	deliver(ketchLane, func(string) string { return "" }) // hangs: stays delivering
+	deliver(transcendLane, func(ref string) string {
+		if ref == "refused-named" {
+			return "rejected"
+		}
+		return "retry"
+	})
+	if creds := b.credentials(t, ids["refused-named"]); creds != `{"nonce": "nonce-refused-named"}` {
+		t.Errorf("a Transcend report refused for good holds %s; want its nonce alone (for a requeue), its raw id gone", creds)
+	}
+
+	for _, id := range ids {
+		b.finishedAgo(t, id, retainIDs+aMinute)
+	}
+	if n := pseudonymiseDue(t, q, b, retainIDs, testKeys); n != int64(len(ids)) {
+		t.Fatalf("pseudonymised %d, want all %d whatever their reports do", n, len(ids))
+	}
+	if n := b.count(t, `external_user_id LIKE 'person-%' OR pseudonymised_at IS NULL`); n != 0 {
+		t.Errorf("%d requests keep their raw id past IDENTIFIER_RETENTION", n)
+	}
+	// The report that names the person keeps its own copy while it is undelivered; the Ketch
+	// callback its URL and headers.
+	if creds := b.credentials(t, ids["named"]); creds != `{"nonce": "nonce-named", "identifier": "person-named"}` {
+		t.Errorf("the undelivered Transcend report holds %s; want its nonce and its own copy of the raw id", creds)
+	}
+	if creds := b.credentials(t, ids["hung"]); creds != `{"url": "https://callback.example/cb", "headers": {"Authorization": "Bearer cb"}}` {
+		t.Errorf("the hung Ketch report holds %s; want its callback untouched", creds)
+	}
+	s, err := q.RetentionStats(b.ctx, retainIDs, twoYears)
+	if err != nil || s.ToPseudonymise != 0 || s.PseudonymiseLag(retainIDs) != 0 {
+		t.Errorf("stats %+v (%v): want nothing due, no lag", s, err)
+	}
+
+	// Claimed after its request lost the raw id, a report says so: a deliverer never takes a
+	// pseudonym for the person's id.
+	if _, err := b.pool.Exec(b.ctx, `UPDATE erasure_reports SET run_after = now() WHERE status = 'pending'`); err != nil {
+		t.Fatal(err)
+	}
+	reps, err := q.ClaimReports(b.ctx, "r1", transcendLane, 10, time.Minute)
+	if err != nil || len(reps) != 2 {
+		t.Fatalf("claimed %d Transcend reports (%v), want 2", len(reps), err)
+	}
+	for _, r := range reps {
+		if !r.Pseudonymised || r.ExternalUserID != testKeys.Pseudonym("person-"+r.RequestRef) {
+			t.Errorf("%s: claimed with Pseudonymised %v, want true", r.RequestRef, r.Pseudonymised)
+		}
+	}
+	// One ends delivered (every credential goes), the other keeps failing past its age and is
+	// given up (its copy of the raw id goes, its nonce stays for a requeue).
+	var rr []queue.ReportResult
+	for _, r := range reps {
+		res := map[string]string{"named": "delivered", "given-up": "retry"}[r.RequestRef]
+		rr = append(rr, queue.ReportResult{ID: r.ID, Token: r.Token, Result: res, AttemptedAt: time.Now(), HTTPStatus: 503, Error: "transcend report: 503 Service Unavailable"})
+	}
+	if _, err := q.FinishReports(b.ctx, "r1", rr); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(b.ctx, `UPDATE erasure_reports SET ready_at = now() - interval '4 days' WHERE status <> 'delivered'`); err != nil {
+		t.Fatal(err)
+	}
+	got, err := q.GiveUpReports(b.ctx, 3*24*time.Hour, "gave up after REPORT_MAX_AGE (3d): ", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The hung Ketch delivery is still leased: left to end.
+	if got["transcend"] != 1 || got["ketch"] != 0 || len(got) != 1 {
+		t.Errorf("gave up %v, want the one Transcend report", got)
+	}
+	if creds := b.credentials(t, ids["named"]); creds != "" {
+		t.Errorf("the delivered report holds %s, want no credentials", creds)
+	}
+	if creds := b.credentials(t, ids["given-up"]); creds != `{"nonce": "nonce-given-up"}` {
+		t.Errorf("the given-up report holds %s; want its nonce alone", creds)
+	}
+	var status, lastError string
+	if err := b.pool.QueryRow(b.ctx, `SELECT status, last_error FROM erasure_reports WHERE request_id = $1`, ids["given-up"]).Scan(&status, &lastError); err != nil {
+		t.Fatal(err)
+	}
+	if want := "gave up after REPORT_MAX_AGE (3d): transcend report: 503 Service Unavailable"; status != queue.ReportFailed || lastError != want {
+		t.Errorf("the given-up report is %s with %q; want failed with %q", status, lastError, want)
+	}
+	// No raw id is left anywhere in the reports.
+	if n := b.countReports(t, `credentials::text LIKE '%person-%'`); n != 0 {
+		t.Errorf("%d reports still hold a raw id", n)
+	}
+}
+
+// credentials returns the request's one report's credentials as jsonb text, "" when none.
+func (b *testBundle) credentials(t *testing.T, requestID int64) string {
+	t.Helper()
+	var c *string
+	if err := b.pool.QueryRow(b.ctx, `SELECT credentials::text FROM erasure_reports WHERE request_id = $1`, requestID).Scan(&c); err != nil {
+		t.Fatal(err)
+	}
+	if c == nil {
+		return ""
+	}
+	return *c
+}
+
+func (b *testBundle) countReports(t *testing.T, where string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := b.pool.QueryRow(b.ctx, `SELECT count(*) FROM erasure_reports WHERE `+where, args...).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func TestNoCopyOfAPseudonymisedIDSurvivesInAnyTable(t *testing.T) {

@@ -57,3 +57,11 @@ func TestIntakeRefusesAnIDThatIsTooLongWithItsPrefixNamingTheSendersField(t *tes
 		}
 	}
 }
+
+// The queue deletes a report's copy of the raw id by the name the connectors keep it under.
+func TestConnectorsAndTheQueueNameTheReportsCopyOfTheIDAlike(t *testing.T) {
+	if connector.IdentifierCredential != queue.IdentifierCredential {
+		t.Fatalf("connector.IdentifierCredential %q, queue.IdentifierCredential %q: a failed report would keep the raw id",
+			connector.IdentifierCredential, queue.IdentifierCredential)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"slices"
 	"sync"
@@ -24,6 +25,7 @@ type ReportQueue interface {
 	FinishReports(ctx context.Context, owner string, results []queue.ReportResult) ([]int64, error)
 	ReleaseReports(ctx context.Context, owner string, reports []queue.Report) error
 	ReportStats(ctx context.Context, connectors []string) (queue.ReportStats, error)
+	GiveUpReports(ctx context.Context, maxAge time.Duration, reason string, limit int) (map[string]int64, error)
 }
 
 // Defaults of the reporter.
@@ -35,6 +37,16 @@ const (
 	DefaultReportMinBackoff    = time.Second
 	DefaultReportMaxBackoff    = 5 * time.Minute
 	DefaultReportProbeInterval = 30 * time.Second
+	// DefaultReportMaxAge is shorter than DefaultIdentifierRetention: a report that names the
+	// person keeps its copy of the raw id no longer than the request keeps its own.
+	DefaultReportMaxAge = 3 * 24 * time.Hour
+)
+
+// maxGiveUpInterval is the longest between two looks for reports past MaxAge; giveUpBatch bounds
+// the reports one statement gives up.
+const (
+	maxGiveUpInterval = time.Minute
+	giveUpBatch       = 1000
 )
 
 // reportStopGrace is how long deliveries in flight may finish once the reporter is stopped.
@@ -66,6 +78,10 @@ type ReporterConfig struct {
 	MinBackoff    time.Duration // after a report's first failed attempt; doubles per attempt
 	MaxBackoff    time.Duration
 	ProbeInterval time.Duration // how often a paused connector is tried with one report
+	// MaxAge is how long after it became deliverable (its request finished, or a person
+	// requeued it) a report is tried: then it is failed with its last reason, and waits for
+	// `reports requeue`. It counts for every connector's reports, configured here or not.
+	MaxAge        time.Duration
 	StatsInterval time.Duration // how often the report gauges are read
 	Logger        *slog.Logger
 	Metrics       *ReportMetrics // nil: unregistered metrics
@@ -83,6 +99,7 @@ func (c *ReporterConfig) setDefaults() {
 	def(&c.MinBackoff, DefaultReportMinBackoff)
 	def(&c.MaxBackoff, DefaultReportMaxBackoff)
 	def(&c.ProbeInterval, DefaultReportProbeInterval)
+	def(&c.MaxAge, DefaultReportMaxAge)
 	def(&c.StatsInterval, DefaultStatsInterval)
 	if c.Concurrency <= 0 {
 		c.Concurrency = DefaultReportConcurrency
@@ -112,6 +129,12 @@ func (c ReporterConfig) Validate() error {
 	return nil
 }
 
+// giveUpInterval is how often the reporter looks for reports past MaxAge: a tenth of it, at
+// most a minute, so that a report gives up within a few percent of its age.
+func (c ReporterConfig) giveUpInterval() time.Duration {
+	return min(max(c.MaxAge/10, 10*time.Millisecond), maxGiveUpInterval)
+}
+
 // maxPaceWait is the longest a claimed report may wait for its turn in its receiver's pace:
 // the wait and the delivery must both fit in the lease, with room to record the result.
 func (c ReporterConfig) maxPaceWait() time.Duration {
@@ -123,7 +146,9 @@ func (c ReporterConfig) maxPaceWait() time.Duration {
 // with backoff and jitter on a schedule kept in the table. Each lane has its own concurrency
 // and no batch: a slot is refilled as soon as its delivery ends, so a receiver that hangs holds
 // back only its own lane. A connector whose receiver refuses our credentials (401) is paused,
-// all its lanes: one report is tried every ProbeInterval until one is taken.
+// all its lanes: one report is tried every ProbeInterval until one is taken. A report still
+// undelivered MaxAge after it became deliverable is given up, whatever kept it: retries, a
+// pause, a hung receiver.
 type Reporter struct {
 	cfg        ReporterConfig
 	q          ReportQueue
@@ -178,6 +203,7 @@ func (r *Reporter) Run(ctx context.Context) {
 	}
 	var bg sync.WaitGroup
 	bg.Go(func() { every(ctx, r.cfg.StatsInterval, r.readStats) })
+	bg.Go(func() { every(ctx, r.cfg.giveUpInterval(), r.giveUp) })
 	defer bg.Wait()
 
 	// Deliveries outlive ctx by reportStopGrace at most, so that a hung receiver cannot hold
@@ -436,11 +462,16 @@ func (r *Reporter) deliver(ctx, dctx context.Context, rep queue.Report, wait tim
 	return res, true
 }
 
-// connectorReport is what a Deliverer is given of a claimed report.
+// connectorReport is what a Deliverer is given of a claimed report: never a pseudonym for the
+// person's id.
 func connectorReport(r queue.Report) connector.Report {
+	uid := r.ExternalUserID
+	if r.Pseudonymised {
+		uid = ""
+	}
 	return connector.Report{
 		ID: r.ID, Target: r.Target, Attempts: r.Attempts, Credentials: r.Credentials,
-		RequestID: r.RequestID, RequestRef: r.RequestRef, ExternalUserID: r.ExternalUserID,
+		RequestID: r.RequestID, RequestRef: r.RequestRef, ExternalUserID: uid,
 		Outcome: r.Outcome, ErrorCode: r.ErrorCode, CompletedAt: r.CompletedAt,
 	}
 }
@@ -522,6 +553,45 @@ func (r *Reporter) resume(c string) {
 	}
 }
 
+// giveUp fails the reports past MaxAge, a batch at a time until none is left, counts them and
+// says so once per connector.
+func (r *Reporter) giveUp(ctx context.Context) {
+	reason := fmt.Sprintf("gave up after REPORT_MAX_AGE (%s): ", formatAge(r.cfg.MaxAge))
+	total := map[string]int64{}
+	for ctx.Err() == nil {
+		gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		got, err := r.q.GiveUpReports(gctx, r.cfg.MaxAge, reason, giveUpBatch)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				r.log.Warn("giving up reports past REPORT_MAX_AGE failed; trying again", "err", err)
+			}
+			break
+		}
+		var n int64
+		for c, k := range got {
+			total[c] += k
+			n += k
+		}
+		if n < giveUpBatch {
+			break
+		}
+	}
+	for _, c := range slices.Sorted(maps.Keys(total)) {
+		r.m.GivenUp.WithLabelValues(c).Add(float64(total[c]))
+		r.log.Error("reports undelivered after REPORT_MAX_AGE were given up: failed with their last reason, they wait for `erasure-worker reports requeue`",
+			"connector", c, "reports", total[c], "report_max_age", formatAge(r.cfg.MaxAge))
+	}
+}
+
+// formatAge writes a period in whole days when it is some, as REPORT_MAX_AGE is usually written.
+func formatAge(d time.Duration) string {
+	if d > 0 && d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%dd", d/(24*time.Hour))
+	}
+	return d.String()
+}
+
 func (r *Reporter) readStats(ctx context.Context) {
 	s, err := r.q.ReportStats(ctx, r.connectors)
 	if err != nil {
@@ -581,6 +651,7 @@ type ReportMetrics struct {
 	Delivered        *prometheus.CounterVec
 	OldestPendingAge prometheus.Gauge
 	Paused           *prometheus.GaugeVec
+	GivenUp          *prometheus.CounterVec
 }
 
 // NewReportMetrics creates the report metrics and registers them with reg, unless reg is nil.
@@ -609,10 +680,14 @@ func NewReportMetrics(reg prometheus.Registerer, connectors ...string) *ReportMe
 			Name: "erasure_reports_paused",
 			Help: "1 while the connector's receiver rejects our credentials (401) and this replica has paused its reports, else 0.",
 		}, []string{"connector"}),
+		GivenUp: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "erasure_reports_given_up_total",
+			Help: "Reports this replica gave up, by connector: still undelivered REPORT_MAX_AGE after their request finished (or they were requeued), they are failed with their last reason and wait for `erasure-worker reports requeue`.",
+		}, []string{"connector"}),
 	}
 	m.precreate(connectors)
 	if reg != nil {
-		reg.MustRegister(m.Pending, m.Failed, m.Delivered, m.OldestPendingAge, m.Paused)
+		reg.MustRegister(m.Pending, m.Failed, m.Delivered, m.OldestPendingAge, m.Paused, m.GivenUp)
 	}
 	return m
 }
@@ -623,6 +698,7 @@ func (m *ReportMetrics) precreate(connectors []string) {
 		m.Pending.WithLabelValues(c)
 		m.Failed.WithLabelValues(c)
 		m.Paused.WithLabelValues(c)
+		m.GivenUp.WithLabelValues(c)
 		for _, r := range []connector.Result{connector.Delivered, connector.Closed, connector.Retry,
 			connector.RateLimited, connector.Unauthorized, connector.Rejected} {
 			m.Delivered.WithLabelValues(c, string(r))

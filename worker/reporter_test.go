@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/time/rate"
@@ -37,6 +39,7 @@ func (w sendWebhook) Deliver(ctx context.Context, r connector.Report) connector.
 type reporterBundle struct {
 	ctx      context.Context
 	q        *queue.Queue
+	pool     *pgxpool.Pool
 	fake     *webhookfake.Server
 	metrics  *worker.ReportMetrics
 	cfg      worker.ReporterConfig
@@ -62,7 +65,7 @@ func setupReporter(t *testing.T, n int, faults webhookfake.Faults) *reporterBund
 		t.Fatal(err)
 	}
 	pool := queuetest.Pool(t)
-	b := &reporterBundle{ctx: context.Background(), q: queue.New(pool), fake: fake,
+	b := &reporterBundle{ctx: context.Background(), q: queue.New(pool), pool: pool, fake: fake,
 		metrics: worker.NewReportMetrics(prometheus.NewRegistry())}
 	reqs := make([]queue.NewRequest, n)
 	for i := range reqs {
@@ -283,5 +286,70 @@ func (b *reporterBundle) waitReceived(t *testing.T, want int64, within time.Dura
 			t.Fatalf("after %s: receiver has %d of %d requests", within, b.fake.Stats().RequestRefs, want)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Issue 23: a report that keeps failing, for whatever reason, is given up REPORT_MAX_AGE after
+// its request finished: failed with its last reason, counted, and no longer tried; `reports
+// requeue` sends it again.
+func TestAReportThatKeepsFailingGivesUpAfterItsMaxAgeUntilRequeued(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		faults webhookfake.Faults
+		reason string // in the last error of every report given up
+	}{
+		{"5xx", webhookfake.Faults{ErrorRate: 1}, "500"},
+		{"hung", webhookfake.Faults{HangRate: 1}, "deadline exceeded"},
+		{"401, paused", webhookfake.Faults{RejectSignatures: true}, "401"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const n = 6
+			b := setupReporter(t, n, tc.faults)
+			b.cfg.Timeout = 100 * time.Millisecond
+			b.cfg.ProbeInterval = 50 * time.Millisecond
+			b.cfg.MaxAge = 700 * time.Millisecond
+			stop := b.run(t, 2)
+			queuetest.WaitFor(t, 10*time.Second, "every report given up", func() bool {
+				st, err := b.q.ReportStats(b.ctx, []string{"webhook"})
+				return err == nil && st.Failed["webhook"] == n && st.Pending["webhook"] == 0
+			})
+			// No longer tried.
+			time.Sleep(100 * time.Millisecond)
+			sent := b.fake.Stats().Messages
+			time.Sleep(300 * time.Millisecond)
+			if again := b.fake.Stats().Messages - sent; again != 0 {
+				t.Errorf("reports given up were sent %d more times", again)
+			}
+			stop()
+
+			withReason := 0
+			for _, ref := range b.finished {
+				var status, lastError string
+				if err := b.pool.QueryRow(b.ctx, `SELECT rep.status, rep.last_error FROM erasure_reports rep JOIN erasure_requests r ON r.id = rep.request_id WHERE r.request_ref = $1`, ref).
+					Scan(&status, &lastError); err != nil {
+					t.Fatal(err)
+				}
+				if !strings.HasPrefix(lastError, "gave up after REPORT_MAX_AGE (700ms): ") {
+					t.Errorf("%s: %s with %q, want failed with the reason it gave up", ref, status, lastError)
+				}
+				if strings.Contains(lastError, tc.reason) {
+					withReason++
+				}
+			}
+			// A paused lane tries one report per probe: the others' last reason may be none.
+			if withReason == 0 || (tc.name != "401, paused" && withReason != n) {
+				t.Errorf("%d of %d reports given up with their last error (%q)", withReason, n, tc.reason)
+			}
+			if got := testutil.ToFloat64(b.metrics.GivenUp.WithLabelValues("webhook")); got != n {
+				t.Errorf("erasure_reports_given_up_total{connector=webhook} = %v, want %d", got, n)
+			}
+
+			b.fake.SetFaults(webhookfake.Faults{})
+			if got, err := b.q.RequeueReports(b.ctx, "webhook"); err != nil || got != n {
+				t.Fatalf("requeued %d (%v), want %d", got, err, n)
+			}
+			b.run(t, 1)
+			b.waitDelivered(t, n, 10*time.Second)
+		})
 	}
 }

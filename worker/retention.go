@@ -185,9 +185,7 @@ func (r *Retention) pseudonymiseBatch(ctx context.Context, from *queue.Retention
 	// The HMAC is computed here: the key never reaches the database, nor its logs.
 	batch := make([]queue.Pseudonym, 0, len(due))
 	for _, d := range due {
-		if !d.Held {
-			batch = append(batch, queue.Pseudonym{ID: d.ID, Raw: d.ExternalUserID, Pseudonym: r.cfg.Keys.Pseudonym(d.ExternalUserID)})
-		}
+		batch = append(batch, queue.Pseudonym{ID: d.ID, Raw: d.ExternalUserID, Pseudonym: r.cfg.Keys.Pseudonym(d.ExternalUserID)})
 	}
 	n, err := r.q.Pseudonymise(ctx, r.cfg.Identifier, batch)
 	r.m.Pseudonymised.Add(float64(n))

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/erasure-worker/erasure-worker/settings"
 	"github.com/erasure-worker/erasure-worker/worker"
@@ -28,6 +30,8 @@ func declareReporter(s *settings.Set) func() worker.ReporterConfig {
 		"while a receiver refuses our credentials (401), its connector's reports are paused on this replica and one is tried this often, until one is taken")
 	poll := s.Add("REPORT_POLL_INTERVAL", worker.DefaultReportPollInterval.String(),
 		"how often the reporter looks for reports to deliver: a report may wait this long after it becomes deliverable (its request finished, its retry came due) before it is sent")
+	maxAge := s.Add("REPORT_MAX_AGE", "",
+		"how long after its request finished (or it was requeued) a report is tried: then it is failed with its last reason, counted in erasure_reports_given_up_total, and waits for `erasure-worker reports requeue`. Whole days (3d) or a Go duration (36h); at most IDENTIFIER_RETENTION, since a report that names the person (Transcend's) keeps the raw id until it ends. Default "+days(worker.DefaultReportMaxAge)+", or IDENTIFIER_RETENTION when that is shorter")
 	return func() worker.ReporterConfig {
 		cfg := worker.ReporterConfig{
 			Timeout:       s.Duration(timeout),
@@ -41,6 +45,9 @@ func declareReporter(s *settings.Set) func() worker.ReporterConfig {
 		if strings.TrimSpace(lease.Raw()) != "" {
 			cfg.Lease = s.Duration(lease)
 		}
+		if strings.TrimSpace(maxAge.Raw()) != "" {
+			cfg.MaxAge = s.Period(maxAge, maxRetentionDays) // 0 otherwise: fitReportMaxAge chooses
+		}
 		if s.Err() == nil {
 			if err := cfg.Validate(); err != nil {
 				s.SetErr(err)
@@ -48,4 +55,23 @@ func declareReporter(s *settings.Set) func() worker.ReporterConfig {
 		}
 		return cfg
 	}
+}
+
+// fitReportMaxAge holds REPORT_MAX_AGE (rc.MaxAge, 0 when not set) to IDENTIFIER_RETENTION
+// (identifier, 0 when off): a report that names the person keeps its own copy of the raw id
+// until it ends, which must not outlive the request's. Not set, it is DefaultReportMaxAge or
+// IDENTIFIER_RETENTION, whichever is shorter, so that a deployment with a short
+// IDENTIFIER_RETENTION starts as before.
+func fitReportMaxAge(rc *worker.ReporterConfig, identifier time.Duration) error {
+	switch {
+	case identifier <= 0 && rc.MaxAge == 0:
+		rc.MaxAge = worker.DefaultReportMaxAge
+	case identifier <= 0:
+	case rc.MaxAge == 0:
+		rc.MaxAge = min(worker.DefaultReportMaxAge, identifier)
+	case rc.MaxAge > identifier:
+		return fmt.Errorf("REPORT_MAX_AGE (%s) must not be longer than IDENTIFIER_RETENTION (%s): a report that names the person (Transcend's) keeps the raw id until it ends, and would keep it past IDENTIFIER_RETENTION",
+			days(rc.MaxAge), days(identifier))
+	}
+	return nil
 }

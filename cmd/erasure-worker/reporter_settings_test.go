@@ -63,3 +63,43 @@ func TestReporterSettings(t *testing.T) {
 		})
 	}
 }
+
+// REPORT_MAX_AGE takes days or a duration, and never outlives IDENTIFIER_RETENTION: a report
+// that names the person keeps its own copy of the raw id until it ends.
+func TestReportMaxAgeStaysWithinIdentifierRetention(t *testing.T) {
+	t.Parallel()
+	keyFile := writeKeyFile(t, testIdentifierKey)
+	day := 24 * time.Hour
+	for _, tc := range []struct {
+		name    string
+		env     map[string]string
+		want    time.Duration
+		wantErr string
+	}{
+		{"default", nil, 3 * day, ""},
+		{"a shorter IDENTIFIER_RETENTION lowers the default", map[string]string{"IDENTIFIER_RETENTION": "1d"}, day, ""},
+		{"in hours", map[string]string{"REPORT_MAX_AGE": "36h"}, 36 * time.Hour, ""},
+		{"as long as IDENTIFIER_RETENTION", map[string]string{"REPORT_MAX_AGE": "7d"}, 7 * day, ""},
+		{"IDENTIFIER_RETENTION off", map[string]string{"IDENTIFIER_RETENTION": "off", "REPORT_MAX_AGE": "30d"}, 30 * day, ""},
+		{"IDENTIFIER_RETENTION off, the default", map[string]string{"IDENTIFIER_RETENTION": "off"}, 3 * day, ""},
+		{"longer than IDENTIFIER_RETENTION", map[string]string{"REPORT_MAX_AGE": "8d"}, 0,
+			"REPORT_MAX_AGE (8d) must not be longer than IDENTIFIER_RETENTION (7d)"},
+		{"longer than a short IDENTIFIER_RETENTION", map[string]string{"IDENTIFIER_RETENTION": "1s", "REPORT_MAX_AGE": "2s"}, 0,
+			"REPORT_MAX_AGE (2s) must not be longer than IDENTIFIER_RETENTION (1s)"},
+		{"no unit", map[string]string{"REPORT_MAX_AGE": "3"}, 0, `REPORT_MAX_AGE (--report-max-age): "3" is not a retention period`},
+		{"zero", map[string]string{"REPORT_MAX_AGE": "0d"}, 0, "REPORT_MAX_AGE (--report-max-age): must be above zero"},
+	} {
+		env := map[string]string{"DATABASE_URL": "postgres://u:p@127.0.0.1:1/db", "KNOT_CLIENT_ID": "id", "KNOT_SECRET": "s3cret-value",
+			"IDENTIFIER_KEY_FILE": keyFile}
+		for k, v := range tc.env {
+			env[k] = v
+		}
+		c, err := parseRunConfig(&environment{getenv: func(k string) string { return env[k] }, stdout: io.Discard, stderr: io.Discard}, nil)
+		switch {
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Errorf("%s: %v; want %q", tc.name, err, tc.wantErr)
+		case tc.wantErr == "" && (err != nil || c.reporter.MaxAge != tc.want):
+			t.Errorf("%s: REPORT_MAX_AGE %v (%v); want %v", tc.name, c.reporter.MaxAge, err, tc.want)
+		}
+	}
+}

@@ -139,6 +139,9 @@ func parseRunConfig(env *environment, args []string) (runConfig, error) {
 	if c.retention = retention(); s.Err() != nil {
 		return runConfig{}, s.Err()
 	}
+	if err := fitReportMaxAge(&c.reporter, c.retention.identifier); err != nil {
+		return runConfig{}, err
+	}
 	return c, nil
 }
 

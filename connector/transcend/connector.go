@@ -57,20 +57,32 @@ func (c Connector) Declare(s *settings.Set) func() *connector.Parts {
 	}
 }
 
-// report is what a Transcend report keeps until delivered.
+// report is what a Transcend report keeps until delivered: the item's nonce, and the identifier
+// that names the person in the deprecated profiles, which older Sombra versions still need. The
+// identifier is the report's own copy of the raw id: the request is pseudonymised on time
+// whatever its report does, and the queue deletes this copy when the report fails or gives up.
 type report struct {
-	Nonce string `json:"nonce"`
+	Nonce      string `json:"nonce"`
+	Identifier string `json:"identifier,omitempty"` // connector.IdentifierCredential
 }
 
 type deliverer struct{ c *Client }
 
-// Deliver reports one item's outcome with its nonce.
+// Deliver reports one item's outcome with its nonce, naming the person by the report's own copy
+// of the identifier. A report stored before reports kept that copy, or one that lost it when it
+// failed and was requeued, falls back to the request's raw id, and leaves the profiles out once
+// the request is pseudonymised (ExternalUserID is then empty): Sombra 7.199.0 and later, and the
+// multi-tenant gateway, take the identifier from the nonce.
 func (d deliverer) Deliver(ctx context.Context, r connector.Report) connector.Delivery {
 	var rep report
 	if err := json.Unmarshal(r.Credentials, &rep); err != nil {
 		return connector.Delivery{Result: connector.Rejected, Err: errors.New("transcend: the stored nonce cannot be read")}
 	}
-	return d.c.Report(ctx, rep.Nonce, r.ExternalUserID, r.Outcome, r.ErrorCode)
+	identifier := rep.Identifier
+	if identifier == "" {
+		identifier = r.ExternalUserID
+	}
+	return d.c.Report(ctx, rep.Nonce, identifier, r.Outcome, r.ErrorCode)
 }
 
 // puller pages through the data silo's pending erasures and takes each in once, with its
@@ -101,7 +113,7 @@ func (p *puller) Pull(ctx context.Context, in connector.Intake, log *slog.Logger
 		now := time.Now()
 		reqs := make([]connector.Request, 0, len(page.Items))
 		for _, it := range page.Items {
-			nonce, _ := json.Marshal(report{Nonce: it.Nonce})
+			nonce, _ := json.Marshal(report{Nonce: it.Nonce, Identifier: it.Identifier})
 			r := connector.Request{
 				ID: it.DataSiloID + ":" + it.RequestID, ExternalUserID: it.Identifier,
 				IDField: "requestId", UserField: "identifier",

@@ -2,6 +2,7 @@ package transcend
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -133,5 +134,50 @@ func TestReportWithoutAnAnswer(t *testing.T) {
 	}
 	if msg := d.Err.Error(); strings.Contains(msg, "secret-prefix") || strings.Contains(msg, "SECRET") {
 		t.Errorf("error %q shows the path or a secret", msg)
+	}
+}
+
+// Issue 23: a report names the person by its own copy of the identifier, which the request's
+// pseudonymisation does not touch; a report stored without one (by the previous release, or
+// requeued after failing) falls back to the request's raw id, and leaves the profiles out once
+// the request has none.
+func TestDeliverNamesThePersonByTheReportsOwnCopy(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name, credentials, requestID, wantBody string
+	}{
+		{"its own copy, the request pseudonymised", `{"nonce":"` + testNonce + `","identifier":"` + testIdentifier + `"}`, "",
+			`{"profiles":[{"profileId":"` + testIdentifier + `"}]}`},
+		{"no copy: the request's raw id", `{"nonce":"` + testNonce + `"}`, testIdentifier,
+			`{"profiles":[{"profileId":"` + testIdentifier + `"}]}`},
+		{"no copy, the request pseudonymised: no profiles", `{"nonce":"` + testNonce + `"}`, "", `{}`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, b := setup(t, Config{}, serveBody(200, `{}`))
+			d := deliverer{c}.Deliver(context.Background(), connector.Report{
+				ID: 1, Credentials: []byte(tt.credentials), ExternalUserID: tt.requestID, Outcome: "deleted",
+			})
+			if d.Result != connector.Delivered || d.Err != nil {
+				t.Fatalf("Deliver = %+v", d)
+			}
+			if got := b.requests()[0]; got.body != tt.wantBody || got.header.Get("X-Transcend-Nonce") != testNonce {
+				t.Errorf("sent %s with nonce %q; want %s with the stored nonce", got.body, got.header.Get("X-Transcend-Nonce"), tt.wantBody)
+			}
+		})
+	}
+}
+
+// The puller keeps the item's identifier beside its nonce, under the name the queue deletes when
+// the report fails.
+func TestAPulledItemsReportKeepsItsOwnCopyOfTheIdentifier(t *testing.T) {
+	t.Parallel()
+	b, err := json.Marshal(report{Nonce: testNonce, Identifier: testIdentifier})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]string
+	if err := json.Unmarshal(b, &m); err != nil || m[connector.IdentifierCredential] != testIdentifier || m["nonce"] != testNonce {
+		t.Errorf("credentials %s; want the nonce and the identifier under %q", b, connector.IdentifierCredential)
 	}
 }
