@@ -109,7 +109,8 @@ func TestChaosFlood(t *testing.T) {
 	}
 	sampler.Wait()
 	flooders.Wait()
-	hwm := chaosProcStatus(t, pid, "VmHWM")
+	// The kernel updates VmHWM lazily: a sample of VmRSS may be above it.
+	hwm := max(chaosProcStatus(t, pid, "VmHWM"), rssMax)
 
 	// The figures.
 	var f floodFigures
@@ -121,7 +122,7 @@ func TestChaosFlood(t *testing.T) {
 	t.Logf("flood of %d slow-body connections over %v, held up to %v: %s", flood, rampFor, holdFor, f)
 	t.Logf("%d valid requests during the flood: median %v, worst %v", len(valid),
 		valid[len(valid)/2].Round(time.Millisecond), worst.Round(time.Millisecond))
-	t.Logf("worker peak RSS (VmHWM): %d MiB before the flood, %d MiB after (largest VmRSS sampled %d MiB); limit %d MiB",
+	t.Logf("worker peak RSS (VmHWM, or a larger VmRSS sampled): %d MiB before the flood, %d MiB after (largest VmRSS sampled %d MiB); limit %d MiB",
 		before>>10, hwm>>10, rssMax>>10, peakRSS>>10)
 	t.Logf("requests succeeded while flooded, by second: %v", erasures)
 
