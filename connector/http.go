@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+	"time"
 )
 
 // MaxBody bounds a body on every door: an erasure request is a few hundred bytes.
@@ -21,11 +22,17 @@ func EqualSecret(got, want string) bool {
 	return subtle.ConstantTimeCompare(g[:], w[:]) == 1 && len(want) > 0
 }
 
-// CloseAfter makes the answer close the connection. A door calls it before it refuses a request
-// whose body it has not read: without it net/http reads up to 256 KiB of that body before it
-// sends the answer, so that a sender who never sends the body holds the connection (and the
-// refusal) until ReadTimeout.
-func CloseAfter(w http.ResponseWriter) { w.Header().Set("Connection", "close") }
+// CloseAfter makes the answer close the connection at once. A door calls it before it refuses a
+// request whose body it has not read: net/http reads up to 256 KiB of an unread body before it
+// sends the answer unless the answer says Connection: close, and even then once the answer is
+// sent (to find the body's end), so that a sender who never sends the body holds the connection
+// until ReadTimeout, and with it one of the API_MAX_CONNECTIONS. Ending the connection's reads
+// now ends that read at once. w must be the server's ResponseWriter or unwrap to it
+// (http.ResponseController).
+func CloseAfter(w http.ResponseWriter) {
+	w.Header().Set("Connection", "close")
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+}
 
 // ReadBody reads at most MaxBody bytes of r's body. It returns false when it could not:
 // tooLarge has answered a body over the limit, or the sender went away.

@@ -25,12 +25,13 @@ import (
 // The properties TestOverlays checks on each rendered object: security, probes, shutdown grace,
 // settings, the Service and ServiceMonitor, the NetworkPolicy and the PodDisruptionBudget.
 
-// settingsConfigMap is the ConfigMap the worker takes its settings from.
+// settingsConfigMap is the ConfigMap the Deployment's container (the worker, or the doors when
+// they run apart) takes its settings from.
 func settingsConfigMap(t *testing.T, r *rendered, d *appsv1.Deployment) *corev1.ConfigMap {
 	t.Helper()
-	c := container(t, d.Spec.Template.Spec.Containers, "worker")
+	c := &d.Spec.Template.Spec.Containers[0]
 	if len(c.EnvFrom) != 1 || c.EnvFrom[0].ConfigMapRef == nil {
-		t.Fatalf("worker container's envFrom %v: want one ConfigMap", c.EnvFrom)
+		t.Fatalf("%s container's envFrom %v: want one ConfigMap", c.Name, c.EnvFrom)
 	}
 	name := c.EnvFrom[0].ConfigMapRef.Name
 	for _, cm := range r.configMaps {
@@ -38,7 +39,7 @@ func settingsConfigMap(t *testing.T, r *rendered, d *appsv1.Deployment) *corev1.
 			return cm
 		}
 	}
-	t.Fatalf("the worker takes its settings from ConfigMap %q, which is not rendered", name)
+	t.Fatalf("%s takes its settings from ConfigMap %q, which is not rendered", c.Name, name)
 	return nil
 }
 
@@ -54,6 +55,21 @@ func container(t *testing.T, cs []corev1.Container, name string) *corev1.Contain
 }
 
 func checkDeployment(t *testing.T, d *appsv1.Deployment, cm *corev1.ConfigMap, settings map[string]bool) {
+	t.Helper()
+	checkPod(t, d, "worker", cm, settings, "metrics", "api")
+	checkKnotSecret(t, d, cm)
+}
+
+// The ports erasure-worker's containers name, and the settings that choose them.
+var namedPorts = map[string]struct {
+	port    int
+	setting string
+}{"metrics": {metricsPort, "LISTEN_ADDR"}, "api": {apiPort, "API_LISTEN_ADDR"}}
+
+// checkPod checks what every pod that runs `erasure-worker run` promises, its container named
+// name and declaring the ports named: security, resources, a pinned image, known settings, the
+// migration, probes, shutdown grace, and the doors' and connectors' secrets.
+func checkPod(t *testing.T, d *appsv1.Deployment, name string, cm *corev1.ConfigMap, settings map[string]bool, ports ...string) {
 	t.Helper()
 	pod := d.Spec.Template.Spec
 	sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
@@ -107,7 +123,7 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, cm *corev1.ConfigMap, s
 	}
 
 	// Migration: an init container running `migrate` from the same image as the worker.
-	worker := container(t, pod.Containers, "worker")
+	worker := container(t, pod.Containers, name)
 	migrate := container(t, pod.InitContainers, "migrate")
 	if !slices.Equal(migrate.Args, []string{"migrate"}) || migrate.Image != worker.Image {
 		t.Errorf("init container %s %v: want `migrate` from the worker's image %s", migrate.Image, migrate.Args, worker.Image)
@@ -117,21 +133,20 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, cm *corev1.ConfigMap, s
 	}
 
 	// Probes on the metrics port; the HTTP doors on a port of their own.
-	for _, want := range []struct {
-		name, setting string
-		port          int
-	}{{"metrics", "LISTEN_ADDR", metricsPort}, {"api", "API_LISTEN_ADDR", apiPort}} {
-		port := -1
-		for _, p := range worker.Ports {
-			if p.Name == want.name {
-				port = int(p.ContainerPort)
-			}
-		}
-		if port != want.port {
-			t.Errorf("worker's port named %s is %d, want %d", want.name, port, want.port)
+	var declared []string
+	for _, p := range worker.Ports {
+		declared = append(declared, p.Name)
+	}
+	if !slices.Equal(declared, ports) {
+		t.Errorf("%s's ports are named %v, want %v", name, declared, ports)
+	}
+	for _, p := range ports {
+		want := namedPorts[p]
+		if !portIs(intstr.FromString(p), worker.Ports, want.port) {
+			t.Errorf("%s's port named %s is not %d", name, p, want.port)
 		}
 		if addr := cm.Data[want.setting]; addr != fmt.Sprintf(":%d", want.port) {
-			t.Errorf("%s %q, but the port named %s is %d", want.setting, addr, want.name, want.port)
+			t.Errorf("%s %q, but the port named %s is %d", want.setting, addr, p, want.port)
 		}
 	}
 	for _, p := range []struct {
@@ -159,14 +174,6 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, cm *corev1.ConfigMap, s
 		t.Errorf("terminationGracePeriodSeconds %v is not above SHUTDOWN_TIMEOUT %v: calls in flight would be killed", deref(g), shutdown)
 	}
 
-	// The Knot secret is a file the worker re-reads while paused on a 401.
-	file := cm.Data["KNOT_SECRET_FILE"]
-	if v := secretFileMounted(pod, worker, file, "KNOT_SECRET"); v == nil {
-		t.Errorf("KNOT_SECRET_FILE %q is not a key of a Secret volume mounted (as a whole, without subPath) into the worker", file)
-	} else if v.Optional != nil && *v.Optional {
-		t.Errorf("the Secret volume %q holding KNOT_SECRET is optional: a pod without it would start and fail every call", v.SecretName)
-	}
-
 	// The doors' and connectors' secrets: each key mounted from an optional Secret volume, so
 	// that the pod starts without it, and a NAME_FILE set in the ConfigMap names its file.
 	mounted := map[string]string{} // key -> file in the worker
@@ -188,11 +195,23 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, cm *corev1.ConfigMap, s
 	for _, key := range optionalSecrets {
 		file, ok := mounted[key]
 		if !ok {
-			t.Errorf("%s is not mounted into the worker from the Secret: %s_FILE cannot name it", key, key)
+			t.Errorf("%s is not mounted into %s from the Secret: %s_FILE cannot name it", key, name, key)
 		}
 		if set, isSet := cm.Data[key+"_FILE"]; isSet && set != file {
 			t.Errorf("%s_FILE %q, but %s is mounted at %q", key, set, key, file)
 		}
+	}
+}
+
+// checkKnotSecret checks that the worker's Knot secret is a file it re-reads while paused on a
+// 401.
+func checkKnotSecret(t *testing.T, d *appsv1.Deployment, cm *corev1.ConfigMap) {
+	t.Helper()
+	file := cm.Data["KNOT_SECRET_FILE"]
+	if v := secretFileMounted(d.Spec.Template.Spec, container(t, d.Spec.Template.Spec.Containers, "worker"), file, "KNOT_SECRET"); v == nil {
+		t.Errorf("KNOT_SECRET_FILE %q is not a key of a Secret volume mounted (as a whole, without subPath) into the worker", file)
+	} else if v.Optional != nil && *v.Optional {
+		t.Errorf("the Secret volume %q holding KNOT_SECRET is optional: a pod without it would start and fail every call", v.SecretName)
 	}
 }
 
@@ -351,6 +370,13 @@ func checkService(t *testing.T, r *rendered, d *appsv1.Deployment) {
 
 func checkNetworkPolicy(t *testing.T, np *networkingv1.NetworkPolicy, d *appsv1.Deployment) {
 	t.Helper()
+	checkPolicy(t, np, d, []string{"TCP/443", "TCP/53", "TCP/5432", "UDP/53"})
+}
+
+// checkPolicy checks a NetworkPolicy of the pods of d: the HTTP doors and metrics in, from
+// anywhere, and only the ports out (protocol/port), HTTPS to public addresses only.
+func checkPolicy(t *testing.T, np *networkingv1.NetworkPolicy, d *appsv1.Deployment, out []string) {
+	t.Helper()
 	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
 	if err != nil || sel.Empty() || !sel.Matches(labels.Set(d.Spec.Template.Labels)) {
 		t.Errorf("NetworkPolicy podSelector %v does not select the worker pods", np.Spec.PodSelector)
@@ -358,7 +384,11 @@ func checkNetworkPolicy(t *testing.T, np *networkingv1.NetworkPolicy, d *appsv1.
 	if !slices.Equal(np.Spec.PolicyTypes, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}) {
 		t.Errorf("NetworkPolicy policyTypes %v, want [Ingress Egress]", np.Spec.PolicyTypes)
 	}
-	worker := container(t, d.Spec.Template.Spec.Containers, "worker")
+	// A named port is resolved by the names erasure-worker's containers give their ports.
+	var named []corev1.ContainerPort
+	for n, p := range namedPorts {
+		named = append(named, corev1.ContainerPort{Name: n, ContainerPort: int32(p.port)})
+	}
 	ports := func(ps []networkingv1.NetworkPolicyPort) []string {
 		var out []string
 		for _, p := range ps {
@@ -369,9 +399,9 @@ func checkNetworkPolicy(t *testing.T, np *networkingv1.NetworkPolicy, d *appsv1.
 			port := "all"
 			if p.Port != nil {
 				port = p.Port.String()
-				for _, named := range []int{metricsPort, apiPort} {
-					if portIs(*p.Port, worker.Ports, named) {
-						port = fmt.Sprint(named)
+				for _, n := range []int{metricsPort, apiPort} {
+					if portIs(*p.Port, named, n) {
+						port = fmt.Sprint(n)
 					}
 				}
 			}
@@ -382,15 +412,15 @@ func checkNetworkPolicy(t *testing.T, np *networkingv1.NetworkPolicy, d *appsv1.
 		}
 		return out
 	}
-	var in, out []string
+	var in, lets []string
 	for _, r := range np.Spec.Ingress {
 		in = append(in, ports(r.Ports)...)
 	}
 	for _, r := range np.Spec.Egress {
-		out = append(out, ports(r.Ports)...)
+		lets = append(lets, ports(r.Ports)...)
 	}
 	sort.Strings(in)
-	sort.Strings(out)
+	sort.Strings(lets)
 	if want := []string{"TCP/8080", "TCP/9090"}; !slices.Equal(in, want) {
 		t.Errorf("NetworkPolicy lets in %v, want only %v (the HTTP doors; metrics and probes)", in, want)
 	}
@@ -398,13 +428,13 @@ func checkNetworkPolicy(t *testing.T, np *networkingv1.NetworkPolicy, d *appsv1.
 	// rule is whatever the base says: Prometheus and the kubelet may come from anywhere too.)
 	for _, r := range np.Spec.Ingress {
 		for _, p := range r.Ports {
-			if p.Port != nil && portIs(*p.Port, worker.Ports, apiPort) && len(r.From) != 0 {
+			if p.Port != nil && portIs(*p.Port, named, apiPort) && len(r.From) != 0 {
 				t.Errorf("NetworkPolicy lets the api port in only from %v: the privacy request system calls from outside", r.From)
 			}
 		}
 	}
-	if want := []string{"TCP/443", "TCP/53", "TCP/5432", "UDP/53"}; !slices.Equal(out, want) {
-		t.Errorf("NetworkPolicy lets out %v, want only %v (Knot, DNS, PostgreSQL)", out, want)
+	if !slices.Equal(lets, out) {
+		t.Errorf("NetworkPolicy %s lets out %v, want only %v", np.Name, lets, out)
 	}
 	// HTTPS goes to public addresses only, as the worker lets a Ketch callback go: never to
 	// loopback, private, link-local (the metadata service), CGNAT or multicast ones.
