@@ -160,8 +160,8 @@ const (
 	RefusedNotJSON         Refusal = "not_json"        // a body that says it is not JSON
 	RefusedInvalid         Refusal = "invalid"         // a field the wire or intake refuses
 	RefusedConflict        Refusal = "conflict"        // an id already used for another person
-	// RefusedUnidentified: the request names no person the connector can erase (Ketch: no
-	// identity in KETCH_IDENTITY_SPACE). Often a setting's typo: most of a door's traffic.
+	// RefusedUnidentified: the request names no person the connector can erase (no identity in
+	// the space its settings name). Often a setting's typo: most of a door's traffic.
 	RefusedUnidentified Refusal = "unidentified"
 )
 

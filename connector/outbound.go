@@ -13,7 +13,7 @@ import (
 	"time"
 )
 
-// Outbound is where a URL that a caller supplied (a Ketch callback) may be sent: over https, to
+// Outbound is where a URL that a caller supplied (a callback) may be sent: over https, to
 // a public address only, checked on the address actually dialled, so that a DNS name that
 // resolves to a private address (or is made to, between two look-ups) is refused too. Named
 // exceptions (host[:port] or a CIDR) admit what the policy would refuse, plain http included,

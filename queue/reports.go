@@ -19,10 +19,10 @@ const (
 )
 
 // IdentifierCredential is the member of a report's credentials (a JSON object) that holds
-// personal data: the raw id of a receiver that names the person (Transcend's). The report's
+// personal data: the raw id of a receiver that names the person. The report's
 // copy lives only as long as the report: every credential is deleted when the report is
-// delivered, and this member when it fails or gives up. The rest (a Ketch callback's URL and
-// headers, a Transcend nonce) is no personal data and stays with a failed report, so that
+// delivered, and this member when it fails or gives up. The rest (a callback's URL and
+// headers, a nonce) is no personal data and stays with a failed report, so that
 // `reports requeue` can send it again, until the report is delivered or its evidence deleted.
 // A requeued report whose copy was dropped names the person by its request's raw id while the
 // request keeps it, and not at all once it is pseudonymised.

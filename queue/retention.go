@@ -18,7 +18,7 @@ import (
 // pending or running row, so claims never wait for the purge.
 //
 // A request is pseudonymised on time whatever its reports do: none of them reads the request's
-// raw id once it is gone. A report whose receiver names the person (Transcend's) keeps its own
+// raw id once it is gone. A report whose receiver names the person keeps its own
 // copy in its credentials (IdentifierCredential), which lives as long as the report does: it is
 // deleted when the report is delivered, fails or gives up (REPORT_MAX_AGE, which `run` keeps
 // within IDENTIFIER_RETENTION).

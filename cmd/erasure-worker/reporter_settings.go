@@ -31,7 +31,7 @@ func declareReporter(s *settings.Set) func() worker.ReporterConfig {
 	poll := s.Add("REPORT_POLL_INTERVAL", worker.DefaultReportPollInterval.String(),
 		"how often the reporter looks for reports to deliver: a report may wait this long after it becomes deliverable (its request finished, its retry came due) before it is sent")
 	maxAge := s.Add("REPORT_MAX_AGE", "",
-		"how long after its request finished (or it was requeued) a report is tried: then it is failed with its last reason, counted in erasure_reports_given_up_total, and waits for `erasure-worker reports requeue`. Whole days (3d) or a Go duration (36h); at most IDENTIFIER_RETENTION, since a report that names the person (Transcend's) keeps the raw id until it ends. Default "+days(worker.DefaultReportMaxAge)+", or IDENTIFIER_RETENTION when that is shorter")
+		"how long after its request finished (or it was requeued) a report is tried: then it is failed with its last reason, counted in erasure_reports_given_up_total, and waits for `erasure-worker reports requeue`. Whole days (3d) or a Go duration (36h); at most IDENTIFIER_RETENTION, since a report that names the person keeps the raw id until it ends. Default "+days(worker.DefaultReportMaxAge)+", or IDENTIFIER_RETENTION when that is shorter")
 	return func() worker.ReporterConfig {
 		cfg := worker.ReporterConfig{
 			Timeout:       s.Duration(timeout),
@@ -70,7 +70,7 @@ func fitReportMaxAge(rc *worker.ReporterConfig, identifier time.Duration) error 
 	case rc.MaxAge == 0:
 		rc.MaxAge = min(worker.DefaultReportMaxAge, identifier)
 	case rc.MaxAge > identifier:
-		return fmt.Errorf("REPORT_MAX_AGE (%s) must not be longer than IDENTIFIER_RETENTION (%s): a report that names the person (Transcend's) keeps the raw id until it ends, and would keep it past IDENTIFIER_RETENTION",
+		return fmt.Errorf("REPORT_MAX_AGE (%s) must not be longer than IDENTIFIER_RETENTION (%s): a report that names the person keeps the raw id until it ends, and would keep it past IDENTIFIER_RETENTION",
 			days(rc.MaxAge), days(identifier))
 	}
 	return nil
