@@ -503,6 +503,20 @@ type ReportRecord struct {
 	HTTPStatus  int
 }
 
+// LookupRefs reads the Records of the requests with these request_refs, in one statement
+// through the request_ref key, keyed by ref; a ref no request has is absent.
+func (q *Queue) LookupRefs(ctx context.Context, refs []string) (map[string]Record, error) {
+	recs, err := q.records(ctx, `WHERE r.request_ref = ANY($1::text[])`, refs)
+	if err != nil {
+		return nil, fmt.Errorf("look up requests: %w", err)
+	}
+	out := make(map[string]Record, len(recs))
+	for _, rec := range recs {
+		out[rec.RequestRef] = rec
+	}
+	return out, nil
+}
+
 // Lookup reads the Record of the request with this request_ref, or ErrNotFound.
 func (q *Queue) Lookup(ctx context.Context, requestRef string) (Record, error) {
 	rec, err := scanRecord(q.pool.QueryRow(ctx, recordSQL+`WHERE r.request_ref = $1`, requestRef))

@@ -2,8 +2,6 @@ package worker
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +18,7 @@ import (
 type IntakeQueue interface {
 	Enqueue(ctx context.Context, reqs []queue.NewRequest) ([]queue.EnqueueResult, error)
 	Lookup(ctx context.Context, requestRef string) (queue.Record, error)
+	LookupRefs(ctx context.Context, refs []string) (map[string]queue.Record, error)
 }
 
 // Intake stores one connector's requests: it is the connector.Intake the binary gives each
@@ -59,11 +58,6 @@ func NewIntake(q IntakeQueue, cfg IntakeConfig) *Intake {
 	for _, p := range cfg.Prefixes {
 		if p != cfg.Info.RefPrefix {
 			in.reserved = append(in.reserved, p)
-		}
-	}
-	if in.refusals != nil {
-		for _, r := range connector.Refusals {
-			in.refusals.WithLabelValues(in.info.DoorName(), string(r))
 		}
 	}
 	return in
@@ -146,15 +140,31 @@ func (in *Intake) Submit(ctx context.Context, reqs ...connector.Request) ([]conn
 	if err != nil {
 		return nil, err
 	}
+	// The stored requests, in one look-up for the batch: their records answer a door, and a
+	// repeat's stored id tells a conflict.
+	var taken []string
+	for j, r := range res {
+		if r.Admission != queue.Rejected {
+			taken = append(taken, rows[j].RequestRef)
+		}
+	}
+	var recs map[string]queue.Record
+	if len(taken) > 0 {
+		if recs, err = in.q.LookupRefs(ctx, taken); err != nil {
+			return nil, err
+		}
+	}
 	for j, r := range res {
 		i := at[j]
 		if r.Admission == queue.Rejected {
 			out[i] = connector.Admitted{Admission: connector.Refused, Err: in.fieldError(reqs[i], r.Err)}
 			continue
 		}
-		rec, err := in.q.Lookup(ctx, rows[j].RequestRef)
-		if err != nil {
-			return nil, err
+		rec, ok := recs[rows[j].RequestRef]
+		if !ok {
+			// Deleted between the insert and the look-up (EVIDENCE_RETENTION): say so, as for
+			// a database that is away, and the sender tries again.
+			return nil, fmt.Errorf("look up request %s: %w", rows[j].RequestRef, queue.ErrNotFound)
 		}
 		a := connector.Admitted{Admission: connector.Inserted, Record: RecordOf(rec)}
 		if r.Admission == queue.Duplicate {
@@ -223,22 +233,17 @@ func orField(f, def string) string {
 // checked, and the repeat is taken for what it says it is.
 func (in *Intake) sameID(stored, given string) bool {
 	if !strings.HasPrefix(stored, PseudonymPrefix) {
-		return equalSecret(stored, given)
+		return connector.EqualSecret(given, stored)
 	}
 	if in.keys.Len() == 0 {
 		return true
 	}
 	for _, p := range in.keys.Pseudonyms(given) {
-		if equalSecret(stored, p) {
+		if connector.EqualSecret(p, stored) {
 			return true
 		}
 	}
 	return false
-}
-
-func equalSecret(got, want string) bool {
-	g, w := sha256.Sum256([]byte(got)), sha256.Sum256([]byte(want))
-	return subtle.ConstantTimeCompare(g[:], w[:]) == 1
 }
 
 // RecordOf is a request's record as a status endpoint and the evidence show it: no
