@@ -108,6 +108,14 @@ type NewReport struct {
 	// IdentifierCredential, rather than reading it from the request, which is pseudonymised
 	// IDENTIFIER_RETENTION after it finished whatever its reports do.
 	Credentials []byte
+	// AtIntake makes the report deliverable as soon as the request is stored, to tell the
+	// receiver that it was taken (a status such as "in progress"), rather than once the request
+	// finishes. The request's other reports of this connector wait until it is delivered or has
+	// failed, so that the receiver never hears of the intake after the outcome.
+	AtIntake bool
+	// Hold keeps the report back until this long after intake, for a receiver that cannot take
+	// the outcome straight after it handed the request over (Report.NotBefore).
+	Hold time.Duration
 }
 
 // IdentifierCredential is the member of a report's Credentials that holds personal data: the
@@ -237,9 +245,17 @@ type Report struct {
 	// ExternalUserID is the request's raw id while it keeps it, for a receiver that names the
 	// person; "" once the request is pseudonymised (IDENTIFIER_RETENTION). Never logged.
 	ExternalUserID string
-	Outcome        string // deleted, not_found, rejected, invalid, exhausted
-	ErrorCode      string // Knot's error_code of a failed request
-	CompletedAt    time.Time
+	// Outcome is deleted, not_found, rejected, invalid or exhausted; "" while the request has
+	// not finished (an AtIntake report).
+	Outcome     string
+	ErrorCode   string    // Knot's error_code of a failed request
+	CompletedAt time.Time // zero while the request has not finished
+	// AtIntake: this is the report the request's NewReport asked for at intake.
+	AtIntake bool
+	// NotBefore is the end of the report's Hold: zero when it has none. The queue delivers no
+	// report sooner; a deliverer may still be handed one earlier by a release that did not
+	// know holds, during a rolling update.
+	NotBefore time.Time
 }
 
 // String leaves out what a log must not hold.
