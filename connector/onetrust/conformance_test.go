@@ -3,6 +3,7 @@ package onetrust_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -21,13 +22,17 @@ const (
 )
 
 func TestConformance(t *testing.T) {
-	connectortest.Run(t, onetrust.Connector{}, newKit(onetrustfake.Options{}))
+	k := newKit(onetrustfake.Options{})
+	connectortest.Run(t, onetrust.Connector{}, k)
+	checkSubtasks(t, k)
 }
 
 // A OneTrust that answers 200 to a final status sent again, where the default fake answers 400:
 // the definition says neither, and the connector must count both as delivered once.
 func TestConformanceWhenRepeatsAreAccepted(t *testing.T) {
-	connectortest.Run(t, onetrust.Connector{}, newKit(onetrustfake.Options{AcceptRepeatFinal: true}))
+	k := newKit(onetrustfake.Options{AcceptRepeatFinal: true})
+	connectortest.Run(t, onetrust.Connector{}, k)
+	checkSubtasks(t, k)
 }
 
 // kit is OneTrust's side of the suite: the workflow pushes subtasks that onetrustfake knows, and
@@ -107,3 +112,50 @@ func (k *kit) Field(status int, body []byte) string {
 }
 
 func (k *kit) Accepted() int { return http.StatusAccepted }
+
+// What the suite cannot see, the fake recorded: every subtask heard IN_PROGRESS before its
+// outcome, the outcomes are OneTrust's statuses with a comment that says why, and no comment
+// names the person.
+func checkSubtasks(t *testing.T, k *kit) {
+	t.Helper()
+	k.mu.Lock()
+	ids := append([]string(nil), k.ids...)
+	k.mu.Unlock()
+	var finished int
+	for _, id := range ids {
+		rec, ok := k.Subtask(id)
+		if !ok || rec.Finals == 0 {
+			continue // the door's subtests store requests that are never finished
+		}
+		finished++
+		if rec.Updates[0].Status != "IN_PROGRESS" {
+			t.Errorf("subtask %s heard %s before IN_PROGRESS", id, rec.Updates[0].Status)
+		}
+		for _, u := range rec.Updates {
+			if strings.Contains(u.Comment, rec.ExternalUserID) {
+				t.Errorf("subtask %s: a comment holds the external_user_id", id)
+			}
+			if u.Comment == "" {
+				t.Errorf("subtask %s: %s without a comment", id, u.Status)
+			}
+		}
+		last := rec.Updates[len(rec.Updates)-1]
+		// The suite finishes out-0, out-3, ... deleted, out-1, out-4, ... not found at Knot, and
+		// the others refused with NO_ACCESS.
+		var n int
+		if _, err := fmt.Sscanf(id, "out-%d", &n); err != nil {
+			continue
+		}
+		want := map[int][2]string{0: {"COMPLETED", "erased"}, 1: {"COMPLETED", "Nothing was found to delete"}, 2: {"FAILED", "NO_ACCESS"}}[n%3]
+		if last.Status != want[0] || !strings.Contains(last.Comment, want[1]) {
+			t.Errorf("subtask %s ends %s %q, want %s saying %q", id, last.Status, last.Comment, want[0], want[1])
+		}
+	}
+	if finished < 30 {
+		t.Errorf("%d subtasks heard their outcome, want the suite's 30", finished)
+	}
+	if st := k.Stats(); st.SubtasksFinalBeforeInProgress != 0 || st.SubtasksCommentNamingUser != 0 {
+		t.Errorf("stats: %d subtasks heard their outcome before IN_PROGRESS, %d comments name the user",
+			st.SubtasksFinalBeforeInProgress, st.SubtasksCommentNamingUser)
+	}
+}
