@@ -114,26 +114,21 @@ func (s *Server) Push(ctx context.Context, p PushSpec) (PushResult, error) {
 		}
 	}
 	answers := make([]string, p.Count)
-	next := make(chan int)
+	slots := make(chan struct{}, pushWorkers)
 	var wg sync.WaitGroup
-	for range min(pushWorkers, p.Count) {
+	for i := 0; i < p.Count && ctx.Err() == nil; i++ {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			continue
+		}
 		wg.Go(func() {
-			for i := range next {
-				id, ref, user := res.SubtaskIDs[i], NewRefID(), userPrefix+strconv.Itoa(i+1)
-				s.AddSubtask(id, ref, user)
-				answers[i] = s.send(ctx, p.Target, p.Bearer, id, Body(id, ref, user, due))
-			}
+			defer func() { <-slots }()
+			id, ref, user := res.SubtaskIDs[i], NewRefID(), userPrefix+strconv.Itoa(i+1)
+			s.AddSubtask(id, ref, user)
+			answers[i] = s.send(ctx, p.Target, p.Bearer, id, Body(id, ref, user, due))
 		})
 	}
-feed:
-	for i := range p.Count {
-		select {
-		case next <- i:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(next)
 	wg.Wait()
 	for _, a := range answers {
 		if a != "" {
