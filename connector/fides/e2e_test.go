@@ -6,13 +6,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/erasure-worker/erasure-worker/connector"
 	"github.com/erasure-worker/erasure-worker/connector/fides"
 	"github.com/erasure-worker/erasure-worker/connector/fides/fidesfake"
+	"github.com/erasure-worker/erasure-worker/internal/fakekit/fakekittest"
 	"github.com/erasure-worker/erasure-worker/queue"
 	"github.com/erasure-worker/erasure-worker/queue/queuetest"
 	"github.com/erasure-worker/erasure-worker/worker"
@@ -25,25 +25,8 @@ type e2e struct {
 	*testBundle
 	q    *queue.Queue
 	pool *pgxpool.Pool
-	logs *lockedBuffer
+	logs *fakekittest.SyncBuffer
 	log  *slog.Logger
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 const e2eHold = 300 * time.Millisecond
@@ -51,7 +34,7 @@ const e2eHold = 300 * time.Millisecond
 func setupE2E(t *testing.T) *e2e {
 	t.Helper()
 	pool := queuetest.Pool(t)
-	e := &e2e{q: queue.New(pool), pool: pool, logs: &lockedBuffer{}}
+	e := &e2e{q: queue.New(pool), pool: pool, logs: &fakekittest.SyncBuffer{}}
 	e.log = slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	e.testBundle = &testBundle{fake: fidesfake.New(fidesfake.Options{ParkDelay: 50 * time.Millisecond})}
 	e.fides = httptest.NewServer(e.fake)
