@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/erasure-worker/erasure-worker/connector"
+	"github.com/erasure-worker/erasure-worker/connector/fides"
 	"github.com/erasure-worker/erasure-worker/connector/ketch"
 	"github.com/erasure-worker/erasure-worker/connector/transcend"
 	"github.com/erasure-worker/erasure-worker/connector/webhook"
@@ -24,6 +25,7 @@ var connectors = connector.NewRegistry(
 	webhook.Connector{},
 	ketch.Connector{},
 	transcend.Connector{},
+	fides.Connector{},
 )
 
 // version is stamped at build time: -ldflags "-X main.version=v1.2.3".
