@@ -30,6 +30,11 @@ type NewReport struct {
 	Lane string
 	// Credentials is what the delivery needs (JSON): kept until delivered, never shown.
 	Credentials []byte
+	// AtIntake makes the report deliverable at once, before the request finishes; the
+	// request's other reports of this connector wait until it is delivered or failed.
+	AtIntake bool
+	// Hold keeps the report back until this long after intake; 0: no hold.
+	Hold time.Duration
 }
 
 // Admission is what intake did with one NewRequest.
@@ -112,6 +117,8 @@ func (q *Queue) enqueueBatch(ctx context.Context, reqs []NewRequest) ([]EnqueueR
 	dues := make([]*time.Time, len(reqs))
 	var repRefs, repConnectors, repLanes []string
 	var repTargets []int32
+	var repAtIntake []bool
+	var repHoldMS []int64
 	// JSON as text, not []byte: sent unprepared (QueryExecModeExec), a []byte goes as bytea,
 	// which no cast turns into jsonb.
 	var repCredentials []*string
@@ -125,6 +132,8 @@ func (q *Queue) enqueueBatch(ctx context.Context, reqs []NewRequest) ([]EnqueueR
 			repConnectors = append(repConnectors, rep.Connector)
 			repLanes = append(repLanes, rep.Lane)
 			repTargets = append(repTargets, int32(rep.Target))
+			repAtIntake = append(repAtIntake, rep.AtIntake)
+			repHoldMS = append(repHoldMS, max(rep.Hold.Milliseconds(), 0))
 			var cred *string
 			if rep.Credentials != nil {
 				c := string(rep.Credentials)
@@ -144,15 +153,23 @@ WITH inserted AS (
     ON CONFLICT (request_ref) DO NOTHING
     RETURNING id, request_ref
 ),
+-- A report at intake is deliverable at once (no sooner than its hold); the others wait for
+-- the request to finish.
 reports AS (
-    INSERT INTO erasure_reports (request_id, connector, lane, target, credentials)
-    SELECT i.id, r.connector, r.lane, r.target, r.credentials
-    FROM unnest($5::text[], $6::text[], $7::int[], $8::jsonb[], $9::text[]) AS r(ref, connector, target, credentials, lane)
+    INSERT INTO erasure_reports (request_id, connector, lane, target, credentials, at_intake, not_before,
+                                 status, run_after, ready_at)
+    SELECT i.id, r.connector, r.lane, r.target, r.credentials, r.at_intake, h.not_before,
+           CASE WHEN r.at_intake THEN 'pending' ELSE 'waiting' END,
+           CASE WHEN r.at_intake THEN greatest(now(), h.not_before) END,
+           CASE WHEN r.at_intake THEN now() END
+    FROM unnest($5::text[], $6::text[], $7::int[], $8::jsonb[], $9::text[], $10::bool[], $11::bigint[])
+        AS r(ref, connector, target, credentials, lane, at_intake, hold_ms)
     JOIN inserted i ON i.request_ref = r.ref
+    CROSS JOIN LATERAL (SELECT CASE WHEN r.hold_ms > 0 THEN now() + r.hold_ms * interval '1 millisecond' END AS not_before) h
 )
 SELECT id, request_ref FROM inserted`
 	rows, err := q.pool.Query(ctx, enqueueSQL, refs, users, dues, int64(DefaultDeadline/time.Second),
-		repRefs, repConnectors, repTargets, repCredentials, repLanes)
+		repRefs, repConnectors, repTargets, repCredentials, repLanes, repAtIntake, repHoldMS)
 	if err != nil {
 		return nil, err
 	}

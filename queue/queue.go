@@ -231,7 +231,7 @@ finished AS (
 -- A finished request's reports become deliverable in the statement that finishes it.
 reported AS (
     UPDATE erasure_reports rep
-    SET status = 'pending', run_after = now(), ready_at = now()
+    SET status = 'pending', run_after = greatest(now(), rep.not_before), ready_at = now()
     FROM finished f
     WHERE rep.request_id = f.id AND f.status IN ('succeeded', 'failed') AND rep.status = 'waiting'
 ),
@@ -444,7 +444,7 @@ recovered AS (
 ),
 reported AS (
     UPDATE erasure_reports rep
-    SET status = 'pending', run_after = now(), ready_at = now()
+    SET status = 'pending', run_after = greatest(now(), rep.not_before), ready_at = now()
     FROM recovered f
     WHERE rep.request_id = f.id AND f.status = 'failed' AND rep.status = 'waiting'
 )

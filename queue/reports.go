@@ -50,10 +50,12 @@ type Report struct {
 	// Pseudonymised: ExternalUserID is the request's pseudonym, not its raw id (the request
 	// finished longer than IDENTIFIER_RETENTION ago).
 	Pseudonymised bool
-	Status        string // the request's: succeeded or failed
-	Outcome       string
+	Status        string // the request's: succeeded or failed, or pending or running for an AtIntake report
+	Outcome       string // "" while the request has not finished
 	ErrorCode     string
-	CompletedAt   time.Time
+	CompletedAt   time.Time // zero while the request has not finished
+	AtIntake      bool      // deliverable from intake, not from the request's outcome
+	NotBefore     time.Time // the end of the report's hold; zero when none
 }
 
 // ReportLane is one lane of the outbox: a connector's reports to one receiver. Name is "" for
@@ -114,10 +116,17 @@ func (q *Queue) DueReportLanes(ctx context.Context, connectors []string) ([]Repo
 	return lanes, nil
 }
 
+// A report that is not at intake waits while a report at intake of its request and connector is
+// undelivered: the receiver hears of the intake first. The look-up goes through the key
+// (request_id, connector, target) and costs only requests that have a report at intake.
 const claimReportsSQL = `
 WITH picked AS (
-    SELECT id FROM erasure_reports
+    SELECT id FROM erasure_reports rep
     WHERE status IN ('pending', 'delivering') AND connector = $4 AND lane = $5 AND run_after <= now()
+      AND (rep.at_intake OR NOT EXISTS (
+          SELECT 1 FROM erasure_reports first
+          WHERE first.request_id = rep.request_id AND first.connector = rep.connector
+            AND first.at_intake AND first.status IN ('pending', 'delivering')))
     ORDER BY run_after, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -131,7 +140,7 @@ FROM picked, erasure_requests r
 WHERE rep.id = picked.id AND r.id = rep.request_id
 RETURNING rep.id, rep.lease_token, rep.connector, rep.lane, rep.target, rep.attempts, rep.credentials,
           r.id, r.request_ref, r.external_user_id, r.pseudonymised_at IS NOT NULL, r.status, coalesce(r.outcome, ''),
-          coalesce(r.last_error_code, ''), coalesce(r.completed_at, now())`
+          coalesce(r.last_error_code, ''), r.completed_at, rep.at_intake, rep.not_before`
 
 // ClaimReports leases up to limit deliverable reports of one lane for leaseFor, oldest due
 // first. It reads only that lane's due rows, through erasure_reports_lane_due: a lane that is
@@ -144,8 +153,16 @@ func (q *Queue) ClaimReports(ctx context.Context, owner string, lane ReportLane,
 	}
 	reports, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Report, error) {
 		var r Report
+		var completed, notBefore *time.Time
 		err := row.Scan(&r.ID, &r.Token, &r.Connector, &r.Lane, &r.Target, &r.Attempts, &r.Credentials,
-			&r.RequestID, &r.RequestRef, &r.ExternalUserID, &r.Pseudonymised, &r.Status, &r.Outcome, &r.ErrorCode, &r.CompletedAt)
+			&r.RequestID, &r.RequestRef, &r.ExternalUserID, &r.Pseudonymised, &r.Status, &r.Outcome, &r.ErrorCode,
+			&completed, &r.AtIntake, &notBefore)
+		if completed != nil {
+			r.CompletedAt = *completed
+		}
+		if notBefore != nil {
+			r.NotBefore = *notBefore
+		}
 		return r, err
 	})
 	if err != nil {
@@ -452,7 +469,7 @@ ORDER BY connector`
 func (q *Queue) RequeueReports(ctx context.Context, connector string) (int64, error) {
 	tag, err := q.pool.Exec(ctx, `
 UPDATE erasure_reports
-SET status = 'pending', run_after = now(), ready_at = now(), attempts = 0
+SET status = 'pending', run_after = greatest(now(), not_before), ready_at = now(), attempts = 0
 WHERE status = 'failed' AND ($1::text IS NULL OR connector = $1)`, nonEmpty(connector))
 	if err != nil {
 		return 0, fmt.Errorf("requeue reports: %w", err)

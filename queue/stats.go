@@ -203,7 +203,8 @@ func (q *Queue) Requeue(ctx context.Context, f RequeueFilter) (int64, error) {
 		return 0, err
 	}
 	// Reports of the failure not yet delivered wait again for the new outcome; one already
-	// delivered stays delivered (a receiver may take no status after a final one).
+	// delivered stays delivered (a receiver may take no status after a final one). A report
+	// at intake is about the intake, which stands: it is left as it is.
 	var n int64
 	err := q.pool.QueryRow(ctx, `
 WITH requeued AS (
@@ -216,7 +217,7 @@ unreported AS (
     UPDATE erasure_reports rep
     SET status = 'waiting', run_after = NULL, ready_at = NULL, lease_owner = NULL, lease_token = NULL
     FROM requeued r
-    WHERE rep.request_id = r.id AND rep.status IN ('pending', 'delivering', 'failed')
+    WHERE rep.request_id = r.id AND rep.status IN ('pending', 'delivering', 'failed') AND NOT rep.at_intake
 )
 SELECT count(*) FROM requeued`,
 		f.All, f.refs(), nonEmpty(f.ErrorCode), nonEmpty(f.Outcome)).Scan(&n)

@@ -132,7 +132,8 @@ func (in *Intake) Submit(ctx context.Context, reqs ...connector.Request) ([]conn
 		}
 		nr := queue.NewRequest{RequestRef: in.info.RefPrefix + r.ID, ExternalUserID: r.ExternalUserID, DueAt: r.DueAt}
 		for t, rep := range r.Reports {
-			nr.Reports = append(nr.Reports, queue.NewReport{Connector: in.info.Name, Target: t, Lane: rep.Lane, Credentials: rep.Credentials})
+			nr.Reports = append(nr.Reports, queue.NewReport{Connector: in.info.Name, Target: t, Lane: rep.Lane,
+				Credentials: rep.Credentials, AtIntake: rep.AtIntake, Hold: rep.Hold})
 		}
 		rows, at = append(rows, nr), append(at, i)
 	}

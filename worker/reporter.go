@@ -472,7 +472,7 @@ func connectorReport(r queue.Report) connector.Report {
 	return connector.Report{
 		ID: r.ID, Target: r.Target, Attempts: r.Attempts, Credentials: r.Credentials,
 		RequestID: r.RequestID, RequestRef: r.RequestRef, ExternalUserID: uid,
-		Outcome: r.Outcome, ErrorCode: r.ErrorCode, CompletedAt: r.CompletedAt,
+		Outcome: r.Outcome, ErrorCode: r.ErrorCode, CompletedAt: r.CompletedAt, AtIntake: r.AtIntake, NotBefore: r.NotBefore,
 	}
 }
 

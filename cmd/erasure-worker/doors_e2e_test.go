@@ -11,27 +11,36 @@ import (
 	"github.com/erasure-worker/erasure-worker/queue/queuetest"
 )
 
-// Issue 11's first promise: requests through each of the three doors, against a Knot failing
-// 5% of calls, all succeed and each is reported exactly as its system's contract says, once.
-func TestEndToEndThreeDoorsReportEveryOutcome(t *testing.T) {
+// Requests through every door, against a Knot failing 5% of calls and receivers answering 5% of
+// reports 429, with OneTrust's access token refused (as expired) two seconds after each is
+// issued: all succeed and each is reported exactly as its system's contract says, once.
+func TestEndToEndEveryDoorReportsEveryOutcome(t *testing.T) {
 	t.Parallel()
 	const n = 300
-	rig := newRig(t, withFake("-error-rate", "0.05", "-missing", "0.1"), withDoors(n, nil))
+	limited := []string{"-rate-limit-rate", "0.05", "-retry-after", "1s"}
+	rig := newRig(t, withFake("-error-rate", "0.05", "-missing", "0.1"), withDoors(n, map[string][]string{
+		"webhookfake":   limited,
+		"ketchfake":     limited,
+		"transcendfake": {"-report-rate-limit-rate", "0.05", "-retry-after", "1s"},
+		"onetrustfake":  append([]string{"-revoke-after", "2s"}, limited...),
+	}))
 	w := rig.startWorker(t, "worker", "RATE_LIMIT_RPS=2000", "RATE_LIMIT_BURST=50", "CONCURRENCY=16",
 		"RETRY_MIN_BACKOFF=100ms", "RETRY_MAX_BACKOFF=1s", "POLL_INTERVAL=200ms")
 	rig.waitAPI(t, 30*time.Second)
 	rig.submitAPI(t, n)
 	rig.pushKetch(t, n)
+	rig.pushOneTrust(t, n)
 
 	const callbacks = 2 // ketchfake's default per request
 	queuetest.WaitFor(t, 3*time.Minute, "every request finished and every report delivered", func() bool {
 		c, r := rig.counts(t), rig.reportCounts(t)
-		return c["succeeded/deleted"]+c["succeeded/not_found"] == 3*n &&
-			r["webhook/delivered"] == n && r["ketch/delivered"] == callbacks*n && r["transcend/delivered"] == n
+		return c["succeeded/deleted"]+c["succeeded/not_found"] == 4*n &&
+			r["webhook/delivered"] == n && r["ketch/delivered"] == callbacks*n && r["transcend/delivered"] == n &&
+			r["onetrust/delivered"] == 2*n // IN_PROGRESS, then the outcome
 	})
 	c := rig.counts(t)
 	if c["failed"] != 0 || c["pending"]+c["running"] != 0 {
-		t.Fatalf("counts %v, want all %d succeeded", c, 3*n)
+		t.Fatalf("counts %v, want all %d succeeded", c, 4*n)
 	}
 
 	// Outcomes by door, from the table, to hold each fake's counts against.
@@ -71,18 +80,35 @@ func TestEndToEndThreeDoorsReportEveryOutcome(t *testing.T) {
 		t.Errorf("transcend reports %v, table has not_found %d", tr.ReportsByProfileStatus, byDoor("transcend:", "not_found"))
 	}
 
+	ot := rig.onetrustStats(t)
+	if ot.SubtasksOneFinal != n || ot.SubtasksMultipleFinals+ot.SubtasksAwaitingFinal+ot.SubtasksFinalBeforeInProgress+ot.SubtasksCommentNamingUser != 0 ||
+		ot.EarlyRetries != 0 || ot.Updates["IN_PROGRESS"] < n || ot.Updates["FAILED"] != 0 {
+		t.Errorf("onetrust: %+v; want every subtask told IN_PROGRESS, then one final status, never naming the person", ot)
+	}
+	if ot.Updates["COMPLETED"] < byDoor("onetrust:", "deleted")+byDoor("onetrust:", "not_found") || ot.Unauthorized == 0 || ot.TokenFetches < 2 {
+		t.Errorf("onetrust: %+v; want every subtask COMPLETED, through tokens refused mid-run and fetched again", ot)
+	}
+	if ot.Faulted["rate_limit"] == 0 {
+		t.Errorf("onetrust answered no 429 (%v): the test did not test what it says", ot.Faulted)
+	}
+
 	t.Logf("webhook: %d requests, %d messages, %d faulted; ketch: %d finals over %d uids; transcend: %d reported (%v); knot: %v",
 		wh.RequestRefs, wh.Messages, wh.DuplicateWebhookIDs, k.FinalEvents, k.UIDsOneFinal, tr.ItemsReported, tr.ReportsByProfileStatus, c)
+	t.Logf("onetrust: %d subtasks one final, updates %v, %d token fetches, %d refused tokens, faults %v",
+		ot.SubtasksOneFinal, ot.Updates, ot.TokenFetches, ot.Unauthorized, ot.Faulted)
 
 	// What an operator sees.
 	out, errOut, code := rig.cli(t, "", "status")
 	if code != 0 || !strings.Contains(out, "REPORTS") {
 		t.Fatalf("status: exit %d: %s %s", code, out, errOut)
 	}
-	for _, row := range []string{"webhook", "ketch", "transcend"} {
+	for _, row := range []string{"webhook", "ketch", "transcend", "onetrust"} {
 		want := n
-		if row == "ketch" {
+		switch row {
+		case "ketch":
 			want = callbacks * n
+		case "onetrust":
+			want = 2 * n
 		}
 		if !strings.Contains(out, fmt.Sprintf("%s  ", row)) || !regexp.MustCompile(row+`\s+0\s+0\s+0\s+`+fmt.Sprint(want)+`\s+0\s`).MatchString(out) {
 			t.Errorf("status does not show %d %s reports delivered and none waiting, pending or failed:\n%s", want, row, out)
@@ -95,7 +121,8 @@ func TestEndToEndThreeDoorsReportEveryOutcome(t *testing.T) {
 		t.Errorf("%d delivered reports keep their credentials (%v)", kept, err)
 	}
 	logs := w.out.String()
-	for _, secret := range []string{rigAPIToken, rigKetchValue, rigTranscendKey, strings.TrimPrefix(rigWebhookSecret, "whsec_"), "api-person-", "ketch-person-", rigTranscendItems + "-"} {
+	for _, secret := range []string{rigAPIToken, rigKetchValue, rigTranscendKey, strings.TrimPrefix(rigWebhookSecret, "whsec_"), "api-person-", "ketch-person-", rigTranscendItems + "-",
+		rigOneTrustToken, rigOneTrustSecret, "onetrust-person-"} {
 		if strings.Contains(logs, secret) {
 			t.Errorf("the worker's log holds %q", secret)
 		}

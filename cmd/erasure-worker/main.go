@@ -15,6 +15,7 @@ import (
 	"github.com/erasure-worker/erasure-worker/connector"
 	"github.com/erasure-worker/erasure-worker/connector/fides"
 	"github.com/erasure-worker/erasure-worker/connector/ketch"
+	"github.com/erasure-worker/erasure-worker/connector/onetrust"
 	"github.com/erasure-worker/erasure-worker/connector/transcend"
 	"github.com/erasure-worker/erasure-worker/connector/webhook"
 )
@@ -25,6 +26,7 @@ var connectors = connector.NewRegistry(
 	webhook.Connector{},
 	ketch.Connector{},
 	transcend.Connector{},
+	onetrust.Connector{},
 	fides.Connector{},
 )
 

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/erasure-worker/erasure-worker/connector/ketch/ketchfake"
+	"github.com/erasure-worker/erasure-worker/connector/onetrust/onetrustfake"
 	"github.com/erasure-worker/erasure-worker/connector/transcend/transcendfake"
 	"github.com/erasure-worker/erasure-worker/connector/webhook/webhookfake"
 	"github.com/erasure-worker/erasure-worker/knotclient/knotfake"
@@ -217,13 +218,14 @@ func resetFake(t *testing.T, url string) {
 
 // --- The doors
 
-// doors are the three privacy request systems as processes: a receiver of outcome webhooks, a
-// fake Ketch (which pushes requests and takes callbacks) and a fake Sombra holding Transcend's
-// pending erasures; and the address of the workers' HTTP doors.
+// doors are the privacy request systems as processes: a receiver of outcome webhooks, a fake
+// Ketch (which pushes requests and takes callbacks), a fake Sombra holding Transcend's pending
+// erasures, a fake OneTrust (a workflow that pushes subtasks, its OAuth server and its subtask
+// API); and the address of the workers' HTTP doors.
 type doors struct {
-	webhookURL, ketchURL, transcendURL string
-	apiAddr                            string
-	env                                []string // the doors' settings for `run`
+	webhookURL, ketchURL, transcendURL, onetrustURL string
+	apiAddr                                         string
+	env                                             []string // the doors' settings for `run`
 }
 
 const (
@@ -234,6 +236,9 @@ const (
 	rigTranscendKey   = "rig-transcend-key-41aa"
 	rigTranscendSilo  = "silo-rig-1"
 	rigTranscendItems = "transcend-user"
+	rigOneTrustToken  = "rig-onetrust-inbound-5c2e"
+	rigOneTrustClient = "rig-onetrust-client"
+	rigOneTrustSecret = "rig-onetrust-secret-77d0"
 )
 
 func startDoors(t *testing.T, transcendItems int, args map[string][]string) *doors {
@@ -244,6 +249,8 @@ func startDoors(t *testing.T, transcendItems int, args map[string][]string) *doo
 	_, d.transcendURL = startFake(t, "transcendfake",
 		[]string{"TRANSCEND_FAKE_API_KEY=" + rigTranscendKey, "TRANSCEND_FAKE_DATA_SILO_ID=" + rigTranscendSilo},
 		append([]string{"-items", fmt.Sprint(transcendItems), "-items-prefix", rigTranscendItems}, args["transcendfake"]...)...)
+	_, d.onetrustURL = startFake(t, "onetrustfake",
+		[]string{"ONETRUST_CLIENT_ID=" + rigOneTrustClient, "ONETRUST_CLIENT_SECRET=" + rigOneTrustSecret}, args["onetrustfake"]...)
 	d.env = []string{
 		"API_LISTEN_ADDR=" + d.apiAddr, "API_TOKEN=" + rigAPIToken,
 		"REPORT_WEBHOOK_URL=" + d.webhookURL + "/outcomes", "REPORT_WEBHOOK_SECRET=" + rigWebhookSecret,
@@ -251,6 +258,8 @@ func startDoors(t *testing.T, transcendItems int, args map[string][]string) *doo
 		"KETCH_CALLBACK_ALLOW=" + strings.TrimPrefix(d.ketchURL, "http://"), // ketchfake: plain http on loopback
 		"TRANSCEND_URL=" + d.transcendURL, "TRANSCEND_API_KEY=" + rigTranscendKey, "TRANSCEND_DATA_SILO_ID=" + rigTranscendSilo,
 		"TRANSCEND_POLL_INTERVAL=1s",
+		"ONETRUST_INBOUND_TOKEN=" + rigOneTrustToken, "ONETRUST_URL=" + d.onetrustURL,
+		"ONETRUST_CLIENT_ID=" + rigOneTrustClient, "ONETRUST_CLIENT_SECRET=" + rigOneTrustSecret,
 	}
 	return d
 }
@@ -320,6 +329,37 @@ func (d *doors) pushKetch(t *testing.T, n int) {
 	if res.Sent != n || res.Answers["in_progress"] != n {
 		t.Fatalf("push: sent %d, answers %v; want %d in_progress", res.Sent, res.Answers, n)
 	}
+}
+
+// pushOneTrust makes the fake OneTrust workflow push n subtasks (onetrust-0..) to the worker's
+// door, and fails unless every one was answered 202.
+func (d *doors) pushOneTrust(t *testing.T, n int) {
+	t.Helper()
+	body, _ := json.Marshal(onetrustfake.PushSpec{Target: "http://" + d.apiAddr + "/v1/onetrust/subtasks",
+		Bearer: rigOneTrustToken, Count: n, IDPrefix: "onetrust-", UserPrefix: "onetrust-person-"})
+	var res onetrustfake.PushResult
+	postJSON(t, d.onetrustURL+"/_fake/push", body, &res)
+	if res.Sent != n || res.Answers["202"] != n {
+		t.Fatalf("onetrust push: sent %d, answers %v; want %d answered 202", res.Sent, res.Answers, n)
+	}
+}
+
+// postJSON posts body to url and decodes a 200's answer into v.
+func postJSON(t *testing.T, url string, body []byte, v any) {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("POST %s: %d %v", url, resp.StatusCode, err)
+	}
+}
+
+func (d *doors) onetrustStats(t *testing.T) (st onetrustfake.Stats) {
+	getJSON(t, d.onetrustURL+"/_fake/stats", &st)
+	return st
 }
 
 func (d *doors) webhookStats(t *testing.T) (st webhookfake.Stats) {
