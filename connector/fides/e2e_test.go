@@ -173,6 +173,12 @@ JOIN erasure_requests q ON q.id = r.request_id WHERE a.http_status IS NOT NULL A
 		e2eHold.Milliseconds()).Scan(&early); err != nil || early != 0 {
 		t.Errorf("%d callbacks sent within the hold (%v)", early, err)
 	}
+	// The queue held the reports: the deliverer never had to hold one back itself.
+	var heldByDeliverer int
+	_ = e.pool.QueryRow(ctx, `SELECT count(*) FROM erasure_report_attempts WHERE error LIKE '%held back%'`).Scan(&heldByDeliverer)
+	if heldByDeliverer != 0 {
+		t.Errorf("%d reports were handed over within their hold", heldByDeliverer)
+	}
 	// The tokens are in no error, no log line; the people in no log line.
 	logs := e.logs.String()
 	for _, tok := range append(tokens, testToken) {

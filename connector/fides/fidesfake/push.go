@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"sync"
 
 	"github.com/erasure-worker/erasure-worker/internal/fakekit"
 )
@@ -41,11 +40,8 @@ type PushResult struct {
 	PrivacyRequestIDs []string `json:"privacy_request_ids"`
 }
 
-// MaxPush bounds the requests one Push sends; pushWorkers is how many are in flight at once.
-const (
-	MaxPush     = 100_000
-	pushWorkers = 4
-)
+// MaxPush bounds the requests one Push sends.
+const MaxPush = 100_000
 
 func (s *Server) servePush(w http.ResponseWriter, r *http.Request) {
 	var p PushSpec
@@ -79,37 +75,13 @@ func (s *Server) Push(ctx context.Context, p PushSpec) (PushResult, error) {
 	if p.Polling {
 		opts = append(opts, Polling())
 	}
-	ids := make([]string, p.Count)
-	keys := make([]string, p.Count)
-	for i := range ids {
-		ids[i] = idPrefix + fakekit.NewUUID()
-	}
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(pushWorkers, p.Count) {
-		wg.Go(func() {
-			for i := range next {
-				keys[i] = s.send(ctx, p.Target, p.AuthToken, ids[i], userPrefix+strconv.Itoa(i+1), opts)
-			}
-		})
-	}
-feed:
-	for i := range ids {
-		select {
-		case next <- i:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(next)
-	wg.Wait()
-	for i, k := range keys {
-		if k == "" {
-			break
-		}
+	// One at a time, as one Fides worker sends its tasks' requests: demos push tens or
+	// thousands, and a door's answer takes milliseconds.
+	for i := 1; i <= p.Count && ctx.Err() == nil; i++ {
+		id := idPrefix + fakekit.NewUUID()
+		res.Answers[s.send(ctx, p.Target, p.AuthToken, id, userPrefix+strconv.Itoa(i), opts)]++
 		res.Sent++
-		res.Answers[k]++
-		res.PrivacyRequestIDs = append(res.PrivacyRequestIDs, ids[i])
+		res.PrivacyRequestIDs = append(res.PrivacyRequestIDs, id)
 	}
 	if res.Sent < p.Count {
 		return res, ctx.Err()
