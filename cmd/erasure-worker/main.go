@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/erasure-worker/erasure-worker/connector"
+	"github.com/erasure-worker/erasure-worker/connector/fides"
 	"github.com/erasure-worker/erasure-worker/connector/ketch"
 	"github.com/erasure-worker/erasure-worker/connector/onetrust"
 	"github.com/erasure-worker/erasure-worker/connector/transcend"
@@ -26,6 +27,7 @@ var connectors = connector.NewRegistry(
 	ketch.Connector{},
 	transcend.Connector{},
 	onetrust.Connector{},
+	fides.Connector{},
 )
 
 // version is stamped at build time: -ldflags "-X main.version=v1.2.3".
