@@ -24,7 +24,7 @@ const (
 
 // The paths the Ingress forwards: the generic API and Ketch's forwarder. Nothing else of the
 // worker is meant for the outside.
-var apiIngressPaths = []string{"/v1/erasure-requests", "/v1/ketch"}
+var apiIngressPaths = []string{"/v1/erasure-requests", "/v1/fides", "/v1/ketch", "/v1/onetrust"} // sorted
 
 // The production overlay with components/api-ingress turned on as its comment says: every promise
 // of the overlay still holds, and an Ingress sends the doors' paths, and only those, to the

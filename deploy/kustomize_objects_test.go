@@ -297,7 +297,8 @@ var runHelp = sync.OnceValues(func() ([]byte, error) {
 // must be listed, like every other setting.
 var doorSettings = []string{"API_LISTEN_ADDR", "API_TOKEN_FILE", "REPORT_WEBHOOK_URL", "REPORT_WEBHOOK_SECRET_FILE",
 	"KETCH_AUTH_HEADER", "KETCH_AUTH_VALUE_FILE", "KETCH_IDENTITY_SPACE", "TRANSCEND_URL", "TRANSCEND_API_KEY_FILE",
-	"TRANSCEND_SOMBRA_KEY_FILE", "TRANSCEND_DATA_SILO_ID", "TRANSCEND_POLL_INTERVAL"}
+	"TRANSCEND_SOMBRA_KEY_FILE", "TRANSCEND_DATA_SILO_ID", "TRANSCEND_POLL_INTERVAL",
+	"FIDES_AUTH_TOKEN_FILE", "FIDES_URL", "ONETRUST_INBOUND_TOKEN_FILE", "ONETRUST_URL", "ONETRUST_CLIENT_ID", "ONETRUST_CLIENT_SECRET_FILE"}
 
 // knownSettings are the environment variables `erasure-worker run --help` lists.
 func knownSettings(t *testing.T) map[string]bool {

@@ -38,11 +38,13 @@ const (
 
 // Settings that are secret: never in a ConfigMap.
 var secretSettings = []string{"DATABASE_URL", "KNOT_CLIENT_ID", "KNOT_SECRET",
-	"API_TOKEN", "REPORT_WEBHOOK_SECRET", "KETCH_AUTH_VALUE", "TRANSCEND_API_KEY", "TRANSCEND_SOMBRA_KEY"}
+	"API_TOKEN", "REPORT_WEBHOOK_SECRET", "KETCH_AUTH_VALUE", "TRANSCEND_API_KEY", "TRANSCEND_SOMBRA_KEY",
+	"FIDES_AUTH_TOKEN", "ONETRUST_INBOUND_TOKEN", "ONETRUST_CLIENT_SECRET"}
 
 // The secrets of the doors and connectors (issue 11): each off while its key is missing from the
 // Secret, so the base must apply without them.
-var optionalSecrets = []string{"API_TOKEN", "REPORT_WEBHOOK_SECRET", "KETCH_AUTH_VALUE", "TRANSCEND_API_KEY", "TRANSCEND_SOMBRA_KEY"}
+var optionalSecrets = []string{"API_TOKEN", "REPORT_WEBHOOK_SECRET", "KETCH_AUTH_VALUE", "TRANSCEND_API_KEY", "TRANSCEND_SOMBRA_KEY",
+	"FIDES_AUTH_TOKEN", "ONETRUST_INBOUND_TOKEN", "ONETRUST_CLIENT_SECRET"}
 
 // --- rendering ---------------------------------------------------------------------------------
 
