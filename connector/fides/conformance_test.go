@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
-	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -16,29 +14,9 @@ import (
 	"github.com/erasure-worker/erasure-worker/connector/fides/fidesfake"
 )
 
-// The suite's delivery part counts every outcome told to the receiver exactly once, failures
-// included; Fides has no failure callback, so the suite's failed requests (one in three) can
-// only end with a failed report, and that part cannot pass until the suite knows a receiver
-// that is not told of failures (the kit's Unreported says which). TestConformance runs the rest
-// of the suite, the door's part, in a child process; FIDES_CONFORMANCE_ALL=1 runs it whole.
+// Fides has no failure callback: the kit's Unreported tells the suite so, and it checks that
+// those reports end failed with their reason, told to no one.
 func TestConformance(t *testing.T) {
-	if os.Getenv(conformanceChild) != "" {
-		t.Skip("in the child process")
-	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestConformanceSuite$/^Door$", "-test.v")
-	cmd.Env = append(os.Environ(), conformanceChild+"=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil || !bytes.Contains(out, []byte("--- PASS: TestConformanceSuite/Door ")) {
-		t.Fatalf("the suite's door part: %v\n%s", err, out)
-	}
-}
-
-const conformanceChild = "FIDES_CONFORMANCE_CHILD"
-
-func TestConformanceSuite(t *testing.T) {
-	if os.Getenv(conformanceChild) == "" && os.Getenv("FIDES_CONFORMANCE_ALL") == "" {
-		t.Skip("run through TestConformance (its door part), or whole with FIDES_CONFORMANCE_ALL=1")
-	}
 	connectortest.Run(t, fides.Connector{}, newKit())
 }
 
