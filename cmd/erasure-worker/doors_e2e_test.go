@@ -23,6 +23,7 @@ func TestEndToEndEveryDoorReportsEveryOutcome(t *testing.T) {
 		"ketchfake":     limited,
 		"transcendfake": {"-report-rate-limit-rate", "0.05", "-retry-after", "1s"},
 		"onetrustfake":  append([]string{"-revoke-after", "2s"}, limited...),
+		"fidesfake":     limited,
 	}))
 	w := rig.startWorker(t, "worker", "RATE_LIMIT_RPS=2000", "RATE_LIMIT_BURST=50", "CONCURRENCY=16",
 		"RETRY_MIN_BACKOFF=100ms", "RETRY_MAX_BACKOFF=1s", "POLL_INTERVAL=200ms")
@@ -30,17 +31,18 @@ func TestEndToEndEveryDoorReportsEveryOutcome(t *testing.T) {
 	rig.submitAPI(t, n)
 	rig.pushKetch(t, n)
 	rig.pushOneTrust(t, n)
+	rig.pushFides(t, n)
 
 	const callbacks = 2 // ketchfake's default per request
 	queuetest.WaitFor(t, 3*time.Minute, "every request finished and every report delivered", func() bool {
 		c, r := rig.counts(t), rig.reportCounts(t)
-		return c["succeeded/deleted"]+c["succeeded/not_found"] == 4*n &&
+		return c["succeeded/deleted"]+c["succeeded/not_found"] == 5*n && r["fides/delivered"] == n &&
 			r["webhook/delivered"] == n && r["ketch/delivered"] == callbacks*n && r["transcend/delivered"] == n &&
 			r["onetrust/delivered"] == 2*n // IN_PROGRESS, then the outcome
 	})
 	c := rig.counts(t)
 	if c["failed"] != 0 || c["pending"]+c["running"] != 0 {
-		t.Fatalf("counts %v, want all %d succeeded", c, 4*n)
+		t.Fatalf("counts %v, want all %d succeeded", c, 5*n)
 	}
 
 	// Outcomes by door, from the table, to hold each fake's counts against.
@@ -92,17 +94,26 @@ func TestEndToEndEveryDoorReportsEveryOutcome(t *testing.T) {
 		t.Errorf("onetrust answered no 429 (%v): the test did not test what it says", ot.Faulted)
 	}
 
+	fi := rig.fidesStats(t)
+	if fi.TasksCompleted != n || fi.Completions != n || fi.PrematureCallbacks+fi.EarlyRetries+fi.Unauthenticated+fi.Forbidden+fi.Expired+fi.MalformedBodies != 0 {
+		t.Errorf("fides: %+v; want every task completed once, no callback before it awaited one", fi)
+	}
+	if fi.RowsMasked["1"] != byDoor("fides:", "deleted") || fi.RowsMasked["0"] != byDoor("fides:", "not_found") {
+		t.Errorf("fides rows_masked %v, table has deleted %d, not_found %d", fi.RowsMasked, byDoor("fides:", "deleted"), byDoor("fides:", "not_found"))
+	}
+
 	t.Logf("webhook: %d requests, %d messages, %d faulted; ketch: %d finals over %d uids; transcend: %d reported (%v); knot: %v",
 		wh.RequestRefs, wh.Messages, wh.DuplicateWebhookIDs, k.FinalEvents, k.UIDsOneFinal, tr.ItemsReported, tr.ReportsByProfileStatus, c)
 	t.Logf("onetrust: %d subtasks one final, updates %v, %d token fetches, %d refused tokens, faults %v",
 		ot.SubtasksOneFinal, ot.Updates, ot.TokenFetches, ot.Unauthorized, ot.Faulted)
+	t.Logf("fides: %d tasks completed, rows_masked %v, %d repeats, faults %v", fi.TasksCompleted, fi.RowsMasked, fi.RepeatCallbacks, fi.Faulted)
 
 	// What an operator sees.
 	out, errOut, code := rig.cli(t, "", "status")
 	if code != 0 || !strings.Contains(out, "REPORTS") {
 		t.Fatalf("status: exit %d: %s %s", code, out, errOut)
 	}
-	for _, row := range []string{"webhook", "ketch", "transcend", "onetrust"} {
+	for _, row := range []string{"webhook", "ketch", "transcend", "onetrust", "fides"} {
 		want := n
 		switch row {
 		case "ketch":
@@ -122,7 +133,7 @@ func TestEndToEndEveryDoorReportsEveryOutcome(t *testing.T) {
 	}
 	logs := w.out.String()
 	for _, secret := range []string{rigAPIToken, rigKetchValue, rigTranscendKey, strings.TrimPrefix(rigWebhookSecret, "whsec_"), "api-person-", "ketch-person-", rigTranscendItems + "-",
-		rigOneTrustToken, rigOneTrustSecret, "onetrust-person-"} {
+		rigOneTrustToken, rigOneTrustSecret, "onetrust-person-", rigFidesToken, "fides-person-"} {
 		if strings.Contains(logs, secret) {
 			t.Errorf("the worker's log holds %q", secret)
 		}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/erasure-worker/erasure-worker/connector/fides/fidesfake"
 	"github.com/erasure-worker/erasure-worker/connector/ketch/ketchfake"
 	"github.com/erasure-worker/erasure-worker/connector/onetrust/onetrustfake"
 	"github.com/erasure-worker/erasure-worker/connector/transcend/transcendfake"
@@ -221,11 +222,12 @@ func resetFake(t *testing.T, url string) {
 // doors are the privacy request systems as processes: a receiver of outcome webhooks, a fake
 // Ketch (which pushes requests and takes callbacks), a fake Sombra holding Transcend's pending
 // erasures, a fake OneTrust (a workflow that pushes subtasks, its OAuth server and its subtask
-// API); and the address of the workers' HTTP doors.
+// API), a fake Fides (its SaaS connector calling us, and its callback endpoint); and the address
+// of the workers' HTTP doors.
 type doors struct {
-	webhookURL, ketchURL, transcendURL, onetrustURL string
-	apiAddr                                         string
-	env                                             []string // the doors' settings for `run`
+	webhookURL, ketchURL, transcendURL, onetrustURL, fidesURL string
+	apiAddr                                                   string
+	env                                                       []string // the doors' settings for `run`
 }
 
 const (
@@ -239,6 +241,7 @@ const (
 	rigOneTrustToken  = "rig-onetrust-inbound-5c2e"
 	rigOneTrustClient = "rig-onetrust-client"
 	rigOneTrustSecret = "rig-onetrust-secret-77d0"
+	rigFidesToken     = "rig-fides-token-3b9a"
 )
 
 func startDoors(t *testing.T, transcendItems int, args map[string][]string) *doors {
@@ -251,6 +254,8 @@ func startDoors(t *testing.T, transcendItems int, args map[string][]string) *doo
 		append([]string{"-items", fmt.Sprint(transcendItems), "-items-prefix", rigTranscendItems}, args["transcendfake"]...)...)
 	_, d.onetrustURL = startFake(t, "onetrustfake",
 		[]string{"ONETRUST_CLIENT_ID=" + rigOneTrustClient, "ONETRUST_CLIENT_SECRET=" + rigOneTrustSecret}, args["onetrustfake"]...)
+	// Fides' tasks await their callback 200ms after our 202; the worker holds each callback 1s.
+	_, d.fidesURL = startFake(t, "fidesfake", nil, append([]string{"-park-delay", "200ms"}, args["fidesfake"]...)...)
 	d.env = []string{
 		"API_LISTEN_ADDR=" + d.apiAddr, "API_TOKEN=" + rigAPIToken,
 		"REPORT_WEBHOOK_URL=" + d.webhookURL + "/outcomes", "REPORT_WEBHOOK_SECRET=" + rigWebhookSecret,
@@ -260,6 +265,7 @@ func startDoors(t *testing.T, transcendItems int, args map[string][]string) *doo
 		"TRANSCEND_POLL_INTERVAL=1s",
 		"ONETRUST_INBOUND_TOKEN=" + rigOneTrustToken, "ONETRUST_URL=" + d.onetrustURL,
 		"ONETRUST_CLIENT_ID=" + rigOneTrustClient, "ONETRUST_CLIENT_SECRET=" + rigOneTrustSecret,
+		"FIDES_AUTH_TOKEN=" + rigFidesToken, "FIDES_URL=" + d.fidesURL, "FIDES_CALLBACK_DELAY=1s",
 	}
 	return d
 }
@@ -355,6 +361,24 @@ func postJSON(t *testing.T, url string, body []byte, v any) {
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("POST %s: %d %v", url, resp.StatusCode, err)
 	}
+}
+
+// pushFides makes the fake Fides push n erasure requests (fides-...) with callbacks to the
+// worker's door, and fails unless every one was answered 202.
+func (d *doors) pushFides(t *testing.T, n int) {
+	t.Helper()
+	body, _ := json.Marshal(fidesfake.PushSpec{Target: "http://" + d.apiAddr + "/v1/fides/erasures",
+		AuthToken: rigFidesToken, Count: n, IDPrefix: "fides-", UserPrefix: "fides-person-"})
+	var res fidesfake.PushResult
+	postJSON(t, d.fidesURL+"/_fake/push", body, &res)
+	if res.Sent != n || res.Answers["http_202"] != n {
+		t.Fatalf("fides push: sent %d, answers %v; want %d answered 202", res.Sent, res.Answers, n)
+	}
+}
+
+func (d *doors) fidesStats(t *testing.T) (st fidesfake.Stats) {
+	getJSON(t, d.fidesURL+"/_fake/stats", &st)
+	return st
 }
 
 func (d *doors) onetrustStats(t *testing.T) (st onetrustfake.Stats) {
