@@ -52,7 +52,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzPendingPage$$' -fuzztime $(FUZZTIME) ./connector/transcend
 
 # 3000 requests against a local fake Knot, and 300 through each door (the HTTP API, a fake Ketch,
-# a fake Transcend) with every outcome reported back (deploy/local/demo). With DATABASE_URL set the demo
+# a fake Transcend, a fake Fides, a fake OneTrust) with every outcome reported back
+# (deploy/local/demo). With DATABASE_URL set the demo
 # uses that database as is (its rows, demo-<timestamp>-<i>, stay); else a throwaway cluster.
 demo: build
 	@if [ -n "$$DATABASE_URL" ]; then \
