@@ -118,8 +118,8 @@ const (
 func (d *door) Routes(in connector.Intake, log *slog.Logger) map[string]http.Handler {
 	h := handler{door: d, in: in, log: log}
 	return map[string]http.Handler{
-		routeSubmit: h.authenticated(h.submit),
-		routeStatus: h.authenticated(h.status),
+		routeSubmit: connector.Bearer(h.token, SettingAuthToken, in, h.submit),
+		routeStatus: connector.Bearer(h.token, SettingAuthToken, in, h.status),
 	}
 }
 
@@ -127,35 +127,6 @@ type handler struct {
 	*door
 	in  connector.Intake
 	log *slog.Logger
-}
-
-// apiError is the refusal body, the generic API's: the field at fault and what is wrong.
-type apiError struct {
-	Error struct {
-		Field   string `json:"field,omitempty"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
-
-func refuse(w http.ResponseWriter, status int, field, message string) {
-	var e apiError
-	e.Error.Field, e.Error.Message = field, message
-	connector.WriteJSON(w, status, e)
-}
-
-// authenticated checks the bearer token before anything of the request is read.
-func (h handler) authenticated(next http.HandlerFunc) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || !connector.EqualSecret(tok, h.token) {
-			h.in.Refused(connector.RefusedUnauthenticated, "")
-			connector.CloseAfter(w)
-			w.Header().Set("WWW-Authenticate", `Bearer realm="erasure-worker"`)
-			refuse(w, http.StatusUnauthorized, "", "missing or wrong bearer token (Authorization: Bearer <FIDES_AUTH_TOKEN>)")
-			return
-		}
-		next(w, r)
-	})
 }
 
 // Answer is the body of an accepted request: Fides' polling strategy reads the correlation id
@@ -166,15 +137,7 @@ type Answer struct {
 
 // submit is POST /v1/fides/erasures.
 func (h handler) submit(w http.ResponseWriter, r *http.Request) {
-	if !connector.IsJSON(r) {
-		h.in.Refused(connector.RefusedNotJSON, "")
-		refuse(w, http.StatusUnsupportedMediaType, "", "the body must be JSON (Content-Type: application/json)")
-		return
-	}
-	body, ok := connector.ReadBody(w, r, func() {
-		h.in.Refused(connector.RefusedTooLarge, "")
-		refuse(w, http.StatusRequestEntityTooLarge, "", "the body is larger than 64 KiB")
-	})
+	body, ok := connector.ReadJSON(w, r, h.in)
 	if !ok {
 		return
 	}
@@ -186,28 +149,28 @@ func (h handler) submit(w http.ResponseWriter, r *http.Request) {
 		var fe *connector.FieldError
 		errors.As(err, &fe)
 		h.in.Refused(connector.RefusedInvalid, fe.Field)
-		refuse(w, http.StatusBadRequest, fe.Field, fe.Error())
+		connector.Refuse(w, http.StatusBadRequest, fe.Field, fe.Error())
 		return
 	}
 	req := connector.Request{ID: id, ExternalUserID: user, IDField: FieldPrivacyRequestID, UserField: FieldExternalUserID}
 	if replyTo := r.Header.Get(HeaderReplyTo); replyTo != "" {
 		creds, err := json.Marshal(report{ReplyTo: replyTo, Token: r.Header.Get(HeaderReplyToToken), NotBefore: h.now().Add(h.hold).UTC()})
 		if err != nil {
-			refuse(w, http.StatusInternalServerError, "", "cannot keep the callback")
+			connector.Refuse(w, http.StatusInternalServerError, "", "cannot keep the callback")
 			return
 		}
 		req.Reports = []connector.NewReport{{Credentials: creds, Hold: h.hold}}
 	}
 	got, err := h.in.Submit(r.Context(), req)
 	if err != nil {
-		h.unavailable(w, r, err)
+		connector.Unavailable(w, r, h.log, h.info.DoorName(), err) // Fides retries a 503
 		return
 	}
 	switch a := got[0]; a.Admission {
 	case connector.Refused:
-		refuse(w, http.StatusBadRequest, a.Err.Field, a.Err.Error())
+		connector.Refuse(w, http.StatusBadRequest, a.Err.Field, a.Err.Error())
 	case connector.Conflict:
-		refuse(w, http.StatusConflict, FieldPrivacyRequestID, "privacy_request_id: already used by a request for another external_user_id")
+		connector.Refuse(w, http.StatusConflict, FieldPrivacyRequestID, "privacy_request_id: already used by a request for another external_user_id")
 	case connector.Inserted:
 		connector.WriteJSON(w, http.StatusAccepted, Answer{CorrelationID: id})
 	default:
@@ -223,10 +186,10 @@ func (h handler) status(w http.ResponseWriter, r *http.Request) {
 	rec, err := h.in.Lookup(r.Context(), r.PathValue("correlation_id"))
 	switch {
 	case errors.Is(err, connector.ErrNotFound):
-		refuse(w, http.StatusNotFound, "correlation_id", "no request has this correlation_id")
+		connector.Refuse(w, http.StatusNotFound, "correlation_id", "no request has this correlation_id")
 		return
 	case err != nil:
-		h.unavailable(w, r, err)
+		connector.Unavailable(w, r, h.log, h.info.DoorName(), err) // Fides retries a 503
 		return
 	}
 	st := StatusOf(rec)
@@ -235,16 +198,6 @@ func (h handler) status(w http.ResponseWriter, r *http.Request) {
 		code = http.StatusUnprocessableEntity
 	}
 	connector.WriteJSON(w, code, st)
-}
-
-// unavailable answers a request the database could not take: Fides retries a 503.
-func (h handler) unavailable(w http.ResponseWriter, r *http.Request, err error) {
-	if r.Context().Err() != nil {
-		return // the sender went away
-	}
-	h.log.Error("a door could not reach the database; the sender is told to retry", "door", h.info.DoorName(), "err", err)
-	w.Header().Set("Retry-After", connector.RetryLater)
-	refuse(w, http.StatusServiceUnavailable, "", "the database is unavailable; try again (repeating the same request is safe)")
 }
 
 // deliverer calls Fides back at FIDES_URL followed by each request's reply-to path.

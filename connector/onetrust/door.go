@@ -157,7 +157,8 @@ type door struct {
 }
 
 func (d *door) Routes(in connector.Intake, log *slog.Logger) map[string]http.Handler {
-	return map[string]http.Handler{"POST /v1/onetrust/subtasks": handler{door: d, in: in, log: log}}
+	h := handler{door: d, in: in, log: log}
+	return map[string]http.Handler{"POST /v1/onetrust/subtasks": connector.Bearer(d.token, settingInboundToken, in, h.submit)}
 }
 
 type handler struct {
@@ -166,42 +167,15 @@ type handler struct {
 	log *slog.Logger
 }
 
-// answer is the door's body: the generic API's, so that one sender's tooling reads both.
+// answer is the door's body when it takes a request; a refusal is the generic API's
+// connector.ErrorBody, so that one sender's tooling reads both.
 type answer struct {
-	RequestRef string `json:"request_ref,omitempty"`
-	Error      *struct {
-		Field   string `json:"field,omitempty"`
-		Message string `json:"message"`
-	} `json:"error,omitempty"`
+	RequestRef string `json:"request_ref"`
 }
 
-func refuse(w http.ResponseWriter, status int, field, message string) {
-	var a answer
-	a.Error = &struct {
-		Field   string `json:"field,omitempty"`
-		Message string `json:"message"`
-	}{field, message}
-	connector.WriteJSON(w, status, a)
-}
-
-func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || !connector.EqualSecret(token, h.token) {
-		h.in.Refused(connector.RefusedUnauthenticated, "")
-		connector.CloseAfter(w) // nothing past the headers is read
-		w.Header().Set("WWW-Authenticate", `Bearer realm="erasure-worker"`)
-		refuse(w, http.StatusUnauthorized, "", "missing or wrong bearer token (Authorization: Bearer <"+settingInboundToken+">)")
-		return
-	}
-	if !connector.IsJSON(r) {
-		h.in.Refused(connector.RefusedNotJSON, "")
-		refuse(w, http.StatusUnsupportedMediaType, "", "the body must be JSON (Content-Type: application/json)")
-		return
-	}
-	body, ok := connector.ReadBody(w, r, func() {
-		h.in.Refused(connector.RefusedTooLarge, "")
-		refuse(w, http.StatusRequestEntityTooLarge, "", "the body is larger than 64 KiB")
-	})
+// submit is POST /v1/onetrust/subtasks, once authenticated.
+func (h handler) submit(w http.ResponseWriter, r *http.Request) {
+	body, ok := connector.ReadJSON(w, r, h.in)
 	if !ok {
 		return
 	}
@@ -210,7 +184,7 @@ func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		var fe *connector.FieldError
 		errors.As(err, &fe)
 		h.in.Refused(connector.RefusedInvalid, fe.Field)
-		refuse(w, http.StatusBadRequest, fe.Field, fe.Error())
+		connector.Refuse(w, http.StatusBadRequest, fe.Field, fe.Error())
 		return
 	}
 	got, err := h.in.Submit(r.Context(), connector.Request{
@@ -221,19 +195,14 @@ func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Reports: []connector.NewReport{{AtIntake: true}, {}},
 	})
 	if err != nil {
-		if r.Context().Err() != nil {
-			return // the sender went away
-		}
-		h.log.Error("a door could not reach the database; the sender is told to retry", "door", h.info.DoorName(), "err", err)
-		w.Header().Set("Retry-After", connector.RetryLater)
-		refuse(w, http.StatusServiceUnavailable, "", "the database is unavailable; try again (repeating the same request is safe)")
+		connector.Unavailable(w, r, h.log, h.info.DoorName(), err)
 		return
 	}
 	switch a := got[0]; a.Admission {
 	case connector.Refused:
-		refuse(w, http.StatusBadRequest, a.Err.Field, a.Err.Error())
+		connector.Refuse(w, http.StatusBadRequest, a.Err.Field, a.Err.Error())
 	case connector.Conflict:
-		refuse(w, http.StatusConflict, fieldSubtaskID, "subtask_id: already taken for another external_user_id")
+		connector.Refuse(w, http.StatusConflict, fieldSubtaskID, "subtask_id: already taken for another external_user_id")
 	case connector.Inserted:
 		connector.WriteJSON(w, http.StatusAccepted, answer{RequestRef: h.info.RefPrefix + st.ID})
 	default:

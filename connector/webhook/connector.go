@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/erasure-worker/erasure-worker/connector"
@@ -67,39 +66,9 @@ type door struct {
 func (d *door) Routes(in connector.Intake, log *slog.Logger) map[string]http.Handler {
 	h := handler{door: d, in: in, log: log}
 	return map[string]http.Handler{
-		"POST /v1/erasure-requests":      h.authenticated(h.submit),
-		"GET /v1/erasure-requests/{ref}": h.authenticated(h.lookup),
+		"POST /v1/erasure-requests":      connector.Bearer(h.token, "API_TOKEN", in, h.submit),
+		"GET /v1/erasure-requests/{ref}": connector.Bearer(h.token, "API_TOKEN", in, h.lookup),
 	}
-}
-
-func (h handler) authenticated(next http.HandlerFunc) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || !connector.EqualSecret(token, h.token) {
-			h.in.Refused(connector.RefusedUnauthenticated, "")
-			// Nothing past the headers is read, and the connection is closed so that net/http
-			// does not wait for a body it would discard.
-			connector.CloseAfter(w)
-			w.Header().Set("WWW-Authenticate", `Bearer realm="erasure-worker"`)
-			writeError(w, http.StatusUnauthorized, "", "missing or wrong bearer token (Authorization: Bearer <API_TOKEN>)")
-			return
-		}
-		next(w, r)
-	})
-}
-
-// apiError is the generic API's error body.
-type apiError struct {
-	Error struct {
-		Field   string `json:"field,omitempty"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
-
-func writeError(w http.ResponseWriter, status int, field, message string) {
-	var e apiError
-	e.Error.Field, e.Error.Message = field, message
-	connector.WriteJSON(w, status, e)
 }
 
 type handler struct {
@@ -110,15 +79,7 @@ type handler struct {
 
 // submit is POST /v1/erasure-requests.
 func (h handler) submit(w http.ResponseWriter, r *http.Request) {
-	if !connector.IsJSON(r) {
-		h.in.Refused(connector.RefusedNotJSON, "")
-		writeError(w, http.StatusUnsupportedMediaType, "", "the body must be JSON (Content-Type: application/json)")
-		return
-	}
-	body, ok := connector.ReadBody(w, r, func() {
-		h.in.Refused(connector.RefusedTooLarge, "")
-		writeError(w, http.StatusRequestEntityTooLarge, "", "the body is larger than 64 KiB")
-	})
+	body, ok := connector.ReadJSON(w, r, h.in)
 	if !ok {
 		return
 	}
@@ -130,7 +91,7 @@ func (h handler) submit(w http.ResponseWriter, r *http.Request) {
 			field = fe.Field
 		}
 		h.in.Refused(connector.RefusedInvalid, field)
-		writeError(w, http.StatusBadRequest, field, err.Error())
+		connector.Refuse(w, http.StatusBadRequest, field, err.Error())
 		return
 	}
 	req := connector.Request{ID: sub.RequestRef, ExternalUserID: sub.ExternalUserID, DueAt: sub.DueAt}
@@ -139,14 +100,14 @@ func (h handler) submit(w http.ResponseWriter, r *http.Request) {
 	}
 	got, err := h.in.Submit(r.Context(), req)
 	if err != nil {
-		h.unavailable(w, r, err)
+		connector.Unavailable(w, r, h.log, h.info.DoorName(), err)
 		return
 	}
 	switch a := got[0]; a.Admission {
 	case connector.Refused:
-		writeError(w, http.StatusBadRequest, a.Err.Field, a.Err.Error())
+		connector.Refuse(w, http.StatusBadRequest, a.Err.Field, a.Err.Error())
 	case connector.Conflict:
-		writeError(w, http.StatusConflict, "request_ref", "request_ref: already used by a request for another external_user_id")
+		connector.Refuse(w, http.StatusConflict, "request_ref", "request_ref: already used by a request for another external_user_id")
 	case connector.Inserted:
 		connector.WriteJSON(w, http.StatusAccepted, a.Record)
 	default:
@@ -159,23 +120,12 @@ func (h handler) lookup(w http.ResponseWriter, r *http.Request) {
 	rec, err := h.in.Lookup(r.Context(), r.PathValue("ref"))
 	switch {
 	case errors.Is(err, connector.ErrNotFound):
-		writeError(w, http.StatusNotFound, "request_ref", "no request has this request_ref")
+		connector.Refuse(w, http.StatusNotFound, "request_ref", "no request has this request_ref")
 	case err != nil:
-		h.unavailable(w, r, err)
+		connector.Unavailable(w, r, h.log, h.info.DoorName(), err)
 	default:
 		connector.WriteJSON(w, http.StatusOK, rec)
 	}
-}
-
-// unavailable answers a request the database could not take: nothing was stored, and the
-// sender should try again.
-func (h handler) unavailable(w http.ResponseWriter, r *http.Request, err error) {
-	if r.Context().Err() != nil {
-		return // the sender went away
-	}
-	h.log.Error("a door could not reach the database; the sender is told to retry", "door", h.info.DoorName(), "err", err)
-	w.Header().Set("Retry-After", connector.RetryLater)
-	writeError(w, http.StatusServiceUnavailable, "", "the database is unavailable; try again (repeating the same request is safe)")
 }
 
 // deliverer sends each report as a Standard Webhooks message.
