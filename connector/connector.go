@@ -116,6 +116,12 @@ type NewReport struct {
 	// Hold keeps the report back until this long after intake, for a receiver that cannot take
 	// the outcome straight after it handed the request over (Report.NotBefore).
 	Hold time.Duration
+	// Renewed: a repeat of the request that brings this report again replaces the stored one (a
+	// sender that issues a new credential each time it retries: Fides' reply-to-token), with a
+	// fresh hold and count of attempts. An undelivered report goes with the new credentials; a
+	// delivered or failed one is sent again once the request has finished, since the sender
+	// asking again means it still waits. A delivery in flight is left to end.
+	Renewed bool
 }
 
 // IdentifierCredential is the member of a report's Credentials that holds personal data: the

@@ -37,6 +37,51 @@ type NewReport struct {
 	Hold time.Duration
 }
 
+// RenewReports replaces the reports of one connector of the request id with these, for a
+// repeat of the request that brings new credentials (connector.NewReport.Renewed): each takes
+// the new credentials, hold and lane with a fresh count of attempts, and is deliverable again if
+// the request has finished, or waits for it. A report in delivery is left as it is; a target the
+// request did not have is added. It returns how many it renewed or added.
+func (q *Queue) RenewReports(ctx context.Context, id int64, reports []NewReport) (int64, error) {
+	if len(reports) == 0 {
+		return 0, nil
+	}
+	var connector []string
+	var targets []int32
+	var lanes []string
+	var creds []*string
+	var holds []int64
+	for _, r := range reports {
+		connector, targets, lanes = append(connector, r.Connector), append(targets, int32(r.Target)), append(lanes, r.Lane)
+		var c *string
+		if r.Credentials != nil {
+			v := string(r.Credentials)
+			c = &v
+		}
+		creds, holds = append(creds, c), append(holds, max(r.Hold.Milliseconds(), 0))
+	}
+	const renewSQL = `
+INSERT INTO erasure_reports AS rep (request_id, connector, lane, target, credentials, not_before, status, run_after, ready_at)
+SELECT r.id, n.connector, n.lane, n.target, n.credentials, h.not_before,
+       CASE WHEN r.completed_at IS NULL THEN 'waiting' ELSE 'pending' END,
+       CASE WHEN r.completed_at IS NOT NULL THEN greatest(now(), h.not_before) END,
+       CASE WHEN r.completed_at IS NOT NULL THEN now() END
+FROM erasure_requests r
+CROSS JOIN unnest($2::text[], $3::int[], $4::text[], $5::jsonb[], $6::bigint[]) AS n(connector, target, lane, credentials, hold_ms)
+CROSS JOIN LATERAL (SELECT CASE WHEN n.hold_ms > 0 THEN now() + n.hold_ms * interval '1 millisecond' END AS not_before) h
+WHERE r.id = $1
+ON CONFLICT (request_id, connector, target) DO UPDATE
+SET lane = excluded.lane, credentials = excluded.credentials, not_before = excluded.not_before,
+    status = excluded.status, run_after = excluded.run_after, ready_at = excluded.ready_at,
+    attempts = 0, delivered_at = NULL
+WHERE rep.status <> 'delivering' AND NOT rep.at_intake`
+	tag, err := q.pool.Exec(ctx, renewSQL, id, connector, targets, lanes, creds, holds)
+	if err != nil {
+		return 0, fmt.Errorf("renew reports: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
 // Admission is what intake did with one NewRequest.
 type Admission int
 

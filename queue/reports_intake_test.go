@@ -176,3 +176,65 @@ func TestAHeldReportWaitsForItsHold(t *testing.T) {
 		}
 	}
 }
+
+// A repeat that brings new credentials renews the request's report: a delivered or failed one
+// goes again with them once the request has finished; a waiting one waits on with them; one in
+// delivery is left to end; a target the request lacked is added.
+func TestRenewedReportsTakeTheNewCredentials(t *testing.T) {
+	q, b := setup(t)
+	lane := queue.ReportLane{Connector: "fides"}
+	res, err := q.Enqueue(b.ctx, []queue.NewRequest{
+		{RequestRef: "f-0", ExternalUserID: "u0", Reports: []queue.NewReport{{Connector: "fides", Credentials: []byte(`{"t":"old-0"}`)}}},
+		{RequestRef: "f-1", ExternalUserID: "u1", Reports: []queue.NewReport{{Connector: "fides", Credentials: []byte(`{"t":"old-1"}`)}}},
+		{RequestRef: "f-2", ExternalUserID: "u2", Reports: []queue.NewReport{{Connector: "fides", Credentials: []byte(`{"t":"old-2"}`)}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := []int64{res[0].ID, res[1].ID, res[2].ID}
+	finishAll(t, q, b, queue.Succeed, queue.OutcomeDeleted)
+	got, err := q.ClaimReports(b.ctx, "r1", lane, 10, time.Minute)
+	if err != nil || len(got) != 3 {
+		t.Fatalf("claimed %d (%v)", len(got), err)
+	}
+	byReq := map[int64]queue.Report{}
+	for _, r := range got {
+		byReq[r.RequestID] = r
+	}
+	deliverAll(t, q, b, []queue.Report{byReq[ids[0]]}, "delivered")
+	deliverAll(t, q, b, []queue.Report{byReq[ids[1]]}, "rejected")
+	// f-2's stays in delivery.
+
+	for i, id := range ids {
+		n, err := q.RenewReports(b.ctx, id, []queue.NewReport{{Connector: "fides", Credentials: fmt.Appendf(nil, `{"t":"new-%d"}`, i)}})
+		if err != nil || (i < 2) != (n == 1) {
+			t.Fatalf("renew %d: %d renewed (%v)", i, n, err)
+		}
+	}
+	got, err = q.ClaimReports(b.ctx, "r2", lane, 10, time.Minute)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("claimed %d after the renewal (%v); want the delivered and the failed report again", len(got), err)
+	}
+	for _, r := range got {
+		if string(r.Credentials) != fmt.Sprintf(`{"t": "new-%d"}`, r.RequestID-ids[0]) || r.Attempts != 0 {
+			t.Errorf("renewed report of request %d: credentials %s, attempts %d; want the new ones and none", r.RequestID, r.Credentials, r.Attempts)
+		}
+	}
+	var old string
+	if err := b.pool.QueryRow(b.ctx, `SELECT credentials->>'t' FROM erasure_reports WHERE request_id = $1`, ids[2]).Scan(&old); err != nil || old != "old-2" {
+		t.Errorf("the report in delivery has %q (%v); want it left as it was", old, err)
+	}
+
+	// A request still waiting for its outcome: its report waits on, with the new credentials;
+	// a target it lacked is added, waiting too.
+	res, err = q.Enqueue(b.ctx, []queue.NewRequest{{RequestRef: "f-3", ExternalUserID: "u3"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := q.RenewReports(b.ctx, res[0].ID, []queue.NewReport{{Connector: "fides", Credentials: []byte(`{"t":"late"}`)}}); err != nil || n != 1 {
+		t.Fatalf("renew of a request without a report: %d (%v)", n, err)
+	}
+	if st, creds := b.reportStatus(t, res[0].ID); st != queue.ReportWaiting || !creds {
+		t.Errorf("the added report is %s (credentials %v); want waiting with them", st, creds)
+	}
+}

@@ -19,6 +19,7 @@ type IntakeQueue interface {
 	Enqueue(ctx context.Context, reqs []queue.NewRequest) ([]queue.EnqueueResult, error)
 	Lookup(ctx context.Context, requestRef string) (queue.Record, error)
 	LookupRefs(ctx context.Context, refs []string) (map[string]queue.Record, error)
+	RenewReports(ctx context.Context, id int64, reports []queue.NewReport) (int64, error)
 }
 
 // Intake stores one connector's requests: it is the connector.Intake the binary gives each
@@ -172,11 +173,28 @@ func (in *Intake) Submit(ctx context.Context, reqs ...connector.Request) ([]conn
 			a.Admission = connector.Duplicate
 			if !in.sameID(rec.ExternalUserID, reqs[i].ExternalUserID) {
 				a = connector.Admitted{Admission: connector.Conflict}
+			} else if err := in.renew(ctx, rec, rows[j].Reports, reqs[i].Reports); err != nil {
+				return nil, err
 			}
 		}
 		out[i] = a
 	}
 	return out, nil
+}
+
+// renew replaces the stored reports of a repeated request that its sender marked Renewed.
+func (in *Intake) renew(ctx context.Context, rec queue.Record, rows []queue.NewReport, reports []connector.NewReport) error {
+	var renewed []queue.NewReport
+	for t, rep := range reports {
+		if rep.Renewed {
+			renewed = append(renewed, rows[t])
+		}
+	}
+	if len(renewed) == 0 {
+		return nil
+	}
+	_, err := in.q.RenewReports(ctx, rec.ID, renewed)
+	return err
 }
 
 // Lookup implements connector.Intake.

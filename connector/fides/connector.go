@@ -159,7 +159,9 @@ func (h handler) submit(w http.ResponseWriter, r *http.Request) {
 			connector.Refuse(w, http.StatusInternalServerError, "", "cannot keep the callback")
 			return
 		}
-		req.Reports = []connector.NewReport{{Credentials: creds, Hold: h.hold}}
+		// Renewed: Fides sends a retried privacy request again with a new reply-to-token, and
+		// only that one completes the task.
+		req.Reports = []connector.NewReport{{Credentials: creds, Hold: h.hold, Renewed: true}}
 	}
 	got, err := h.in.Submit(r.Context(), req)
 	if err != nil {

@@ -132,7 +132,17 @@ func TestFidesIsToldEachOutcomeAsItCountsThem(t *testing.T) {
 		t.Errorf("the status of the request whose callback failed: %d %s, want it completed", code, body)
 	}
 
+	// An admin retries it in Fides: the same privacy request comes again with a new token, is
+	// answered as a repeat, and its report goes again with the new token, completing the task.
 	e.fake.SetTokenLifetime(time.Hour)
+	if answer := e.fake.Retry(ctx, e.door+"/v1/fides/erasures", testToken, expired); answer != "http_200" {
+		t.Fatalf("the retried request was answered %s, want http_200 (a repeat)", answer)
+	}
+	e.report(t, 1)
+	if task, _ := e.fake.Task(expired); task.Completions != 1 || task.RowsMasked[0] != 1 {
+		t.Fatalf("the retried task: %+v; want it completed once with the new token", task)
+	}
+
 	e.fake.SetFaults(fidesfake.Faults{ErrorRate: 0.2, RateLimitRate: 0.1, RetryAfter: fidesfake.Duration(time.Second), LostAnswerRate: 0.2})
 	res, err = e.fake.Push(ctx, fidesfake.PushSpec{Target: e.door + "/v1/fides/erasures", AuthToken: testToken, Count: 9})
 	if err != nil || res.Answers["http_202"] != 9 {

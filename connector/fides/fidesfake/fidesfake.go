@@ -24,6 +24,7 @@ package fidesfake
 import (
 	"bytes"
 	"cmp"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -375,6 +376,29 @@ func (s *Server) issue(id, user string, callback bool) *task {
 	}
 	s.tasks[id], s.tokens[t.token] = t, t
 	return t
+}
+
+// Retry is an admin retrying the privacy request id in Fides after its task failed (an expired
+// reply-to-token, say): the task gets a new reply-to-token, the old one is no longer taken, and
+// the erasure request is sent to target again; the task awaits its callback once the door has
+// answered. It returns the answer's key, as Push counts it ("http_200").
+func (s *Server) Retry(ctx context.Context, target, bearer, id string) string {
+	s.mu.Lock()
+	t := s.tasks[id]
+	if t == nil {
+		s.mu.Unlock()
+		return "unknown_task"
+	}
+	delete(s.tokens, t.token)
+	t.token, t.issued, t.answer, t.awaitingFrom = newToken(), s.now(), 0, time.Time{}
+	s.tokens[t.token] = t
+	user, callback := t.user, t.callback
+	s.mu.Unlock()
+	var opts []RequestOption
+	if !callback {
+		opts = append(opts, Polling())
+	}
+	return s.send(ctx, target, bearer, id, user, opts)
 }
 
 // answered records the door's answer to a task's request: a 2xx parks the task ParkDelay later,
