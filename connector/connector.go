@@ -95,7 +95,16 @@ type Request struct {
 	IDField, UserField string
 	// Reports are the reports to write with the request, delivered once it finishes.
 	Reports []NewReport
+	// Several: the system may send several people under one ID, each a request of its own
+	// (Transcend lists one item per identifier of a request, each with its own nonce). The first
+	// is stored under ID, the others under ID#2, ID#3, ... up to ID#MaxPeople: each takes the
+	// first that is free or already holds that person, so that a repeat finds its own. Without
+	// it, another person under a stored ID is a Conflict.
+	Several bool
 }
+
+// MaxPeople bounds the people of one Several request.
+const MaxPeople = 16
 
 // NewReport is one report to write beside a new request.
 type NewReport struct {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -113,19 +115,52 @@ func (in *Intake) Refused(reason connector.Refusal, field string) {
 
 // Submit implements connector.Intake.
 func (in *Intake) Submit(ctx context.Context, reqs ...connector.Request) ([]connector.Admitted, error) {
+	out, err := in.submit(ctx, reqs)
+	if err != nil {
+		return nil, err
+	}
+	// A Several request whose ID holds another person goes to its next slot, ID#2, ID#3, ...,
+	// until one is free or holds this person.
+	slotted := slices.Clone(reqs)
+	for slot := 2; slot <= connector.MaxPeople; slot++ {
+		var again []int
+		for i, a := range out {
+			if a.Admission == connector.Conflict && reqs[i].Several {
+				again = append(again, i)
+			}
+		}
+		if len(again) == 0 {
+			break
+		}
+		batch := make([]connector.Request, len(again))
+		for k, i := range again {
+			slotted[i].ID = reqs[i].ID + "#" + strconv.Itoa(slot)
+			batch[k] = slotted[i]
+		}
+		got, err := in.submit(ctx, batch)
+		if err != nil {
+			return nil, err
+		}
+		for k, i := range again {
+			out[i] = got[k]
+		}
+	}
+	for i, a := range out {
+		switch a.Admission {
+		case connector.Refused:
+			in.Refused(connector.RefusedInvalid, a.Err.Field)
+		case connector.Conflict:
+			in.Refused(connector.RefusedConflict, orField(reqs[i].IDField, "request_ref"))
+		}
+	}
+	return out, nil
+}
+
+// submit stores reqs once, each under its ID.
+func (in *Intake) submit(ctx context.Context, reqs []connector.Request) ([]connector.Admitted, error) {
 	out := make([]connector.Admitted, len(reqs))
 	rows := make([]queue.NewRequest, 0, len(reqs))
 	at := make([]int, 0, len(reqs))
-	defer func() {
-		for i, a := range out {
-			switch a.Admission {
-			case connector.Refused:
-				in.Refused(connector.RefusedInvalid, a.Err.Field)
-			case connector.Conflict:
-				in.Refused(connector.RefusedConflict, orField(reqs[i].IDField, "request_ref"))
-			}
-		}
-	}()
 	for i, r := range reqs {
 		if err := in.reservedPrefix(r); err != nil {
 			out[i] = connector.Admitted{Admission: connector.Refused, Err: err}

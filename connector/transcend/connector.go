@@ -118,6 +118,10 @@ func (p *puller) Pull(ctx context.Context, in connector.Intake, log *slog.Logger
 				ID: it.DataSiloID + ":" + it.RequestID, ExternalUserID: it.Identifier,
 				IDField: "requestId", UserField: "identifier",
 				Reports: []connector.NewReport{{Credentials: nonce}},
+				// A request of several identifiers lists an item for each, with its own nonce:
+				// each is carried out and reported, the first under the request's ref and the
+				// others under ref#2, ref#3, ...
+				Several: true,
 			}
 			if it.HasDeadline {
 				r.DueAt = DueAt(now, it.DaysUntilOverdue)
@@ -134,7 +138,7 @@ func (p *puller) Pull(ctx context.Context, in connector.Intake, log *slog.Logger
 				log.Warn("a pending erasure from Transcend was refused; it stays pending there",
 					"request_ref", p.info.RefPrefix+reqs[i].ID, "reason", a.Err)
 			case connector.Conflict:
-				log.Warn("a pending erasure from Transcend names another identifier than the request stored under its id; it stays pending there",
+				log.Warn(fmt.Sprintf("a pending erasure from Transcend is the request's identifier number %d or more, beyond what the worker takes; it stays pending there", connector.MaxPeople+1),
 					"request_ref", p.info.RefPrefix+reqs[i].ID)
 			}
 		}
