@@ -172,6 +172,12 @@ type Intake interface {
 	// logged (without ids) and counted by reason, so that a door refusing most of its traffic
 	// (a typo in a setting, a sender misconfigured) is seen.
 	Refused(reason Refusal, field string)
+	// Denied says that the door answered the system's request id with a final denial, without
+	// carrying it out (Ketch's denied/insufficient_identification): besides what Refused does,
+	// it keeps a record of the request and the reason, for the operator and the auditor
+	// (`evidence --ref`), EVIDENCE_RETENTION long. The error is the database's; the answer may
+	// go out regardless, since the sender will ask again.
+	Denied(ctx context.Context, id string, reason Refusal, field string) error
 }
 
 // Refusal is why a door refused a request: a metric's label, so a small fixed set.

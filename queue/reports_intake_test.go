@@ -238,3 +238,36 @@ func TestRenewedReportsTakeTheNewCredentials(t *testing.T) {
 		t.Errorf("the added report is %s (credentials %v); want waiting with them", st, creds)
 	}
 }
+
+// A denial is kept once per request, counting its repeats, and deleted with the rest of the
+// evidence once its last repeat is older than EVIDENCE_RETENTION.
+func TestADenialIsKeptOnceAndDeletedWithTheEvidence(t *testing.T) {
+	q, b := setup(t)
+	for range 2 {
+		if err := q.RecordDenial(b.ctx, queue.Denial{RequestRef: "ketch:uid-1", Door: "ketch", Reason: "unidentified", Field: "request.identities"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := q.LookupDenial(b.ctx, "ketch:uid-1")
+	if err != nil || d.Times != 2 || d.Door != "ketch" || d.Reason != "unidentified" || d.Field != "request.identities" || d.FirstAt.IsZero() {
+		t.Fatalf("denial %+v (%v); want it once, twice denied", d, err)
+	}
+	if _, err := q.LookupDenial(b.ctx, "ketch:uid-2"); err != queue.ErrNotFound {
+		t.Fatalf("an unknown ref: %v, want ErrNotFound", err)
+	}
+	if _, err := q.DeleteEvidence(b.ctx, time.Hour, 100); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.LookupDenial(b.ctx, "ketch:uid-1"); err != nil {
+		t.Fatalf("a denial of a minute ago was deleted with a retention of an hour: %v", err)
+	}
+	if _, err := b.pool.Exec(b.ctx, `UPDATE erasure_denials SET last_at = now() - interval '2 hours'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.DeleteEvidence(b.ctx, time.Hour, 100); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.LookupDenial(b.ctx, "ketch:uid-1"); err != queue.ErrNotFound {
+		t.Fatalf("a denial past the retention is still there: %v", err)
+	}
+}

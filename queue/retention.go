@@ -158,13 +158,15 @@ WHERE r.id = oldest.id AND r.status IN ('succeeded', 'failed')
   AND r.completed_at < now() - $1 * interval '1 millisecond'`
 
 // DeleteEvidence deletes up to limit requests finished longer than after ago (EVIDENCE_RETENTION),
-// oldest first, with their calls and reports (ON DELETE CASCADE), and returns how many.
+// oldest first, with their calls and reports (ON DELETE CASCADE), and returns how many; and up
+// to limit denials last repeated that long ago.
 func (q *Queue) DeleteEvidence(ctx context.Context, after time.Duration, limit int) (int64, error) {
 	tag, err := q.pool.Exec(ctx, deleteEvidenceSQL, after.Milliseconds(), limit)
 	if err != nil {
 		return 0, fmt.Errorf("delete evidence: %w", err)
 	}
-	return tag.RowsAffected(), nil
+	_, err = q.deleteDenials(ctx, after, limit)
+	return tag.RowsAffected(), err
 }
 
 // RetentionStats are the figures behind the retention gauges.

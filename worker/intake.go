@@ -19,6 +19,7 @@ import (
 // IntakeQueue is what intake needs of the queue.
 type IntakeQueue interface {
 	Enqueue(ctx context.Context, reqs []queue.NewRequest) ([]queue.EnqueueResult, error)
+	RecordDenial(ctx context.Context, d queue.Denial) error
 	Lookup(ctx context.Context, requestRef string) (queue.Record, error)
 	LookupRefs(ctx context.Context, refs []string) (map[string]queue.Record, error)
 	RenewReports(ctx context.Context, id int64, reports []queue.NewReport) (int64, error)
@@ -111,6 +112,12 @@ func (in *Intake) Refused(reason connector.Refusal, field string) {
 		args = append(args, "more_since_last_line", l.unsaid)
 	}
 	in.log.Warn("a door refused a request", args...)
+}
+
+// Denied implements connector.Intake.
+func (in *Intake) Denied(ctx context.Context, id string, reason connector.Refusal, field string) error {
+	in.Refused(reason, field)
+	return in.q.RecordDenial(ctx, queue.Denial{RequestRef: in.info.RefPrefix + id, Door: in.info.DoorName(), Reason: string(reason), Field: field})
 }
 
 // Submit implements connector.Intake.

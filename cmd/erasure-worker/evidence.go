@@ -156,8 +156,7 @@ func readUserID(r io.Reader) (string, error) {
 func evidenceByRef(ctx context.Context, env *environment, q *queue.Queue, eq evidenceQuery) int {
 	rec, err := q.Lookup(ctx, eq.ref)
 	if errors.Is(err, queue.ErrNotFound) {
-		env.errorf("evidence: no request has request_ref %q", eq.ref)
-		return exitFailure
+		return evidenceOfDenial(ctx, env, q, eq)
 	}
 	if err != nil {
 		env.errorf("evidence: %v", err)
@@ -167,6 +166,39 @@ func evidenceByRef(ctx context.Context, env *environment, q *queue.Queue, eq evi
 		return printJSON(env, worker.RecordOf(rec))
 	}
 	printRecord(env.stdout, rec)
+	return exitOK
+}
+
+// evidenceOfDenial prints the record of a request that a door denied without carrying it out,
+// when no request has the ref.
+func evidenceOfDenial(ctx context.Context, env *environment, q *queue.Queue, eq evidenceQuery) int {
+	d, err := q.LookupDenial(ctx, eq.ref)
+	if errors.Is(err, queue.ErrNotFound) {
+		env.errorf("evidence: no request has request_ref %q", eq.ref)
+		return exitFailure
+	}
+	if err != nil {
+		env.errorf("evidence: %v", err)
+		return exitFailure
+	}
+	if eq.asJSON {
+		return printJSON(env, struct {
+			RequestRef string    `json:"request_ref"`
+			Status     string    `json:"status"`
+			Door       string    `json:"door"`
+			Reason     string    `json:"reason"`
+			Field      string    `json:"field,omitempty"`
+			FirstAt    time.Time `json:"first_denied_at"`
+			LastAt     time.Time `json:"last_denied_at"`
+			Times      int       `json:"times"`
+		}{d.RequestRef, "denied", d.Door, d.Reason, d.Field, d.FirstAt.UTC(), d.LastAt.UTC(), d.Times})
+	}
+	field := ""
+	if d.Field != "" {
+		field = " (" + d.Field + ")"
+	}
+	fmt.Fprintf(env.stdout, "request_ref  %s\nstatus       denied at the %s door, not carried out: %s%s\ndenied       %s, %d time(s), last %s\n",
+		d.RequestRef, d.Door, d.Reason, field, stamp(d.FirstAt), d.Times, stamp(d.LastAt))
 	return exitOK
 }
 

@@ -64,6 +64,11 @@ func (m *memIntake) Refused(r connector.Refusal, _ string) {
 	m.mu.Unlock()
 }
 
+func (m *memIntake) Denied(_ context.Context, _ string, r connector.Refusal, field string) error {
+	m.Refused(r, field)
+	return nil
+}
+
 // testBundle is a configured connector: its door served over HTTP, its deliverer, and a fake
 // Fides both sending to the door and taking callbacks.
 type testBundle struct {

@@ -100,11 +100,14 @@ func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if errors.As(err, &re) {
 			// A denial for want of an identity reads like an answer to Ketch; said here, a
 			// KETCH_IDENTITY_SPACE that names no identity Ketch sends is seen.
-			reason := connector.RefusedInvalid
-			if re.Kind == Unidentified {
-				reason = connector.RefusedUnidentified
+			if re.Kind == Unidentified && re.Metadata != nil {
+				// Final for Ketch, which closes the request: keep its record.
+				if err := h.in.Denied(r.Context(), re.Metadata.UID, connector.RefusedUnidentified, re.Field); err != nil {
+					h.log.Warn("the record of a denied Ketch request could not be kept; Ketch is told all the same", "err", err)
+				}
+			} else {
+				h.in.Refused(connector.RefusedInvalid, re.Field)
 			}
-			h.in.Refused(reason, re.Field)
 			status, answer := re.Answer(now)
 			connector.WriteRaw(w, status, answer)
 			return

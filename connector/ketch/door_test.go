@@ -16,7 +16,10 @@ import (
 )
 
 // saidIntake records what a door says it refused, and stores nothing.
-type saidIntake struct{ refused []connector.Refusal }
+type saidIntake struct {
+	refused []connector.Refusal
+	denied  []string // the ids denied, as Denied recorded them
+}
 
 func (s *saidIntake) Submit(context.Context, ...connector.Request) ([]connector.Admitted, error) {
 	panic("a refused request reached intake")
@@ -25,9 +28,15 @@ func (s *saidIntake) Lookup(context.Context, string) (connector.Record, error) {
 	return connector.Record{}, connector.ErrNotFound
 }
 func (s *saidIntake) Refused(r connector.Refusal, field string) { s.refused = append(s.refused, r) }
+func (s *saidIntake) Denied(_ context.Context, id string, r connector.Refusal, field string) error {
+	s.Refused(r, field)
+	s.denied = append(s.denied, id+" "+field)
+	return nil
+}
 
 // A KETCH_IDENTITY_SPACE that names no identity Ketch sends (a typo) denies every request, which
-// Ketch takes as an answer: the door says each denial, so it is logged and counted, never silent.
+// Ketch takes as an answer: the door says each denial, so it is logged and counted, never silent,
+// and keeps its record (the request and the field at fault), since Ketch closes the request.
 func TestADenialForWantOfAnIdentityIsSaid(t *testing.T) {
 	t.Parallel()
 	env := map[string]string{"KETCH_AUTH_VALUE": "Bearer k", "KETCH_IDENTITY_SPACE": "acount_id"} // sic
@@ -52,5 +61,8 @@ func TestADenialForWantOfAnIdentityIsSaid(t *testing.T) {
 	}
 	if len(in.refused) != 1 || in.refused[0] != connector.RefusedUnidentified {
 		t.Fatalf("the door said %v, want one refusal for want of an identity", in.refused)
+	}
+	if len(in.denied) != 1 || in.denied[0] != "uid-1 request.identities" {
+		t.Fatalf("denials recorded: %q, want the request uid-1 for request.identities", in.denied)
 	}
 }
