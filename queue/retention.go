@@ -161,12 +161,14 @@ WHERE r.id = oldest.id AND r.status IN ('succeeded', 'failed')
 // oldest first, with their calls and reports (ON DELETE CASCADE), and returns how many; and up
 // to limit denials last repeated that long ago.
 func (q *Queue) DeleteEvidence(ctx context.Context, after time.Duration, limit int) (int64, error) {
+	if _, err := q.deleteDenials(ctx, after, limit); err != nil {
+		return 0, err
+	}
 	tag, err := q.pool.Exec(ctx, deleteEvidenceSQL, after.Milliseconds(), limit)
 	if err != nil {
 		return 0, fmt.Errorf("delete evidence: %w", err)
 	}
-	_, err = q.deleteDenials(ctx, after, limit)
-	return tag.RowsAffected(), err
+	return tag.RowsAffected(), nil
 }
 
 // RetentionStats are the figures behind the retention gauges.
