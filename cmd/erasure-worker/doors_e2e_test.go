@@ -12,8 +12,8 @@ import (
 )
 
 // Requests through every door, against a Knot failing 5% of calls and receivers answering 5% of
-// reports 429, with OneTrust's access token refused (as expired) two seconds after each is
-// issued: all succeed and each is reported exactly as its system's contract says, once.
+// reports 429, with OneTrust's access tokens expiring every three seconds and refused two
+// seconds after each is issued: all succeed and each is reported exactly as its system's contract says, once.
 func TestEndToEndEveryDoorReportsEveryOutcome(t *testing.T) {
 	t.Parallel()
 	const n = 300
@@ -22,8 +22,9 @@ func TestEndToEndEveryDoorReportsEveryOutcome(t *testing.T) {
 		"webhookfake":   limited,
 		"ketchfake":     limited,
 		"transcendfake": {"-report-rate-limit-rate", "0.05", "-retry-after", "1s"},
-		"onetrustfake":  append([]string{"-revoke-after", "2s"}, limited...),
-		"fidesfake":     limited,
+		// Tokens live 3s (the worker renews each shortly before), and are refused 2s after issue.
+		"onetrustfake": append([]string{"-token-lifetime", "3s", "-revoke-after", "2s"}, limited...),
+		"fidesfake":    limited,
 	}))
 	w := rig.startWorker(t, "worker", "RATE_LIMIT_RPS=2000", "RATE_LIMIT_BURST=50", "CONCURRENCY=16",
 		"RETRY_MIN_BACKOFF=100ms", "RETRY_MAX_BACKOFF=1s", "POLL_INTERVAL=200ms")
