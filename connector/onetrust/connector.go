@@ -4,7 +4,7 @@
 // OneTrust's subtask API (PUT /api/datasubject/v2/subtasks/{subtaskId}/status): IN_PROGRESS as
 // soon as the request is stored, then COMPLETED or FAILED.
 //
-// Reports authenticate with an OAuth 2 client of ours (client credentials, scope DSAR_WRITE):
+// Reports authenticate with an OAuth 2 client of ours (client credentials, scopes DSAR_WRITE and DSAR_READ):
 // one access token serves every report, fetched again before it expires or when OneTrust
 // refuses it. The token lives in memory only. Nothing this package returns or logs holds the
 // token, the client's id or secret, or an external_user_id.
@@ -53,7 +53,7 @@ func (c Connector) Declare(s *settings.Set) func() *connector.Parts {
 	var (
 		inbound = s.Secret(settingInboundToken, "bearer token the OneTrust workflow's HTTP action sends to POST /v1/onetrust/subtasks; the OneTrust door is off when not set", "file holding "+settingInboundToken)
 		base    = s.Add(settingURL, "", "the OneTrust host the subtask statuses are put to, e.g. https://app-eu.onetrust.com (required with "+settingInboundToken+")")
-		id      = s.Add(settingClientID, "", "client id of the OneTrust OAuth 2 client (client credentials, scope DSAR_WRITE) that reports use (required with "+settingInboundToken+")")
+		id      = s.Add(settingClientID, "", "client id of the OneTrust OAuth 2 client (client credentials, scopes DSAR_WRITE and DSAR_READ) that reports use (required with "+settingInboundToken+")")
 		secret  = s.Secret(settingClientSecret, "client secret of that OAuth 2 client (required with "+settingInboundToken+")", "file holding "+settingClientSecret)
 		pace    = s.Add(settingReportRate, fmt.Sprint(DefaultReportRate), "status updates a second each replica sends OneTrust at most; OneTrust allows an account 200,000 an hour (55 a second) and 20,000 a minute, shared by the replicas and the account's other integrations")
 	)
