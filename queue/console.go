@@ -245,7 +245,7 @@ WITH recent AS (
 SELECT p.prefix, p.n, (SELECT count(*) FROM recent WHERE left(request_ref, length(p.prefix)) = p.prefix)
 FROM unnest($2::text[]) WITH ORDINALITY AS p(prefix, n)
 UNION ALL
-SELECT '', 0, (SELECT count(*) FROM recent r
+SELECT '', cardinality($2::text[]) + 1, (SELECT count(*) FROM recent r
                WHERE NOT EXISTS (SELECT 1 FROM unnest($2::text[]) AS p(prefix) WHERE left(r.request_ref, length(p.prefix)) = p.prefix))
 ORDER BY 2`, since, prefixes)
 	if err != nil {
