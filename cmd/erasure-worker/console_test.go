@@ -152,10 +152,12 @@ func (b *consoleBundle) seed(t *testing.T) {
 		b.keys.Pseudonym("raw-user-dave-4242"))
 	exec(`INSERT INTO erasure_requests (request_ref, external_user_id, status, outcome, attempts, completed_at, last_error_code, last_error)
 	      VALUES ('dave-2', 'raw-user-dave-4242', 'failed', 'rejected', 1, now(), 'INVALID_FIELD', 'Knot refused')`)
+	exec(`INSERT INTO erasure_requests (request_ref, external_user_id) VALUES ('x/../y', 'raw-user-erin-1'), ('a//b', 'raw-user-erin-2'), ('<i>é ü</i>', 'raw-user-erin-3')`)
 	exec(`INSERT INTO erasure_denials (request_ref, door, reason, field) VALUES ('denied-1', 'api', 'invalid_id', 'external_user_id')`)
 }
 
-var rawIDs = []string{"raw-user-alice@example.com", "raw-user-bob-7731", "raw-user-carol-5512", "raw-user-dave-4242"}
+var rawIDs = []string{"raw-user-alice@example.com", "raw-user-bob-7731", "raw-user-carol-5512", "raw-user-dave-4242",
+	"raw-user-erin-1", "raw-user-erin-2", "raw-user-erin-3"}
 
 func (b *consoleBundle) do(t *testing.T, req *http.Request, auth bool) (*http.Response, string) {
 	t.Helper()
@@ -290,13 +292,20 @@ func TestConsoleServesEveryPageReadOnlyBehindBasicAuth(t *testing.T) {
 	}
 	// Every link to a request's page leads to it, whatever the ref's characters.
 	_, list := b.get(t, "/requests")
+	links := 0
 	for _, m := range hrefRE.FindAllStringSubmatch(list, -1) {
 		if !strings.HasPrefix(m[1], "/requests/") {
 			continue
 		}
-		if resp, body := b.get(t, m[1]); resp.StatusCode != http.StatusOK {
-			t.Errorf("the link %s: %d\n%s", m[1], resp.StatusCode, body)
+		ref, _ := url.PathUnescape(strings.TrimPrefix(m[1], "/requests/"))
+		resp, body := b.get(t, m[1])
+		if resp.StatusCode != http.StatusOK || !strings.Contains(body, "<h1>Request <code>"+template(ref)+"</code></h1>") {
+			t.Errorf("the link %s: %d, want the page of %q\n%s", m[1], resp.StatusCode, ref, body)
 		}
+		links++
+	}
+	if links != 8 {
+		t.Errorf("/requests links %d requests, want 8", links)
 	}
 	if !strings.Contains(list, `href="/requests/old%2Fdave%20%3F%23%25"`) {
 		t.Errorf("the ref old/dave ?#%% is not escaped as one path segment in its link")
@@ -342,8 +351,8 @@ func TestConsoleServesEveryPageReadOnlyBehindBasicAuth(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Disposition"), "attachment") {
 		t.Fatalf("/evidence.csv: %d %q", resp.StatusCode, resp.Header.Get("Content-Disposition"))
 	}
-	if !strings.HasPrefix(body, "request_type,system,door,request_ref,") || strings.Count(body, "\n") != 6 {
-		t.Errorf("/evidence.csv: want a header and 5 requests:\n%s", body)
+	if !strings.HasPrefix(body, "request_type,system,door,request_ref,") || strings.Count(body, "\n") != 9 {
+		t.Errorf("/evidence.csv: want a header and 8 requests:\n%s", body)
 	}
 	if !strings.Contains(body, "erasure,knot,ketch,ketch:done-1,succeeded,deleted,1,") {
 		t.Errorf("/evidence.csv lacks ketch:done-1's record:\n%s", body)
@@ -379,7 +388,7 @@ func TestConsoleServesEveryPageReadOnlyBehindBasicAuth(t *testing.T) {
 	if !regexp.MustCompile(`"msg":"console: person look-up","user":"dpo","matched":2`).MatchString(logs) {
 		t.Errorf("no accountable log line of the person look-up:\n%s", logs)
 	}
-	if !regexp.MustCompile(`"msg":"console: evidence export","user":"dpo","from":"` + from + `","to":"` + today + `","rows":5`).MatchString(logs) {
+	if !regexp.MustCompile(`"msg":"console: evidence export","user":"dpo","from":"` + from + `","to":"` + today + `","rows":8`).MatchString(logs) {
 		t.Errorf("no accountable log line of the export:\n%s", logs)
 	}
 	for _, id := range rawIDs {
