@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/erasure-worker/erasure-worker/queue"
@@ -62,6 +63,10 @@ type Console struct {
 	mux   *http.ServeMux
 	pages map[string]*template.Template
 	csrf  *http.CrossOriginProtection
+
+	chartMu   sync.Mutex // guards the chart's figures, read at most every chartFresh
+	chartDays []queue.Day
+	chartAt   time.Time
 }
 
 // New returns the console's handler.
