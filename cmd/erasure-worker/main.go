@@ -61,6 +61,7 @@ var commands = []command{
 	{"requeue", "put failed requests back to pending: all, by --ref, by --error-code or by --outcome", runRequeue},
 	{"reports", "reports requeue: send again the reports a privacy request system refused for good", runReports},
 	{"evidence", "print a request's record: by --ref, by --external-user-id, or a period's as JSON Lines (--since/--until)", runEvidence},
+	{"console", "serve the read-only web console (CONSOLE_LISTEN_ADDR, behind CONSOLE_WEB_CONFIG_FILE's authentication)", runConsole},
 }
 
 // environment is what a command may touch of the outside world, so that tests run the whole

@@ -1,0 +1,99 @@
+package console_test
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/erasure-worker/erasure-worker/console"
+	"github.com/erasure-worker/erasure-worker/queue"
+	"github.com/erasure-worker/erasure-worker/queue/queuetest"
+)
+
+func setup(t *testing.T) *console.Console {
+	t.Helper()
+	c, err := console.New(console.Config{Queue: queue.New(queuetest.Pool(t)),
+		Doors: []console.Door{{Name: "ketch", Connector: "ketch", Prefix: "ketch:"}, {Name: "api", Connector: "webhook"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func serve(c *console.Console, method, target string, body string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(method, target, strings.NewReader(body))
+	if body != "" {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	w := httptest.NewRecorder()
+	c.ServeHTTP(w, req)
+	return w
+}
+
+func TestMethodsHeadersAndAnEmptyDatabase(t *testing.T) {
+	t.Parallel()
+	c := setup(t)
+	for _, tc := range []struct {
+		method, target string
+		want           int
+		allow          string
+	}{
+		{http.MethodGet, "/", http.StatusOK, ""},
+		{http.MethodHead, "/", http.StatusOK, ""},
+		{http.MethodGet, "/requests?status=failed&due=overdue", http.StatusOK, ""},
+		{http.MethodGet, "/requests?status=gone", http.StatusBadRequest, ""},
+		{http.MethodGet, "/requests?after=abc", http.StatusBadRequest, ""},
+		{http.MethodGet, "/requests?source=nowhere", http.StatusBadRequest, ""},
+		{http.MethodGet, "/style.css", http.StatusOK, ""},
+		{http.MethodGet, "/nowhere", http.StatusNotFound, ""},
+		{http.MethodGet, "/requests/", http.StatusNotFound, ""},
+		{http.MethodPost, "/requests", http.StatusMethodNotAllowed, "GET, HEAD"},
+		{http.MethodPut, "/people", http.StatusMethodNotAllowed, "GET, HEAD, POST"},
+		{http.MethodDelete, "/", http.StatusMethodNotAllowed, "GET, HEAD"},
+		{http.MethodOptions, "/", http.StatusMethodNotAllowed, "GET, HEAD"},
+	} {
+		w := serve(c, tc.method, tc.target, "")
+		if w.Code != tc.want {
+			t.Errorf("%s %s: %d, want %d\n%s", tc.method, tc.target, w.Code, tc.want, w.Body)
+		}
+		if got := w.Header().Get("Allow"); got != tc.allow {
+			t.Errorf("%s %s: Allow %q, want %q", tc.method, tc.target, got, tc.allow)
+		}
+		for _, h := range []string{"Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy"} {
+			if w.Header().Get(h) == "" {
+				t.Errorf("%s %s: no %s", tc.method, tc.target, h)
+			}
+		}
+		if tc.method == http.MethodHead && w.Body.Len() != 0 {
+			t.Errorf("HEAD %s sent a body", tc.target)
+		}
+	}
+	if body := serve(c, http.MethodGet, "/", "").Body.String(); !strings.Contains(body, "no worker has run against this database yet") {
+		t.Errorf("an empty database's rate limit is not said to be unknown:\n%s", body)
+	}
+}
+
+// An id in a URL reaches histories and logs: GET /people shows the empty form whatever its
+// query says, and a look-up without keys says what it cannot find.
+func TestPeopleNeverTakesTheIDFromAURL(t *testing.T) {
+	t.Parallel()
+	c := setup(t)
+	w := serve(c, http.MethodGet, "/people?external_user_id=secret-person-77", "")
+	if w.Code != http.StatusOK || strings.Contains(w.Body.String(), "secret-person-77") || strings.Contains(w.Body.String(), "Requests found") {
+		t.Errorf("GET /people with a query: %d\n%s", w.Code, w.Body)
+	}
+	w = serve(c, http.MethodPost, "/people", url.Values{"external_user_id": {"secret-person-77"}}.Encode())
+	body := w.Body.String()
+	if w.Code != http.StatusOK || strings.Contains(body, "secret-person-77") || !strings.Contains(body, "No request for this id") ||
+		!strings.Contains(body, "No IDENTIFIER_KEY_FILE is set") {
+		t.Errorf("POST /people: %d\n%s", w.Code, body)
+	}
+	if w.Header().Get("Cache-Control") != "no-store" {
+		t.Errorf("POST /people: Cache-Control %q", w.Header().Get("Cache-Control"))
+	}
+	if w := serve(c, http.MethodPost, "/people", "external_user_id=%20"); w.Code != http.StatusBadRequest {
+		t.Errorf("a blank id: %d, want 400", w.Code)
+	}
+}

@@ -1,0 +1,339 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// The console's reads. Every one is a single SELECT that a role with only SELECT on the tables
+// may send: no temporary table, no SET, no lock. Each is bounded by an index or by a window of
+// the primary key, so that a page stays quick when millions of finished requests are kept.
+
+// RequestRow is one line of the console's list of requests. It holds no external_user_id.
+type RequestRow struct {
+	ID          int64
+	RequestRef  string
+	Status      string
+	Outcome     string
+	ReceivedAt  time.Time
+	DueAt       time.Time
+	CompletedAt time.Time // zero while unfinished
+}
+
+// Due windows of RequestFilter.Due.
+const (
+	DueOverdue = "overdue" // open (pending or running) and past due_at
+	DueSoon    = "soon"    // open and due within DueSoonWindow, overdue included
+)
+
+// RequestFilter chooses the requests of a page of ListRequests; a zero field does not filter.
+type RequestFilter struct {
+	Status  string
+	Outcome string
+	// Prefix keeps the requests whose request_ref starts with it (a connector's door).
+	Prefix string
+	// NoPrefix keeps the requests whose request_ref starts with none of these (the API and the
+	// table); ignored when Prefix is set.
+	NoPrefix []string
+	Due      string // DueOverdue, DueSoon or ""
+	// Before keeps ids below it: the keyset cursor, the last id of the previous page.
+	Before int64
+	Limit  int
+}
+
+// ErrBadFilter is returned for a RequestFilter value that no request can have.
+var ErrBadFilter = errors.New("bad filter")
+
+// outcomeStatus is the status every outcome implies (the schema's outcome_matches_status):
+// saying it lets the planner use the partial index on failed requests.
+var outcomeStatus = map[string]string{
+	OutcomeDeleted: StatusSucceeded, OutcomeNotFound: StatusSucceeded,
+	OutcomeRejected: StatusFailed, OutcomeInvalid: StatusFailed, OutcomeExhausted: StatusFailed,
+}
+
+// ListRequests reads one page of requests, newest first (by id), with the filter's conditions
+// only, so that each page is planned for what it asks: through the primary key backwards from
+// the cursor, or through the partial index of the rows asked for (pending, running, failed,
+// open by due date) when those are few. It never uses OFFSET.
+func (q *Queue) ListRequests(ctx context.Context, f RequestFilter) ([]RequestRow, error) {
+	var where []string
+	var args []any
+	arg := func(v any) string { args = append(args, v); return fmt.Sprintf("$%d", len(args)) }
+	status := f.Status
+	if f.Outcome != "" {
+		implied, ok := outcomeStatus[f.Outcome]
+		if !ok {
+			return nil, fmt.Errorf("%w: outcome %q", ErrBadFilter, f.Outcome)
+		}
+		if status != "" && status != implied {
+			return nil, nil // no request has both
+		}
+		status = implied
+		where = append(where, "outcome = "+arg(f.Outcome))
+	}
+	switch status {
+	case "":
+	case StatusPending, StatusRunning, StatusSucceeded, StatusFailed:
+		where = append(where, "status = "+arg(status))
+	default:
+		return nil, fmt.Errorf("%w: status %q", ErrBadFilter, status)
+	}
+	switch f.Due {
+	case "":
+	case DueOverdue:
+		where = append(where, "status IN ('pending', 'running') AND due_at < now()")
+	case DueSoon:
+		where = append(where, "status IN ('pending', 'running') AND due_at < now() + "+arg(int64(DueSoonWindow/time.Second))+" * interval '1 second'")
+	default:
+		return nil, fmt.Errorf("%w: due %q", ErrBadFilter, f.Due)
+	}
+	switch {
+	case f.Prefix != "":
+		p := arg(f.Prefix)
+		where = append(where, "left(request_ref, length("+p+"::text)) = "+p)
+	case len(f.NoPrefix) > 0:
+		where = append(where, "NOT EXISTS (SELECT 1 FROM unnest("+arg(f.NoPrefix)+"::text[]) AS p(prefix) WHERE left(request_ref, length(p.prefix)) = p.prefix)")
+	}
+	if f.Before > 0 {
+		where = append(where, "id < "+arg(f.Before))
+	}
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 50
+	}
+	sql := `SELECT id, request_ref, status, coalesce(outcome, ''), received_at, due_at, completed_at FROM erasure_requests`
+	if len(where) > 0 {
+		sql += " WHERE " + strings.Join(where, " AND ")
+	}
+	sql += " ORDER BY id DESC LIMIT " + arg(limit)
+	rows, err := q.pool.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list requests: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (RequestRow, error) {
+		var r RequestRow
+		var completed *time.Time
+		err := row.Scan(&r.ID, &r.RequestRef, &r.Status, &r.Outcome, &r.ReceivedAt, &r.DueAt, &completed)
+		if completed != nil {
+			r.CompletedAt = *completed
+		}
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list requests: %w", err)
+	}
+	return out, nil
+}
+
+// ReportAttempt is one row of erasure_report_attempts: one try to deliver a report.
+type ReportAttempt struct {
+	Connector   string
+	Target      int
+	AttemptedAt time.Time
+	Worker      string
+	Duration    time.Duration
+	HTTPStatus  int // 0: no HTTP answer
+	Result      string
+	Error       string
+}
+
+// Story is one request's whole record for the console: the Record, when its id was
+// pseudonymised, and every attempt to deliver each of its reports.
+type Story struct {
+	Record
+	PseudonymisedAt time.Time // zero while the raw id is kept
+	ReportAttempts  []ReportAttempt
+}
+
+// LookupStory reads the Story of the request with this request_ref, or ErrNotFound. Its three
+// statements go through the request_ref key and the request's own indexes.
+func (q *Queue) LookupStory(ctx context.Context, requestRef string) (Story, error) {
+	rec, err := q.Lookup(ctx, requestRef)
+	if err != nil {
+		return Story{}, err
+	}
+	s := Story{Record: rec}
+	var pseudo *time.Time
+	err = q.pool.QueryRow(ctx, `SELECT pseudonymised_at FROM erasure_requests WHERE id = $1`, rec.ID).Scan(&pseudo)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return Story{}, ErrNotFound // deleted a moment ago
+	case err != nil:
+		return Story{}, fmt.Errorf("look up request: %w", err)
+	}
+	if pseudo != nil {
+		s.PseudonymisedAt = *pseudo
+	}
+	rows, err := q.pool.Query(ctx, `
+SELECT p.connector, p.target, a.attempted_at, a.worker, a.duration_ms, coalesce(a.http_status, 0), a.result, coalesce(a.error, '')
+FROM erasure_reports p JOIN erasure_report_attempts a ON a.report_id = p.id
+WHERE p.request_id = $1
+ORDER BY p.connector, p.target, a.attempted_at, a.id`, rec.ID)
+	if err != nil {
+		return Story{}, fmt.Errorf("look up report attempts: %w", err)
+	}
+	s.ReportAttempts, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (ReportAttempt, error) {
+		var a ReportAttempt
+		var ms int64
+		err := row.Scan(&a.Connector, &a.Target, &a.AttemptedAt, &a.Worker, &ms, &a.HTTPStatus, &a.Result, &a.Error)
+		a.Duration = time.Duration(ms) * time.Millisecond
+		return a, err
+	})
+	if err != nil {
+		return Story{}, fmt.Errorf("look up report attempts: %w", err)
+	}
+	return s, nil
+}
+
+// RateHold is what the shared rate-limit row says beyond RateLimit: the burst and until when
+// a 429's Retry-After holds every replica back. Found is false before any replica has run.
+type RateHold struct {
+	Found     bool
+	Burst     int // 0: not recorded
+	HoldUntil time.Time
+	Now       time.Time
+}
+
+// ReadRateHold reads the shared rate-limit row's burst and hold.
+func (q *Queue) ReadRateHold(ctx context.Context) (RateHold, error) {
+	var h RateHold
+	var burst *int
+	var hold *time.Time
+	err := q.pool.QueryRow(ctx, `
+SELECT EXISTS (SELECT 1 FROM erasure_rate_limit), (SELECT burst FROM erasure_rate_limit), (SELECT hold_until FROM erasure_rate_limit), now()`).
+		Scan(&h.Found, &burst, &hold, &h.Now)
+	if err != nil {
+		return RateHold{}, fmt.Errorf("read rate limit: %w", err)
+	}
+	if burst != nil {
+		h.Burst = *burst
+	}
+	if hold != nil {
+		h.HoldUntil = *hold
+	}
+	return h, nil
+}
+
+// firstIDAfter is the SQL of the newest id received before $1, or 0: the requests received
+// since $1 are the ids above it. It walks the primary key backwards through the rows received
+// since then and stops at the first older one, so its cost is the rows of the window, not the
+// table's. Ids follow the order of receipt (received_at defaults to the inserting
+// transaction's start), so the window's count is exact but for inserts that raced at its edge.
+const firstIDAfter = `coalesce((SELECT id FROM erasure_requests WHERE received_at < $1 ORDER BY id DESC LIMIT 1), 0)`
+
+// IntakeCount is how many requests came in by one door since a time.
+type IntakeCount struct {
+	Prefix string // "" for the requests whose ref carries none of the prefixes asked about
+	Count  int64
+}
+
+// IntakeSince counts the requests received since since by ref prefix: one IntakeCount per
+// prefix, in the order given, then one for the refs with none of them.
+func (q *Queue) IntakeSince(ctx context.Context, since time.Time, prefixes []string) ([]IntakeCount, error) {
+	if prefixes == nil {
+		prefixes = []string{}
+	}
+	rows, err := q.pool.Query(ctx, `
+WITH recent AS (
+    SELECT request_ref FROM erasure_requests WHERE id > `+firstIDAfter+` AND received_at >= $1
+)
+SELECT p.prefix, p.n, (SELECT count(*) FROM recent WHERE left(request_ref, length(p.prefix)) = p.prefix)
+FROM unnest($2::text[]) WITH ORDINALITY AS p(prefix, n)
+UNION ALL
+SELECT '', cardinality($2::text[]) + 1, (SELECT count(*) FROM recent r
+               WHERE NOT EXISTS (SELECT 1 FROM unnest($2::text[]) AS p(prefix) WHERE left(r.request_ref, length(p.prefix)) = p.prefix))
+ORDER BY 2`, since, prefixes)
+	if err != nil {
+		return nil, fmt.Errorf("intake: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (IntakeCount, error) {
+		var c IntakeCount
+		var n int64
+		err := row.Scan(&c.Prefix, &n, &c.Count)
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("intake: %w", err)
+	}
+	return out, nil
+}
+
+// Day is one day's figures of the console's chart (UTC days).
+type Day struct {
+	Date     time.Time // midnight UTC
+	Received int64
+	Finished int64
+	Due      int64
+}
+
+// Daily reads, for each of the days UTC days ending today, the requests received, finished and
+// due that day. Received and due are read from the window of the primary key received since
+// DefaultDeadline before the first day, so that a request due on a day of the chart with the
+// default deadline is counted; one whose due_at was set further than that from its receipt is
+// not. Finished is read through the two partial indexes that together hold every finished row.
+func (q *Queue) Daily(ctx context.Context, days int, now time.Time) ([]Day, error) {
+	if days < 1 {
+		return nil, nil
+	}
+	today := now.UTC().Truncate(24 * time.Hour)
+	first := today.AddDate(0, 0, 1-days)
+	end := today.AddDate(0, 0, 1)
+	out := make([]Day, days)
+	index := map[time.Time]int{}
+	for i := range out {
+		out[i].Date = first.AddDate(0, 0, i)
+		index[out[i].Date] = i
+	}
+	rows, err := q.pool.Query(ctx, `
+WITH w AS (
+    SELECT received_at, due_at FROM erasure_requests WHERE id > `+firstIDAfter+` AND received_at >= $1
+),
+finished AS (
+    SELECT completed_at FROM erasure_requests
+    WHERE pseudonymised_at IS NULL AND status IN ('succeeded', 'failed') AND completed_at >= $2 AND completed_at < $3
+    UNION ALL
+    SELECT completed_at FROM erasure_requests
+    WHERE pseudonymised_at IS NOT NULL AND completed_at >= $2 AND completed_at < $3
+)
+SELECT 'received', date_trunc('day', received_at AT TIME ZONE 'UTC'), count(*) FROM w
+    WHERE received_at >= $2 AND received_at < $3 GROUP BY 2
+UNION ALL
+SELECT 'due', date_trunc('day', due_at AT TIME ZONE 'UTC'), count(*) FROM w
+    WHERE due_at >= $2 AND due_at < $3 GROUP BY 2
+UNION ALL
+SELECT 'finished', date_trunc('day', completed_at AT TIME ZONE 'UTC'), count(*) FROM finished GROUP BY 2`,
+		first.Add(-DefaultDeadline), first, end)
+	if err != nil {
+		return nil, fmt.Errorf("daily figures: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var kind string
+		var day time.Time
+		var n int64
+		if err := rows.Scan(&kind, &day, &n); err != nil {
+			return nil, fmt.Errorf("daily figures: %w", err)
+		}
+		i, ok := index[time.Date(day.Year(), day.Month(), day.Day(), 0, 0, 0, 0, time.UTC)]
+		if !ok {
+			continue
+		}
+		switch kind {
+		case "received":
+			out[i].Received = n
+		case "due":
+			out[i].Due = n
+		case "finished":
+			out[i].Finished = n
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("daily figures: %w", err)
+	}
+	return out, nil
+}
