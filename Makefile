@@ -12,7 +12,7 @@ PG      := deploy/local/with-postgres
 # test with the versions its own go.mod names.
 export GOWORK := off
 
-.PHONY: build test vet fmt-check fuzz demo bench bench-ratelimit chaos clean image check-deploy
+.PHONY: build test vet fmt-check fuzz demo bench bench-ratelimit chaos clean image check-deploy screenshots
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
@@ -84,6 +84,11 @@ bench-ratelimit:
 # BENCH_ONLY=1,3 runs sections.
 bench:
 	$(PG) $(GO) test -tags bench -run '^TestBench$$' -count=1 -v -timeout 30m ./cmd/erasure-worker
+
+# The README's screenshots of the console (docs/console-*.png), taken by its browser test in
+# Debian's chromium (apt-get install chromium) against a console serving a real database.
+screenshots:
+	CONSOLE_SCREENSHOTS=$(CURDIR)/docs $(PG) $(GO) test -run '^TestConsoleInABrowser$$' -count=1 ./cmd/erasure-worker
 
 # The container image, built offline with podman from a binary built here (deploy/Dockerfile's
 # FROM scratch target), then run: it must print `erasure-worker $(VERSION)` as non-root with a

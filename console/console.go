@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -240,4 +241,11 @@ var funcs = template.FuncMap{
 		return s
 	},
 	"age": func(d time.Duration) string { return d.Round(time.Second).String() },
+	// period is a retention as its setting is written: whole days as "730d".
+	"period": func(d time.Duration) string {
+		if d > 0 && d%(24*time.Hour) == 0 {
+			return strconv.FormatInt(int64(d/(24*time.Hour)), 10) + "d"
+		}
+		return d.String()
+	},
 }

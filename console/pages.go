@@ -228,13 +228,14 @@ func (c *Console) requestsForm(f queue.RequestFilter, source string) requestsDat
 
 type requestData struct {
 	queue.Story
-	Door       string
-	Meaning    string
-	DeleteAt   time.Time // zero while unfinished
-	Retention  time.Duration
-	Attempts   map[string][]queue.ReportAttempt
-	Overdue    bool
-	Unfinished bool
+	Door      string
+	Meaning   string
+	DeleteAt  time.Time // zero while unfinished
+	Retention time.Duration
+	// ReportAttempts are the delivery attempts of each report, by connector#target.
+	ReportAttempts map[string][]queue.ReportAttempt
+	Overdue        bool
+	Unfinished     bool
 }
 
 var outcomeMeanings = map[string]string{
@@ -274,7 +275,7 @@ func (c *Console) request(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := requestData{Story: story, Door: c.doorOf(story.Record), Meaning: outcomeMeanings[story.Outcome],
-		Retention: c.cfg.EvidenceRetention, Attempts: map[string][]queue.ReportAttempt{},
+		Retention: c.cfg.EvidenceRetention, ReportAttempts: map[string][]queue.ReportAttempt{},
 		Unfinished: story.CompletedAt.IsZero()}
 	if !story.CompletedAt.IsZero() {
 		d.DeleteAt = story.CompletedAt.Add(c.cfg.EvidenceRetention)
@@ -283,7 +284,7 @@ func (c *Console) request(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, a := range story.ReportAttempts {
 		k := reportKey(a.Connector, a.Target)
-		d.Attempts[k] = append(d.Attempts[k], a)
+		d.ReportAttempts[k] = append(d.ReportAttempts[k], a)
 	}
 	c.render(w, r, http.StatusOK, "request", page{Title: "Request " + ref, Current: "requests", Data: d})
 }
