@@ -155,6 +155,18 @@ func TestConsoleInABrowser(t *testing.T) {
 	peopleText := get("the person's requests", chromedp.Text(chromedp.CSS(`main`)))
 	peopleURL := get("the look-up's address", chromedp.Location())
 
+	// On a phone's width every page fits: nothing makes the page itself scroll sideways (a wide
+	// table scrolls in its own box).
+	run("a phone's width", chromedp.EmulateViewport(390, 844))
+	for _, path := range []string{"/", "/requests", "/requests/e2e-7", "/people", "/evidence"} {
+		run("open "+path+" on a phone", chromedp.Navigate(base+path), chromedp.WaitVisible(chromedp.CSS(`main h1`)))
+		fits, err := chromedp.Run(bctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth <= window.innerWidth + 1`))
+		if err != nil || !fits {
+			width, _ := chromedp.Run(bctx, chromedp.Evaluate[int](`document.documentElement.scrollWidth`))
+			t.Errorf("%s on a phone 390 px wide: the page is %d px wide (%v)", path, width, err)
+		}
+	}
+
 	if challenges.Load() == 0 {
 		t.Error("the browser was never asked for a password")
 	}
