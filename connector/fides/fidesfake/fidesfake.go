@@ -110,7 +110,7 @@ func New(opts Options) *Server {
 	wire.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { detail(w, http.StatusNotFound, "Not Found") })
 	s.Admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() },
 		Reset: s.Reset, Now: s.now, ErrorKey: "detail"})
-	s.HandleFunc("POST /_fake/push", s.servePush)
+	s.HandleFunc("POST /_fake/push", fakekit.PushHandler(s.Admin, s.Push, func(r PushResult) int { return r.Sent }))
 	s.HandleFunc("GET /_fake/tasks/{privacy_request_id}", func(w http.ResponseWriter, r *http.Request) {
 		rec, ok := s.Task(r.PathValue("privacy_request_id"))
 		if !ok {

@@ -4,11 +4,8 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strconv"
 
 	"github.com/erasure-worker/erasure-worker/internal/fakekit"
@@ -40,35 +37,13 @@ type PushResult struct {
 	PrivacyRequestIDs []string `json:"privacy_request_ids"`
 }
 
-// MaxPush bounds the requests one Push sends.
-const MaxPush = 100_000
-
-func (s *Server) servePush(w http.ResponseWriter, r *http.Request) {
-	var p PushSpec
-	if err := fakekit.DecodeStrict(r.Body, &p); err != nil {
-		s.Refuse(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	res, err := s.Push(r.Context(), p)
-	if err != nil && res.Sent == 0 {
-		// Argument errors name the JSON field; none quotes auth_token.
-		s.Refuse(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	fakekit.WriteJSON(w, http.StatusOK, res)
-}
-
 // Push sends p.Count erasure requests to p.Target as Fides' SaaS connector does, each for a new
 // privacy request, and records each answer. It returns when all are answered or ctx is done;
 // the error is ctx's, or says which field of p is wrong.
 func (s *Server) Push(ctx context.Context, p PushSpec) (PushResult, error) {
 	res := PushResult{Answers: map[string]int{}}
-	u, err := url.Parse(p.Target)
-	switch {
-	case p.Count < 1 || p.Count > MaxPush:
-		return res, fmt.Errorf("count must be between 1 and %d, got %d", MaxPush, p.Count)
-	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
-		return res, errors.New("target must be an absolute http or https URL")
+	if err := fakekit.CheckPush(p.Count, p.Target); err != nil {
+		return res, err
 	}
 	idPrefix, userPrefix := cmp.Or(p.IDPrefix, "pri_"), cmp.Or(p.UserPrefix, "user-")
 	var opts []RequestOption

@@ -125,7 +125,7 @@ func New(opts Options) *Server {
 	})
 	s.Admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() },
 		Reset: s.Reset, Now: s.now, ErrorKey: "error", ResetNoContent: true})
-	s.HandleFunc("POST /_fake/push", s.servePush)
+	s.HandleFunc("POST /_fake/push", fakekit.PushHandler(s.Admin, s.push, func(r PushResult) int { return r.Sent }))
 	s.HandleFunc("GET /_fake/requests/{uid}", func(w http.ResponseWriter, r *http.Request) {
 		rec, ok := s.Request(r.PathValue("uid"))
 		if !ok {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/erasure-worker/erasure-worker/connector"
 	"github.com/erasure-worker/erasure-worker/connector/ketch"
+	"github.com/erasure-worker/erasure-worker/internal/fakekit"
 )
 
 const (
@@ -637,7 +638,7 @@ func TestPushArguments(t *testing.T) {
 		want           string
 	}{
 		{"http://x/", "Authorization", 0, "count"},
-		{"http://x/", "Authorization", MaxPush + 1, "count"},
+		{"http://x/", "Authorization", fakekit.MaxPush + 1, "count"},
 		{"/v1/ketch", "Authorization", 1, "target"},
 		{"ftp://x/", "Authorization", 1, "target"},
 		{"http://x/", "Bad Header", 1, "auth_header"},

@@ -6,12 +6,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"maps"
 	"mime"
 	"net/http"
-	"net/url"
 	"strconv"
 	"sync"
 	"time"
@@ -304,12 +302,8 @@ type PushSpec struct {
 	Kind string `json:"kind"`
 }
 
-func (s *Server) servePush(w http.ResponseWriter, r *http.Request) {
-	var p PushSpec
-	if err := fakekit.DecodeStrict(r.Body, &p); err != nil {
-		s.Refuse(w, http.StatusBadRequest, err.Error())
-		return
-	}
+// push is Push with a PushSpec, for POST /_fake/push.
+func (s *Server) push(ctx context.Context, p PushSpec) (PushResult, error) {
 	var opts []RequestOption
 	if p.IdentitySpace != "" {
 		opts = append(opts, InSpace(p.IdentitySpace))
@@ -317,13 +311,7 @@ func (s *Server) servePush(w http.ResponseWriter, r *http.Request) {
 	if p.Kind != "" {
 		opts = append(opts, Kind(p.Kind))
 	}
-	res, err := s.Push(r.Context(), p.Target, cmp.Or(p.AuthHeader, "Authorization"), p.AuthValue, p.Count, cmp.Or(p.Prefix, "user-"), opts...)
-	if err != nil && res.Sent == 0 {
-		// Argument errors name the JSON field; none quotes auth_value.
-		s.Refuse(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	fakekit.WriteJSON(w, http.StatusOK, res)
+	return s.Push(ctx, p.Target, cmp.Or(p.AuthHeader, "Authorization"), p.AuthValue, p.Count, cmp.Or(p.Prefix, "user-"), opts...)
 }
 
 // PushResult is what one Push did.
@@ -335,9 +323,6 @@ type PushResult struct {
 	UIDs []string `json:"uids"`
 }
 
-// MaxPush bounds the requests one Push sends.
-const MaxPush = 100_000
-
 // pushWorkers is how many requests Push has in flight at once.
 const pushWorkers = 4
 
@@ -348,12 +333,10 @@ const pushWorkers = 4
 // is wrong.
 func (s *Server) Push(ctx context.Context, forwarderURL, authHeader, authValue string, n int, prefix string, opts ...RequestOption) (PushResult, error) {
 	res := PushResult{Answers: map[string]int{}}
-	u, err := url.Parse(forwarderURL)
+	if err := fakekit.CheckPush(n, forwarderURL); err != nil {
+		return res, err
+	}
 	switch {
-	case n < 1 || n > MaxPush:
-		return res, fmt.Errorf("count must be between 1 and %d, got %d", MaxPush, n)
-	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
-		return res, errors.New("target must be an absolute http or https URL")
 	case authValue != "" && !validToken(authHeader):
 		return res, errors.New("auth_header must be an HTTP header name")
 	}

@@ -126,7 +126,7 @@ func New(opts Options) *Server {
 	wire.HandleFunc("GET /api/datasubject/v2/subtasks/{id}", s.serveGet)
 	s.Admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() },
 		Reset: s.Reset, Now: s.now})
-	s.HandleFunc("POST /_fake/push", s.servePush)
+	s.HandleFunc("POST /_fake/push", fakekit.PushHandler(s.Admin, s.Push, func(r PushResult) int { return r.Sent }))
 	s.HandleFunc("GET /_fake/subtasks/{id}", func(w http.ResponseWriter, r *http.Request) {
 		rec, ok := s.Subtask(r.PathValue("id"))
 		if !ok {

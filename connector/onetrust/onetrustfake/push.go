@@ -7,10 +7,8 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strconv"
 	"sync"
 	"time"
@@ -67,37 +65,18 @@ type PushResult struct {
 	SubtaskIDs []string `json:"subtask_ids"`
 }
 
-// MaxPush bounds the subtasks one Push sends.
-const MaxPush = 100_000
-
 // pushWorkers is how many pushes are in flight at once.
 const pushWorkers = 4
-
-func (s *Server) servePush(w http.ResponseWriter, r *http.Request) {
-	var p PushSpec
-	if err := fakekit.DecodeStrict(r.Body, &p); err != nil {
-		s.Refuse(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	res, err := s.Push(r.Context(), p)
-	if err != nil && res.Sent == 0 {
-		s.Refuse(w, http.StatusBadRequest, err.Error()) // names the field, never the bearer
-		return
-	}
-	fakekit.WriteJSON(w, http.StatusOK, res)
-}
 
 // Push creates p.Count subtasks and pushes each to the door as the workflow would: POST, JSON
 // (Body), "Authorization: Bearer p.Bearer". It records each answer and returns once all are
 // answered or ctx is done; the error is ctx's, or says which field of p is wrong.
 func (s *Server) Push(ctx context.Context, p PushSpec) (PushResult, error) {
 	res := PushResult{Answers: map[string]int{}}
-	u, err := url.Parse(p.Target)
+	if err := fakekit.CheckPush(p.Count, p.Target); err != nil {
+		return res, err
+	}
 	switch {
-	case p.Count < 1 || p.Count > MaxPush:
-		return res, fmt.Errorf("count must be between 1 and %d, got %d", MaxPush, p.Count)
-	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
-		return res, errors.New("target must be an absolute http or https URL")
 	case p.DueIn < 0:
 		return res, errors.New("due_in must not be negative")
 	}
