@@ -56,11 +56,28 @@ var outcomeStatus = map[string]string{
 	OutcomeRejected: StatusFailed, OutcomeInvalid: StatusFailed, OutcomeExhausted: StatusFailed,
 }
 
+// prefixWindow is how many ids one page filtered by source looks at. Nothing indexes
+// request_ref's prefix (the key on request_ref is of the database's collation, where a prefix
+// is no range): such a page walks the primary key backwards, which finds a common door's page
+// at once but would read the whole table for a rare door's. The window bounds that walk: a
+// page lists what matches among these ids and links to the ids below them.
+const prefixWindow = 200_000
+
+// RequestPage is one page of ListRequests.
+type RequestPage struct {
+	Rows []RequestRow
+	// SearchedTo, when not 0, is where the page's window of ids ended: the requests below it
+	// were not looked at, and the next page starts there (RequestFilter.Before) unless Rows
+	// already holds Limit rows. 0: every id below the cursor was looked at.
+	SearchedTo int64
+}
+
 // ListRequests reads one page of requests, newest first (by id), with the filter's conditions
 // only, so that each page is planned for what it asks: through the primary key backwards from
 // the cursor, or through the partial index of the rows asked for (pending, running, failed,
-// open by due date) when those are few. It never uses OFFSET.
-func (q *Queue) ListRequests(ctx context.Context, f RequestFilter) ([]RequestRow, error) {
+// open by due date) when those are few. It never uses OFFSET. A page filtered by source,
+// unless it asks for open requests, looks at prefixWindow ids below the cursor at most.
+func (q *Queue) ListRequests(ctx context.Context, f RequestFilter) (RequestPage, error) {
 	var where []string
 	var args []any
 	arg := func(v any) string { args = append(args, v); return fmt.Sprintf("$%d", len(args)) }
@@ -68,10 +85,10 @@ func (q *Queue) ListRequests(ctx context.Context, f RequestFilter) ([]RequestRow
 	if f.Outcome != "" {
 		implied, ok := outcomeStatus[f.Outcome]
 		if !ok {
-			return nil, fmt.Errorf("%w: outcome %q", ErrBadFilter, f.Outcome)
+			return RequestPage{}, fmt.Errorf("%w: outcome %q", ErrBadFilter, f.Outcome)
 		}
 		if status != "" && status != implied {
-			return nil, nil // no request has both
+			return RequestPage{}, nil // no request has both
 		}
 		status = implied
 		where = append(where, "outcome = "+arg(f.Outcome))
@@ -81,7 +98,7 @@ func (q *Queue) ListRequests(ctx context.Context, f RequestFilter) ([]RequestRow
 	case StatusPending, StatusRunning, StatusSucceeded, StatusFailed:
 		where = append(where, "status = "+arg(status))
 	default:
-		return nil, fmt.Errorf("%w: status %q", ErrBadFilter, status)
+		return RequestPage{}, fmt.Errorf("%w: status %q", ErrBadFilter, status)
 	}
 	switch f.Due {
 	case "":
@@ -90,14 +107,36 @@ func (q *Queue) ListRequests(ctx context.Context, f RequestFilter) ([]RequestRow
 	case DueSoon:
 		where = append(where, "status IN ('pending', 'running') AND due_at < now() + "+arg(int64(DueSoonWindow/time.Second))+" * interval '1 second'")
 	default:
-		return nil, fmt.Errorf("%w: due %q", ErrBadFilter, f.Due)
+		return RequestPage{}, fmt.Errorf("%w: due %q", ErrBadFilter, f.Due)
 	}
+	bySource := true
 	switch {
 	case f.Prefix != "":
 		p := arg(f.Prefix)
 		where = append(where, "left(request_ref, length("+p+"::text)) = "+p)
 	case len(f.NoPrefix) > 0:
 		where = append(where, "NOT EXISTS (SELECT 1 FROM unnest("+arg(f.NoPrefix)+"::text[]) AS p(prefix) WHERE left(request_ref, length(p.prefix)) = p.prefix)")
+	default:
+		bySource = false
+	}
+	var page RequestPage
+	// Open requests are few, read through their partial indexes: no window for them.
+	if bySource && f.Due == "" && status != StatusPending && status != StatusRunning {
+		var lowest, highest int64
+		if err := q.pool.QueryRow(ctx, `SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM erasure_requests`).Scan(&lowest, &highest); err != nil {
+			return RequestPage{}, fmt.Errorf("list requests: %w", err)
+		}
+		top := f.Before
+		if top <= 0 || top > highest+1 {
+			top = highest + 1
+		}
+		if from := top - prefixWindow; from > lowest {
+			page.SearchedTo = from
+			where = append(where, "id >= "+arg(from))
+		}
+		if f.Before <= 0 {
+			f.Before = top
+		}
 	}
 	if f.Before > 0 {
 		where = append(where, "id < "+arg(f.Before))
@@ -113,9 +152,9 @@ func (q *Queue) ListRequests(ctx context.Context, f RequestFilter) ([]RequestRow
 	sql += " ORDER BY id DESC LIMIT " + arg(limit)
 	rows, err := q.pool.Query(ctx, sql, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list requests: %w", err)
+		return RequestPage{}, fmt.Errorf("list requests: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (RequestRow, error) {
+	page.Rows, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (RequestRow, error) {
 		var r RequestRow
 		var completed *time.Time
 		err := row.Scan(&r.ID, &r.RequestRef, &r.Status, &r.Outcome, &r.ReceivedAt, &r.DueAt, &completed)
@@ -125,9 +164,9 @@ func (q *Queue) ListRequests(ctx context.Context, f RequestFilter) ([]RequestRow
 		return r, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list requests: %w", err)
+		return RequestPage{}, fmt.Errorf("list requests: %w", err)
 	}
-	return out, nil
+	return page, nil
 }
 
 // ReportAttempt is one row of erasure_report_attempts: one try to deliver a report.
@@ -334,6 +373,72 @@ SELECT 'finished', date_trunc('day', completed_at AT TIME ZONE 'UTC'), count(*) 
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("daily figures: %w", err)
+	}
+	return out, nil
+}
+
+// ReportBacklog is one connector's reports that are not delivered: waiting for their request
+// to finish, pending or being delivered, or failed for good. Delivered reports, the bulk of
+// the table, are not counted.
+type ReportBacklog struct {
+	Connector                            string
+	Waiting, Pending, Delivering, Failed int64
+	RetriesPending                       int64     // pending or delivering after an attempt
+	OldestPending                        time.Time // zero when none is pending or delivering
+	LastError                            string    // of the latest failing attempt among them
+	Paused                               bool      // the latest attempt was refused as unauthorized
+}
+
+// ReportBacklogs reads each connector's ReportBacklog, for the connectors that have one. It reads only the undelivered reports, each status through its partial
+// index (erasure_reports_waiting, erasure_reports_undelivered, erasure_reports_failed), so it
+// costs the backlog, not the millions of delivered reports kept.
+func (q *Queue) ReportBacklogs(ctx context.Context) ([]ReportBacklog, error) {
+	const reportBacklogsSQL = `
+SELECT connector,
+       count(*) FILTER (WHERE status = 'waiting'),
+       count(*) FILTER (WHERE status = 'pending'),
+       count(*) FILTER (WHERE status = 'delivering'),
+       count(*) FILTER (WHERE status = 'failed'),
+       count(*) FILTER (WHERE status IN ('pending', 'delivering') AND attempts > 0),
+       min(ready_at) FILTER (WHERE status IN ('pending', 'delivering')),
+       (array_agg(last_error ORDER BY run_after DESC NULLS LAST)
+            FILTER (WHERE status IN ('pending', 'delivering', 'failed') AND last_error IS NOT NULL))[1],
+       (array_agg(last_result ORDER BY run_after DESC NULLS LAST)
+            FILTER (WHERE status IN ('pending', 'delivering') AND last_result IS NOT NULL))[1]
+FROM (
+    SELECT connector, status, attempts, ready_at, run_after, last_error, last_result FROM erasure_reports WHERE status = 'waiting'
+    UNION ALL
+    SELECT connector, status, attempts, ready_at, run_after, last_error, last_result FROM erasure_reports WHERE status IN ('pending', 'delivering')
+    UNION ALL
+    SELECT connector, status, attempts, ready_at, run_after, last_error, last_result FROM erasure_reports WHERE status = 'failed'
+) AS undelivered
+GROUP BY connector
+ORDER BY connector`
+	rows, err := q.pool.Query(ctx, reportBacklogsSQL)
+	if err != nil {
+		return nil, fmt.Errorf("report backlogs: %w", err)
+	}
+	defer rows.Close()
+	var out []ReportBacklog
+	for rows.Next() {
+		var b ReportBacklog
+		var oldest *time.Time
+		var lastErr, lastResult *string
+		if err := rows.Scan(&b.Connector, &b.Waiting, &b.Pending, &b.Delivering, &b.Failed, &b.RetriesPending,
+			&oldest, &lastErr, &lastResult); err != nil {
+			return nil, fmt.Errorf("report backlogs: %w", err)
+		}
+		if oldest != nil {
+			b.OldestPending = *oldest
+		}
+		if lastErr != nil {
+			b.LastError = *lastErr
+		}
+		b.Paused = lastResult != nil && *lastResult == "unauthorized"
+		out = append(out, b)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("report backlogs: %w", err)
 	}
 	return out, nil
 }
