@@ -258,12 +258,19 @@ SELECT EXISTS (SELECT 1 FROM erasure_rate_limit), (SELECT burst FROM erasure_rat
 	return h, nil
 }
 
-// firstIDAfter is the SQL of the newest id received before $1, or 0: the requests received
-// since $1 are the ids above it. It walks the primary key backwards through the rows received
+// firstIDAfter reads the newest id received before since, or 0: the requests received since
+// then are the ids above it. It walks the primary key backwards through the rows received
 // since then and stops at the first older one, so its cost is the rows of the window, not the
 // table's. Ids follow the order of receipt (received_at defaults to the inserting
 // transaction's start), so the window's count is exact but for inserts that raced at its edge.
-const firstIDAfter = `coalesce((SELECT id FROM erasure_requests WHERE received_at < $1 ORDER BY id DESC LIMIT 1), 0)`
+// It is a statement of its own so that the statement reading the window is planned for the
+// id it gets: a bound the planner cannot see makes it expect a third of the table, and plan a
+// parallel scan compiled by JIT that costs several times the work.
+func (q *Queue) firstIDAfter(ctx context.Context, since time.Time) (int64, error) {
+	var id int64
+	err := q.pool.QueryRow(ctx, `SELECT coalesce((SELECT id FROM erasure_requests WHERE received_at < $1 ORDER BY id DESC LIMIT 1), 0)`, since).Scan(&id)
+	return id, err
+}
 
 // IntakeCount is how many requests came in by one door since a time.
 type IntakeCount struct {
@@ -272,29 +279,39 @@ type IntakeCount struct {
 }
 
 // IntakeSince counts the requests received since since by ref prefix: one IntakeCount per
-// prefix, in the order given, then one for the refs with none of them.
+// prefix, in the order given, then one for the refs with none of them. A ref is counted under
+// the first prefix it starts with. It reads the window of the primary key received since then
+// once.
 func (q *Queue) IntakeSince(ctx context.Context, since time.Time, prefixes []string) ([]IntakeCount, error) {
 	if prefixes == nil {
 		prefixes = []string{}
 	}
-	rows, err := q.pool.Query(ctx, `
-WITH recent AS (
-    SELECT request_ref FROM erasure_requests WHERE id > `+firstIDAfter+` AND received_at >= $1
-)
-SELECT p.prefix, p.n, (SELECT count(*) FROM recent WHERE left(request_ref, length(p.prefix)) = p.prefix)
-FROM unnest($2::text[]) WITH ORDINALITY AS p(prefix, n)
-UNION ALL
-SELECT '', cardinality($2::text[]) + 1, (SELECT count(*) FROM recent r
-               WHERE NOT EXISTS (SELECT 1 FROM unnest($2::text[]) AS p(prefix) WHERE left(r.request_ref, length(p.prefix)) = p.prefix))
-ORDER BY 2`, since, prefixes)
+	after, err := q.firstIDAfter(ctx, since)
 	if err != nil {
 		return nil, fmt.Errorf("intake: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (IntakeCount, error) {
-		var c IntakeCount
-		var n int64
-		err := row.Scan(&c.Prefix, &n, &c.Count)
-		return c, err
+	rows, err := q.pool.Query(ctx, `
+SELECT coalesce(d.n, 0), count(*)
+FROM (SELECT request_ref FROM erasure_requests WHERE id > $1 AND received_at >= $2) AS r
+LEFT JOIN LATERAL (
+    SELECT p.n FROM unnest($3::text[]) WITH ORDINALITY AS p(prefix, n)
+    WHERE left(r.request_ref, length(p.prefix)) = p.prefix ORDER BY p.n LIMIT 1
+) AS d ON true
+GROUP BY 1`, after, since, prefixes)
+	if err != nil {
+		return nil, fmt.Errorf("intake: %w", err)
+	}
+	out := make([]IntakeCount, len(prefixes)+1)
+	for i, p := range prefixes {
+		out[i].Prefix = p
+	}
+	var n, count int64
+	_, err = pgx.ForEachRow(rows, []any{&n, &count}, func() error {
+		if n == 0 { // none of the prefixes: the last line
+			n = int64(len(prefixes)) + 1
+		}
+		out[n-1].Count = count
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("intake: %w", err)
@@ -328,9 +345,13 @@ func (q *Queue) Daily(ctx context.Context, days int, now time.Time) ([]Day, erro
 		out[i].Date = first.AddDate(0, 0, i)
 		index[out[i].Date] = i
 	}
+	after, err := q.firstIDAfter(ctx, first.Add(-DefaultDeadline))
+	if err != nil {
+		return nil, fmt.Errorf("daily figures: %w", err)
+	}
 	rows, err := q.pool.Query(ctx, `
 WITH w AS (
-    SELECT received_at, due_at FROM erasure_requests WHERE id > `+firstIDAfter+` AND received_at >= $1
+    SELECT received_at, due_at FROM erasure_requests WHERE id > $4 AND received_at >= $1
 ),
 finished AS (
     SELECT completed_at FROM erasure_requests
@@ -346,7 +367,7 @@ SELECT 'due', date_trunc('day', due_at AT TIME ZONE 'UTC'), count(*) FROM w
     WHERE due_at >= $2 AND due_at < $3 GROUP BY 2
 UNION ALL
 SELECT 'finished', date_trunc('day', completed_at AT TIME ZONE 'UTC'), count(*) FROM finished GROUP BY 2`,
-		first.Add(-DefaultDeadline), first, end)
+		first.Add(-DefaultDeadline), first, end, after)
 	if err != nil {
 		return nil, fmt.Errorf("daily figures: %w", err)
 	}
@@ -393,27 +414,38 @@ type ReportBacklog struct {
 // index (erasure_reports_waiting, erasure_reports_undelivered, erasure_reports_failed), so it
 // costs the backlog, not the millions of delivered reports kept.
 func (q *Queue) ReportBacklogs(ctx context.Context) ([]ReportBacklog, error) {
+	// The failed reports are counted from their index alone (they may be many: a receiver that
+	// refused for weeks); only one of them is read, for its error, when no undelivered one tells.
 	const reportBacklogsSQL = `
-SELECT connector,
-       count(*) FILTER (WHERE status = 'waiting'),
-       count(*) FILTER (WHERE status = 'pending'),
-       count(*) FILTER (WHERE status = 'delivering'),
-       count(*) FILTER (WHERE status = 'failed'),
-       count(*) FILTER (WHERE status IN ('pending', 'delivering') AND attempts > 0),
-       min(ready_at) FILTER (WHERE status IN ('pending', 'delivering')),
-       (array_agg(last_error ORDER BY run_after DESC NULLS LAST)
-            FILTER (WHERE status IN ('pending', 'delivering', 'failed') AND last_error IS NOT NULL))[1],
-       (array_agg(last_result ORDER BY run_after DESC NULLS LAST)
-            FILTER (WHERE status IN ('pending', 'delivering') AND last_result IS NOT NULL))[1]
-FROM (
+WITH undelivered AS (
     SELECT connector, status, attempts, ready_at, run_after, last_error, last_result FROM erasure_reports WHERE status = 'waiting'
     UNION ALL
     SELECT connector, status, attempts, ready_at, run_after, last_error, last_result FROM erasure_reports WHERE status IN ('pending', 'delivering')
-    UNION ALL
-    SELECT connector, status, attempts, ready_at, run_after, last_error, last_result FROM erasure_reports WHERE status = 'failed'
-) AS undelivered
-GROUP BY connector
-ORDER BY connector`
+),
+open AS (
+    SELECT connector,
+           count(*) FILTER (WHERE status = 'waiting') AS waiting,
+           count(*) FILTER (WHERE status = 'pending') AS pending,
+           count(*) FILTER (WHERE status = 'delivering') AS delivering,
+           count(*) FILTER (WHERE status <> 'waiting' AND attempts > 0) AS retries,
+           min(ready_at) FILTER (WHERE status <> 'waiting') AS oldest,
+           (array_agg(last_error ORDER BY run_after DESC NULLS LAST)
+                FILTER (WHERE status <> 'waiting' AND last_error IS NOT NULL))[1] AS last_error,
+           (array_agg(last_result ORDER BY run_after DESC NULLS LAST)
+                FILTER (WHERE status <> 'waiting' AND last_result IS NOT NULL))[1] AS last_result
+    FROM undelivered
+    GROUP BY connector
+),
+failed AS (
+    SELECT connector, count(*) AS failed FROM erasure_reports WHERE status = 'failed' GROUP BY connector
+)
+SELECT coalesce(o.connector, f.connector), coalesce(o.waiting, 0), coalesce(o.pending, 0), coalesce(o.delivering, 0),
+       coalesce(f.failed, 0), coalesce(o.retries, 0), o.oldest,
+       coalesce(o.last_error, (SELECT last_error FROM erasure_reports
+                               WHERE status = 'failed' AND connector = f.connector AND last_error IS NOT NULL LIMIT 1)),
+       o.last_result
+FROM open AS o FULL JOIN failed AS f ON f.connector = o.connector
+ORDER BY 1`
 	rows, err := q.pool.Query(ctx, reportBacklogsSQL)
 	if err != nil {
 		return nil, fmt.Errorf("report backlogs: %w", err)
