@@ -81,11 +81,11 @@ const benchConsoleReportsSQL = `
 WITH reps AS (
     INSERT INTO erasure_reports (request_id, connector, status, attempts, ready_at, delivered_at, last_result, last_http_status, last_error)
     SELECT id, CASE WHEN strpos(request_ref, ':') > 0 THEN split_part(request_ref, ':', 1) ELSE 'webhook' END,
-           CASE WHEN id % 100 = 7 THEN 'failed' ELSE 'delivered' END, 1, completed_at,
-           CASE WHEN id % 100 = 7 THEN NULL ELSE completed_at + interval '1 second' END,
-           CASE WHEN id % 100 = 7 THEN 'rejected' ELSE 'delivered' END,
-           CASE WHEN id % 100 = 7 THEN 400 ELSE 204 END,
-           CASE WHEN id % 100 = 7 THEN 'the receiver answered 400' END
+           CASE WHEN id % 300 = 2 THEN 'failed' ELSE 'delivered' END, 1, completed_at,
+           CASE WHEN id % 300 = 2 THEN NULL ELSE completed_at + interval '1 second' END,
+           CASE WHEN id % 300 = 2 THEN 'rejected' ELSE 'delivered' END,
+           CASE WHEN id % 300 = 2 THEN 400 ELSE 204 END,
+           CASE WHEN id % 300 = 2 THEN 'the receiver answered 400' END
     FROM erasure_requests WHERE id BETWEEN $1 AND $2 AND id % 10 < 3
     RETURNING id, ready_at, status
 )
