@@ -15,7 +15,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/erasure-worker/erasure-worker/queue"
@@ -65,9 +64,7 @@ type Console struct {
 	pages map[string]*template.Template
 	csrf  *http.CrossOriginProtection
 
-	chartMu   sync.Mutex // guards the chart's figures, read at most every chartFresh
-	chartDays []queue.Day
-	chartAt   time.Time
+	charts *charts // the overview's daily figures, computed in the background
 }
 
 // New returns the console's handler.
@@ -84,7 +81,8 @@ func New(cfg Config) (*Console, error) {
 	if cfg.Candidates == nil {
 		cfg.Candidates = func(id string) []string { return []string{id} }
 	}
-	c := &Console{cfg: cfg, mux: http.NewServeMux(), pages: map[string]*template.Template{}, csrf: http.NewCrossOriginProtection()}
+	c := &Console{cfg: cfg, mux: http.NewServeMux(), pages: map[string]*template.Template{}, csrf: http.NewCrossOriginProtection(),
+		charts: &charts{queue: cfg.Queue, now: cfg.Now, logger: cfg.Logger}}
 	for _, p := range []string{"overview", "requests", "request", "people", "evidence", "notfound", "error", "denied"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(files, "templates/layout.html", "templates/"+p+".html")
 		if err != nil {
@@ -103,6 +101,10 @@ func New(cfg Config) (*Console, error) {
 	if cfg.Metrics != nil {
 		c.mux.Handle("GET /metrics", cfg.Metrics)
 	}
+	// The chart's first figures, so that the first overview has them.
+	c.charts.mu.Lock()
+	c.charts.refresh()
+	c.charts.mu.Unlock()
 	c.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		c.render(w, r, http.StatusNotFound, "notfound", page{Title: "Not found"})
 	})

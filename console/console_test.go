@@ -97,3 +97,31 @@ func TestPeopleNeverTakesTheIDFromAURL(t *testing.T) {
 		t.Errorf("a blank id: %d, want 400", w.Code)
 	}
 }
+
+// A page filtered by source that found less than a page in its window of ids says so and links
+// past the window; the page after it finds the older request.
+func TestASourcePageLinksPastItsWindow(t *testing.T) {
+	t.Parallel()
+	pool := queuetest.Pool(t)
+	if _, err := pool.Exec(t.Context(), `INSERT INTO erasure_requests (id, request_ref, external_user_id) OVERRIDING SYSTEM VALUE
+	    VALUES (1, 'ketch:old', 'u'), (500000, 'ketch:new', 'u')`); err != nil {
+		t.Fatal(err)
+	}
+	c, err := console.New(console.Config{Queue: queue.New(pool), Doors: []console.Door{{Name: "ketch", Connector: "ketch", Prefix: "ketch:"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := serve(c, http.MethodGet, "/requests?source=ketch", "").Body.String()
+	if !strings.Contains(body, "ketch:new") || strings.Contains(body, "ketch:old") || !strings.Contains(body, "down to id 300001") ||
+		!strings.Contains(body, `href="/requests?after=300001&amp;source=ketch" rel="next"`) {
+		t.Fatalf("the first page:\n%s", body)
+	}
+	body = serve(c, http.MethodGet, "/requests?after=300001&source=ketch", "").Body.String()
+	if !strings.Contains(body, "None matches") || !strings.Contains(body, "after=100001") {
+		t.Fatalf("the second page:\n%s", body)
+	}
+	body = serve(c, http.MethodGet, "/requests?after=100001&source=ketch", "").Body.String()
+	if !strings.Contains(body, "ketch:old") || !strings.Contains(body, "No older requests") {
+		t.Fatalf("the third page:\n%s", body)
+	}
+}

@@ -22,7 +22,7 @@ type doorIntake struct {
 }
 
 type reportLine struct {
-	queue.ReportSummary
+	queue.ReportBacklog
 	OldestAge time.Duration // zero when none is undelivered
 }
 
@@ -36,6 +36,10 @@ type overviewData struct {
 	Reports   []reportLine
 	Chart     chart
 	ChartDays int
+	// ChartReady is false until the chart's figures were first computed; ChartAt is when they
+	// were read.
+	ChartReady bool
+	ChartAt    time.Time
 }
 
 func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
@@ -80,44 +84,24 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 		}
 		d.Intake = append(d.Intake, doorIntake{Door: name, Prefix: in.Prefix, Count: in.Count})
 	}
-	reports, now, err := c.cfg.Queue.SummarizeReports(ctx)
+	reports, err := c.cfg.Queue.ReportBacklogs(ctx)
 	if err != nil {
-		c.fail(w, r, "summarising the reports", err)
+		c.fail(w, r, "reading the reports not delivered", err)
 		return
 	}
-	for _, rs := range reports {
-		l := reportLine{ReportSummary: rs}
-		if !rs.OldestPending.IsZero() {
-			l.OldestAge = now.Sub(rs.OldestPending)
+	for _, rb := range reports {
+		l := reportLine{ReportBacklog: rb}
+		if !rb.OldestPending.IsZero() {
+			l.OldestAge = d.Stats.Now.Sub(rb.OldestPending)
 		}
 		d.Reports = append(d.Reports, l)
 	}
-	days, err := c.daily(r, d.Stats.Now)
-	if err != nil {
-		c.fail(w, r, "reading the daily figures", err)
-		return
-	}
-	d.Chart = newChart(days)
+	days, at := c.charts.get(ctx)
 	d.ChartDays = chartDays
+	if days != nil {
+		d.Chart, d.ChartReady, d.ChartAt = newChart(days), true, at
+	}
 	c.render(w, r, http.StatusOK, "overview", page{Title: "Overview", Current: "overview", Data: d})
-}
-
-// chartFresh is how long the chart's figures are reused: they read the last 90 days of the
-// primary key (about a million rows at ten million kept), too much for every page view.
-const chartFresh = 5 * time.Minute
-
-func (c *Console) daily(r *http.Request, now time.Time) ([]queue.Day, error) {
-	c.chartMu.Lock()
-	defer c.chartMu.Unlock()
-	if c.chartDays != nil && now.Sub(c.chartAt) < chartFresh && now.Truncate(24*time.Hour).Equal(c.chartAt.Truncate(24*time.Hour)) {
-		return c.chartDays, nil
-	}
-	days, err := c.cfg.Queue.Daily(r.Context(), chartDays, now)
-	if err != nil {
-		return nil, err
-	}
-	c.chartDays, c.chartAt = days, now
-	return days, nil
 }
 
 // pageSize is how many requests one page of /requests lists.
@@ -132,9 +116,12 @@ type requestsData struct {
 	Statuses, Outcomes, Sources, Dues []option
 	Rows                              []queue.RequestRow
 	Next                              string // the next page's query; "" on the last page
-	Filtered                          bool
-	First                             bool
-	Bad                               string // the parameters whose values were refused
+	// SearchedTo is where the page's window of ids ended when it found less than a page: the
+	// requests below it are on the next pages.
+	SearchedTo int64
+	Filtered   bool
+	First      bool
+	Bad        string // the parameters whose values were refused
 }
 
 func options(selected string, pairs ...string) []option {
@@ -182,7 +169,8 @@ func (c *Console) requests(w http.ResponseWriter, r *http.Request) {
 		f.Before = n
 	}
 	if len(bad) == 0 {
-		rows, err := c.cfg.Queue.ListRequests(r.Context(), f)
+		got, err := c.cfg.Queue.ListRequests(r.Context(), f)
+		rows := got.Rows
 		if errors.Is(err, queue.ErrBadFilter) {
 			bad = append(bad, "status, outcome or due")
 		} else if err != nil {
@@ -191,11 +179,18 @@ func (c *Console) requests(w http.ResponseWriter, r *http.Request) {
 		}
 		d := c.requestsForm(f, source)
 		d.First = f.Before == 0
-		if len(rows) > pageSize {
+		next := int64(0)
+		switch {
+		case len(rows) > pageSize:
 			rows = rows[:pageSize]
-			next := q
-			next.Set("after", strconv.FormatInt(rows[len(rows)-1].ID, 10))
-			d.Next = "/requests?" + next.Encode()
+			next = rows[len(rows)-1].ID
+		case got.SearchedTo > 0:
+			// The page's window of ids ended before a whole page matched.
+			next, d.SearchedTo = got.SearchedTo, got.SearchedTo
+		}
+		if next > 0 {
+			q.Set("after", strconv.FormatInt(next, 10))
+			d.Next = "/requests?" + q.Encode()
 		}
 		d.Rows = rows
 		if len(bad) == 0 {

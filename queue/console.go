@@ -56,11 +56,28 @@ var outcomeStatus = map[string]string{
 	OutcomeRejected: StatusFailed, OutcomeInvalid: StatusFailed, OutcomeExhausted: StatusFailed,
 }
 
+// prefixWindow is how many ids one page filtered by source looks at. Nothing indexes
+// request_ref's prefix (the key on request_ref is of the database's collation, where a prefix
+// is no range): such a page walks the primary key backwards, which finds a common door's page
+// at once but would read the whole table for a rare door's. The window bounds that walk: a
+// page lists what matches among these ids and links to the ids below them.
+const prefixWindow = 200_000
+
+// RequestPage is one page of ListRequests.
+type RequestPage struct {
+	Rows []RequestRow
+	// SearchedTo, when not 0, is where the page's window of ids ended: the requests below it
+	// were not looked at, and the next page starts there (RequestFilter.Before) unless Rows
+	// already holds Limit rows. 0: every id below the cursor was looked at.
+	SearchedTo int64
+}
+
 // ListRequests reads one page of requests, newest first (by id), with the filter's conditions
 // only, so that each page is planned for what it asks: through the primary key backwards from
 // the cursor, or through the partial index of the rows asked for (pending, running, failed,
-// open by due date) when those are few. It never uses OFFSET.
-func (q *Queue) ListRequests(ctx context.Context, f RequestFilter) ([]RequestRow, error) {
+// open by due date) when those are few. It never uses OFFSET. A page filtered by source,
+// unless it asks for open requests, looks at prefixWindow ids below the cursor at most.
+func (q *Queue) ListRequests(ctx context.Context, f RequestFilter) (RequestPage, error) {
 	var where []string
 	var args []any
 	arg := func(v any) string { args = append(args, v); return fmt.Sprintf("$%d", len(args)) }
@@ -68,10 +85,10 @@ func (q *Queue) ListRequests(ctx context.Context, f RequestFilter) ([]RequestRow
 	if f.Outcome != "" {
 		implied, ok := outcomeStatus[f.Outcome]
 		if !ok {
-			return nil, fmt.Errorf("%w: outcome %q", ErrBadFilter, f.Outcome)
+			return RequestPage{}, fmt.Errorf("%w: outcome %q", ErrBadFilter, f.Outcome)
 		}
 		if status != "" && status != implied {
-			return nil, nil // no request has both
+			return RequestPage{}, nil // no request has both
 		}
 		status = implied
 		where = append(where, "outcome = "+arg(f.Outcome))
@@ -81,7 +98,7 @@ func (q *Queue) ListRequests(ctx context.Context, f RequestFilter) ([]RequestRow
 	case StatusPending, StatusRunning, StatusSucceeded, StatusFailed:
 		where = append(where, "status = "+arg(status))
 	default:
-		return nil, fmt.Errorf("%w: status %q", ErrBadFilter, status)
+		return RequestPage{}, fmt.Errorf("%w: status %q", ErrBadFilter, status)
 	}
 	switch f.Due {
 	case "":
@@ -90,14 +107,36 @@ func (q *Queue) ListRequests(ctx context.Context, f RequestFilter) ([]RequestRow
 	case DueSoon:
 		where = append(where, "status IN ('pending', 'running') AND due_at < now() + "+arg(int64(DueSoonWindow/time.Second))+" * interval '1 second'")
 	default:
-		return nil, fmt.Errorf("%w: due %q", ErrBadFilter, f.Due)
+		return RequestPage{}, fmt.Errorf("%w: due %q", ErrBadFilter, f.Due)
 	}
+	bySource := true
 	switch {
 	case f.Prefix != "":
 		p := arg(f.Prefix)
 		where = append(where, "left(request_ref, length("+p+"::text)) = "+p)
 	case len(f.NoPrefix) > 0:
 		where = append(where, "NOT EXISTS (SELECT 1 FROM unnest("+arg(f.NoPrefix)+"::text[]) AS p(prefix) WHERE left(request_ref, length(p.prefix)) = p.prefix)")
+	default:
+		bySource = false
+	}
+	var page RequestPage
+	// Open requests are few, read through their partial indexes: no window for them.
+	if bySource && f.Due == "" && status != StatusPending && status != StatusRunning {
+		var lowest, highest int64
+		if err := q.pool.QueryRow(ctx, `SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM erasure_requests`).Scan(&lowest, &highest); err != nil {
+			return RequestPage{}, fmt.Errorf("list requests: %w", err)
+		}
+		top := f.Before
+		if top <= 0 || top > highest+1 {
+			top = highest + 1
+		}
+		if from := top - prefixWindow; from > lowest {
+			page.SearchedTo = from
+			where = append(where, "id >= "+arg(from))
+		}
+		if f.Before <= 0 {
+			f.Before = top
+		}
 	}
 	if f.Before > 0 {
 		where = append(where, "id < "+arg(f.Before))
@@ -113,9 +152,9 @@ func (q *Queue) ListRequests(ctx context.Context, f RequestFilter) ([]RequestRow
 	sql += " ORDER BY id DESC LIMIT " + arg(limit)
 	rows, err := q.pool.Query(ctx, sql, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list requests: %w", err)
+		return RequestPage{}, fmt.Errorf("list requests: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (RequestRow, error) {
+	page.Rows, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (RequestRow, error) {
 		var r RequestRow
 		var completed *time.Time
 		err := row.Scan(&r.ID, &r.RequestRef, &r.Status, &r.Outcome, &r.ReceivedAt, &r.DueAt, &completed)
@@ -125,9 +164,9 @@ func (q *Queue) ListRequests(ctx context.Context, f RequestFilter) ([]RequestRow
 		return r, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list requests: %w", err)
+		return RequestPage{}, fmt.Errorf("list requests: %w", err)
 	}
-	return out, nil
+	return page, nil
 }
 
 // ReportAttempt is one row of erasure_report_attempts: one try to deliver a report.
@@ -219,12 +258,19 @@ SELECT EXISTS (SELECT 1 FROM erasure_rate_limit), (SELECT burst FROM erasure_rat
 	return h, nil
 }
 
-// firstIDAfter is the SQL of the newest id received before $1, or 0: the requests received
-// since $1 are the ids above it. It walks the primary key backwards through the rows received
+// firstIDAfter reads the newest id received before since, or 0: the requests received since
+// then are the ids above it. It walks the primary key backwards through the rows received
 // since then and stops at the first older one, so its cost is the rows of the window, not the
 // table's. Ids follow the order of receipt (received_at defaults to the inserting
 // transaction's start), so the window's count is exact but for inserts that raced at its edge.
-const firstIDAfter = `coalesce((SELECT id FROM erasure_requests WHERE received_at < $1 ORDER BY id DESC LIMIT 1), 0)`
+// It is a statement of its own so that the statement reading the window is planned for the
+// id it gets: a bound the planner cannot see makes it expect a third of the table, and plan a
+// parallel scan compiled by JIT that costs several times the work.
+func (q *Queue) firstIDAfter(ctx context.Context, since time.Time) (int64, error) {
+	var id int64
+	err := q.pool.QueryRow(ctx, `SELECT coalesce((SELECT id FROM erasure_requests WHERE received_at < $1 ORDER BY id DESC LIMIT 1), 0)`, since).Scan(&id)
+	return id, err
+}
 
 // IntakeCount is how many requests came in by one door since a time.
 type IntakeCount struct {
@@ -233,29 +279,39 @@ type IntakeCount struct {
 }
 
 // IntakeSince counts the requests received since since by ref prefix: one IntakeCount per
-// prefix, in the order given, then one for the refs with none of them.
+// prefix, in the order given, then one for the refs with none of them. A ref is counted under
+// the first prefix it starts with. It reads the window of the primary key received since then
+// once.
 func (q *Queue) IntakeSince(ctx context.Context, since time.Time, prefixes []string) ([]IntakeCount, error) {
 	if prefixes == nil {
 		prefixes = []string{}
 	}
-	rows, err := q.pool.Query(ctx, `
-WITH recent AS (
-    SELECT request_ref FROM erasure_requests WHERE id > `+firstIDAfter+` AND received_at >= $1
-)
-SELECT p.prefix, p.n, (SELECT count(*) FROM recent WHERE left(request_ref, length(p.prefix)) = p.prefix)
-FROM unnest($2::text[]) WITH ORDINALITY AS p(prefix, n)
-UNION ALL
-SELECT '', cardinality($2::text[]) + 1, (SELECT count(*) FROM recent r
-               WHERE NOT EXISTS (SELECT 1 FROM unnest($2::text[]) AS p(prefix) WHERE left(r.request_ref, length(p.prefix)) = p.prefix))
-ORDER BY 2`, since, prefixes)
+	after, err := q.firstIDAfter(ctx, since)
 	if err != nil {
 		return nil, fmt.Errorf("intake: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (IntakeCount, error) {
-		var c IntakeCount
-		var n int64
-		err := row.Scan(&c.Prefix, &n, &c.Count)
-		return c, err
+	rows, err := q.pool.Query(ctx, `
+SELECT coalesce(d.n, 0), count(*)
+FROM (SELECT request_ref FROM erasure_requests WHERE id > $1 AND received_at >= $2) AS r
+LEFT JOIN LATERAL (
+    SELECT p.n FROM unnest($3::text[]) WITH ORDINALITY AS p(prefix, n)
+    WHERE left(r.request_ref, length(p.prefix)) = p.prefix ORDER BY p.n LIMIT 1
+) AS d ON true
+GROUP BY 1`, after, since, prefixes)
+	if err != nil {
+		return nil, fmt.Errorf("intake: %w", err)
+	}
+	out := make([]IntakeCount, len(prefixes)+1)
+	for i, p := range prefixes {
+		out[i].Prefix = p
+	}
+	var n, count int64
+	_, err = pgx.ForEachRow(rows, []any{&n, &count}, func() error {
+		if n == 0 { // none of the prefixes: the last line
+			n = int64(len(prefixes)) + 1
+		}
+		out[n-1].Count = count
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("intake: %w", err)
@@ -289,9 +345,13 @@ func (q *Queue) Daily(ctx context.Context, days int, now time.Time) ([]Day, erro
 		out[i].Date = first.AddDate(0, 0, i)
 		index[out[i].Date] = i
 	}
+	after, err := q.firstIDAfter(ctx, first.Add(-DefaultDeadline))
+	if err != nil {
+		return nil, fmt.Errorf("daily figures: %w", err)
+	}
 	rows, err := q.pool.Query(ctx, `
 WITH w AS (
-    SELECT received_at, due_at FROM erasure_requests WHERE id > `+firstIDAfter+` AND received_at >= $1
+    SELECT received_at, due_at FROM erasure_requests WHERE id > $4 AND received_at >= $1
 ),
 finished AS (
     SELECT completed_at FROM erasure_requests
@@ -307,7 +367,7 @@ SELECT 'due', date_trunc('day', due_at AT TIME ZONE 'UTC'), count(*) FROM w
     WHERE due_at >= $2 AND due_at < $3 GROUP BY 2
 UNION ALL
 SELECT 'finished', date_trunc('day', completed_at AT TIME ZONE 'UTC'), count(*) FROM finished GROUP BY 2`,
-		first.Add(-DefaultDeadline), first, end)
+		first.Add(-DefaultDeadline), first, end, after)
 	if err != nil {
 		return nil, fmt.Errorf("daily figures: %w", err)
 	}
@@ -334,6 +394,83 @@ SELECT 'finished', date_trunc('day', completed_at AT TIME ZONE 'UTC'), count(*) 
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("daily figures: %w", err)
+	}
+	return out, nil
+}
+
+// ReportBacklog is one connector's reports that are not delivered: waiting for their request
+// to finish, pending or being delivered, or failed for good. Delivered reports, the bulk of
+// the table, are not counted.
+type ReportBacklog struct {
+	Connector                            string
+	Waiting, Pending, Delivering, Failed int64
+	RetriesPending                       int64     // pending or delivering after an attempt
+	OldestPending                        time.Time // zero when none is pending or delivering
+	LastError                            string    // of the latest failing attempt among them
+	Paused                               bool      // the latest attempt was refused as unauthorized
+}
+
+// ReportBacklogs reads each connector's ReportBacklog, for the connectors that have one. It reads only the undelivered reports, each status through its partial
+// index (erasure_reports_waiting, erasure_reports_undelivered, erasure_reports_failed), so it
+// costs the backlog, not the millions of delivered reports kept.
+func (q *Queue) ReportBacklogs(ctx context.Context) ([]ReportBacklog, error) {
+	// The failed reports are counted from their index alone (they may be many: a receiver that
+	// refused for weeks); only one of them is read, for its error, when no undelivered one tells.
+	const reportBacklogsSQL = `
+WITH undelivered AS (
+    SELECT connector, status, attempts, ready_at, run_after, last_error, last_result FROM erasure_reports WHERE status = 'waiting'
+    UNION ALL
+    SELECT connector, status, attempts, ready_at, run_after, last_error, last_result FROM erasure_reports WHERE status IN ('pending', 'delivering')
+),
+open AS (
+    SELECT connector,
+           count(*) FILTER (WHERE status = 'waiting') AS waiting,
+           count(*) FILTER (WHERE status = 'pending') AS pending,
+           count(*) FILTER (WHERE status = 'delivering') AS delivering,
+           count(*) FILTER (WHERE status <> 'waiting' AND attempts > 0) AS retries,
+           min(ready_at) FILTER (WHERE status <> 'waiting') AS oldest,
+           (array_agg(last_error ORDER BY run_after DESC NULLS LAST)
+                FILTER (WHERE status <> 'waiting' AND last_error IS NOT NULL))[1] AS last_error,
+           (array_agg(last_result ORDER BY run_after DESC NULLS LAST)
+                FILTER (WHERE status <> 'waiting' AND last_result IS NOT NULL))[1] AS last_result
+    FROM undelivered
+    GROUP BY connector
+),
+failed AS (
+    SELECT connector, count(*) AS failed FROM erasure_reports WHERE status = 'failed' GROUP BY connector
+)
+SELECT coalesce(o.connector, f.connector), coalesce(o.waiting, 0), coalesce(o.pending, 0), coalesce(o.delivering, 0),
+       coalesce(f.failed, 0), coalesce(o.retries, 0), o.oldest,
+       coalesce(o.last_error, (SELECT last_error FROM erasure_reports
+                               WHERE status = 'failed' AND connector = f.connector AND last_error IS NOT NULL LIMIT 1)),
+       o.last_result
+FROM open AS o FULL JOIN failed AS f ON f.connector = o.connector
+ORDER BY 1`
+	rows, err := q.pool.Query(ctx, reportBacklogsSQL)
+	if err != nil {
+		return nil, fmt.Errorf("report backlogs: %w", err)
+	}
+	defer rows.Close()
+	var out []ReportBacklog
+	for rows.Next() {
+		var b ReportBacklog
+		var oldest *time.Time
+		var lastErr, lastResult *string
+		if err := rows.Scan(&b.Connector, &b.Waiting, &b.Pending, &b.Delivering, &b.Failed, &b.RetriesPending,
+			&oldest, &lastErr, &lastResult); err != nil {
+			return nil, fmt.Errorf("report backlogs: %w", err)
+		}
+		if oldest != nil {
+			b.OldestPending = *oldest
+		}
+		if lastErr != nil {
+			b.LastError = *lastErr
+		}
+		b.Paused = lastResult != nil && *lastResult == "unauthorized"
+		out = append(out, b)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("report backlogs: %w", err)
 	}
 	return out, nil
 }

@@ -33,10 +33,11 @@ func TestListRequestsPagesByKeysetWithFilters(t *testing.T) {
 		t.Helper()
 		var all []string
 		for page := 0; page < 20; page++ {
-			rows, err := q.ListRequests(ctx, f)
+			page, err := q.ListRequests(ctx, f)
 			if err != nil {
 				t.Fatal(err)
 			}
+			rows := page.Rows
 			for i, r := range rows {
 				if i > 0 && r.ID >= rows[i-1].ID {
 					t.Fatalf("not newest first: %v", rows)
@@ -144,5 +145,76 @@ func mustExec(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) {
 	t.Helper()
 	if _, err := pool.Exec(context.Background(), sql, args...); err != nil {
 		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// A page filtered by source looks at a bounded window of ids and says where it stopped, so that
+// a rare door's page never walks the whole table; the pages that follow reach every match.
+func TestListRequestsBySourceSearchesAWindowOfIDs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := queuetest.Pool(t)
+	q := queue.New(pool)
+	mustExec(t, pool, `INSERT INTO erasure_requests (id, request_ref, external_user_id) OVERRIDING SYSTEM VALUE
+	    VALUES (1, 'onetrust:old', 'u'), (2, 'api-2', 'u'), (500000, 'onetrust:new', 'u'), (500001, 'api-500001', 'u')`)
+	f := queue.RequestFilter{Prefix: "onetrust:", Limit: 3}
+	var got []string
+	var windows []int64
+	for range 10 {
+		page, err := q.ListRequests(ctx, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range page.Rows {
+			got = append(got, r.RequestRef)
+		}
+		windows = append(windows, page.SearchedTo)
+		if page.SearchedTo == 0 {
+			break
+		}
+		f.Before = page.SearchedTo
+	}
+	if fmt.Sprint(got) != "[onetrust:new onetrust:old]" || fmt.Sprint(windows) != "[300002 100002 0]" {
+		t.Errorf("refs %v, windows ending at %v; want [onetrust:new onetrust:old] and [300002 100002 0]", got, windows)
+	}
+	// Open requests are read through their indexes, without a window.
+	page, err := q.ListRequests(ctx, queue.RequestFilter{Prefix: "onetrust:", Status: queue.StatusPending, Limit: 3})
+	if err != nil || len(page.Rows) != 2 || page.SearchedTo != 0 {
+		t.Errorf("pending onetrust requests: %+v, %v", page, err)
+	}
+}
+
+func TestReportBacklogsCountTheUndeliveredReports(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := queuetest.Pool(t)
+	q := queue.New(pool)
+	mustExec(t, pool, `INSERT INTO erasure_requests (request_ref, external_user_id) SELECT 'r-' || i, 'u' FROM generate_series(1, 6) AS i`)
+	mustExec(t, pool, `INSERT INTO erasure_reports (request_id, connector, status, ready_at, delivered_at, run_after, attempts, last_error, last_result, lease_owner, lease_token)
+	    SELECT r.id, v.connector, v.status, CASE WHEN v.status <> 'waiting' THEN now() - v.age END,
+	           CASE WHEN v.status = 'delivered' THEN now() END,
+	           CASE WHEN v.status IN ('pending', 'delivering') THEN now() END, v.attempts, v.err, v.result,
+	           CASE WHEN v.status = 'delivering' THEN 'w' END, CASE WHEN v.status = 'delivering' THEN 1 END
+	    FROM (VALUES ('r-1', 'ketch', 'waiting', interval '0', 0, NULL, NULL),
+	                 ('r-2', 'ketch', 'pending', interval '1 hour', 2, 'the receiver answered 503', 'retry'),
+	                 ('r-3', 'ketch', 'delivered', interval '1 day', 1, NULL, 'delivered'),
+	                 ('r-4', 'fides', 'failed', interval '1 day', 5, 'the receiver answered 400', 'rejected'),
+	                 ('r-5', 'fides', 'delivering', interval '2 hours', 0, NULL, NULL),
+	                 ('r-6', 'webhook', 'delivered', interval '1 day', 1, NULL, 'delivered'))
+	         AS v(ref, connector, status, age, attempts, err, result)
+	    JOIN erasure_requests r ON r.request_ref = v.ref`)
+	got, err := q.ReportBacklogs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Connector != "fides" || got[1].Connector != "ketch" {
+		t.Fatalf("backlogs %+v, want fides and ketch only", got)
+	}
+	fides, ketch := got[0], got[1]
+	if fides.Failed != 1 || fides.Delivering != 1 || fides.LastError != "the receiver answered 400" || fides.OldestPending.IsZero() {
+		t.Errorf("fides %+v", fides)
+	}
+	if ketch.Waiting != 1 || ketch.Pending != 1 || ketch.RetriesPending != 1 || ketch.Failed != 0 || ketch.LastError != "the receiver answered 503" {
+		t.Errorf("ketch %+v", ketch)
 	}
 }

@@ -53,6 +53,7 @@ func TestBench(t *testing.T) {
 		{"10", "floor", benchFloor},        // a bare HTTP round trip and a bare claim and finish
 		{"11", "purge", benchPurge},        // a million finished rows purged beside the worker (issue #12)
 		{"12", "rate_grid", benchRateGrid}, // rate × burst × replicas against a bare rate.Limiter (issue #19)
+		{"13", "console", benchConsole},
 	}
 	var only []string
 	if s := os.Getenv("BENCH_ONLY"); s != "" {

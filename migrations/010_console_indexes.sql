@@ -1,0 +1,11 @@
+-- The console's overview reads each connector's reports that are not delivered, never the
+-- delivered ones that make up nearly all of erasure_reports. Pending, delivering and failed
+-- reports have their partial indexes (005); reports waiting for their request to finish had
+-- none, so counting them scanned the whole table on every view of the overview.
+--
+-- Expand only: the previous release neither reads nor needs this index.
+--
+-- Partial, as the other indexes of the outbox: its size is the requests still open, however
+-- many reports were delivered. Not CONCURRENTLY (migrate runs in one transaction): writes of
+-- reports wait while it is built, one read of the table.
+CREATE INDEX erasure_reports_waiting ON erasure_reports (connector) WHERE status = 'waiting';
