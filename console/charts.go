@@ -25,6 +25,9 @@ type charts struct {
 	queue  *queue.Queue
 	now    func() time.Time
 	logger *slog.Logger
+	// base is cancelled by Close: a computation under way ends with it.
+	base   context.Context
+	cancel context.CancelFunc
 
 	mu       sync.Mutex
 	days     []queue.Day
@@ -64,7 +67,7 @@ func (c *charts) refresh() chan struct{} {
 	c.running = done
 	go func() {
 		defer close(done)
-		ctx, cancel := context.WithTimeout(context.Background(), chartTimeout)
+		ctx, cancel := context.WithTimeout(c.base, chartTimeout)
 		defer cancel()
 		began := c.now()
 		days, err := c.queue.Daily(ctx, chartDays, began)
@@ -73,6 +76,9 @@ func (c *charts) refresh() chan struct{} {
 		c.running = nil
 		if err != nil {
 			c.failedAt = c.now()
+			if c.base.Err() != nil {
+				return // the console is closing
+			}
 			c.logger.Error("console: reading the chart's daily figures", "err", err)
 			return
 		}
@@ -80,4 +86,15 @@ func (c *charts) refresh() chan struct{} {
 		c.logger.Debug("console: chart's daily figures read", "duration_ms", c.now().Sub(began).Milliseconds())
 	}()
 	return done
+}
+
+// close ends the computation under way, if any, and waits for it.
+func (c *charts) close() {
+	c.cancel()
+	c.mu.Lock()
+	done := c.running
+	c.mu.Unlock()
+	if done != nil {
+		<-done
+	}
 }

@@ -5,6 +5,7 @@
 package console
 
 import (
+	"context"
 	"embed"
 	"errors"
 	"fmt"
@@ -67,7 +68,11 @@ type Console struct {
 	charts *charts // the overview's daily figures, computed in the background
 }
 
-// New returns the console's handler.
+// Close ends the console's work in the background (the chart's computation), so that its
+// database pool can close at once. Call it once the server has stopped.
+func (c *Console) Close() { c.charts.close() }
+
+// New returns the console's handler; Close ends what it started.
 func New(cfg Config) (*Console, error) {
 	if cfg.Queue == nil {
 		return nil, errors.New("console: no queue")
@@ -81,8 +86,9 @@ func New(cfg Config) (*Console, error) {
 	if cfg.Candidates == nil {
 		cfg.Candidates = func(id string) []string { return []string{id} }
 	}
+	base, cancel := context.WithCancel(context.Background())
 	c := &Console{cfg: cfg, mux: http.NewServeMux(), pages: map[string]*template.Template{}, csrf: http.NewCrossOriginProtection(),
-		charts: &charts{queue: cfg.Queue, now: cfg.Now, logger: cfg.Logger}}
+		charts: &charts{queue: cfg.Queue, now: cfg.Now, logger: cfg.Logger, base: base, cancel: cancel}}
 	for _, p := range []string{"overview", "requests", "request", "people", "evidence", "notfound", "error", "denied"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(files, "templates/layout.html", "templates/"+p+".html")
 		if err != nil {

@@ -202,6 +202,7 @@ func serveConsole(ctx context.Context, cfg consoleConfig, log *slog.Logger) erro
 	if err != nil {
 		return err
 	}
+	defer h.Close() // before the pool closes: a chart being read would hold it for minutes
 
 	ln, err := net.Listen("tcp", cfg.listenAddr)
 	if err != nil {
