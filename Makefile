@@ -79,11 +79,13 @@ bench-ratelimit:
 # server's autovacuum on while it runs if it was off) and rate × burst × replicas (12, issue #19:
 # RATE_LIMIT_RPS 1 to 3000, RATE_LIMIT_BURST 1, a tenth and the rate, 1 and 3 replicas, 12 s a
 # cell: the fewest calls in any 10 s and the busiest second at knotfake, beside a bare
-# rate.Limiter in one process as the floor; five and a half minutes). Prints each figure beside
-# its goal and writes BENCHMARKS.md (figures, not a pass/fail test; about twenty minutes).
-# BENCH_ONLY=1,3 runs sections.
+# rate.Limiter in one process as the floor; five and a half minutes) and the console (13, issue
+# #22: each page's p50 and p99 at 10 million finished requests through the binary with basic
+# auth, beside its bare statement and a bare page; about nine minutes, most of it building the
+# rows). Prints each figure beside its goal and writes BENCHMARKS.md (figures, not a pass/fail
+# test; about half an hour). BENCH_ONLY=1,3 runs sections.
 bench:
-	$(PG) $(GO) test -tags bench -run '^TestBench$$' -count=1 -v -timeout 30m ./cmd/erasure-worker
+	$(PG) $(GO) test -tags bench -run '^TestBench$$' -count=1 -v -timeout 50m ./cmd/erasure-worker
 
 # The README's screenshots of the console (docs/console-*.png), taken by its browser test in
 # Debian's chromium (apt-get install chromium) against a console serving a real database.
