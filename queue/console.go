@@ -185,11 +185,10 @@ type ReportAttempt struct {
 // pseudonymised, and every attempt to deliver each of its reports.
 type Story struct {
 	Record
-	PseudonymisedAt time.Time // zero while the raw id is kept
-	ReportAttempts  []ReportAttempt
+	ReportAttempts []ReportAttempt
 }
 
-// LookupStory reads the Story of the request with this request_ref, or ErrNotFound. Its three
+// LookupStory reads the Story of the request with this request_ref, or ErrNotFound. Its two
 // statements go through the request_ref key and the request's own indexes.
 func (q *Queue) LookupStory(ctx context.Context, requestRef string) (Story, error) {
 	rec, err := q.Lookup(ctx, requestRef)
@@ -197,17 +196,6 @@ func (q *Queue) LookupStory(ctx context.Context, requestRef string) (Story, erro
 		return Story{}, err
 	}
 	s := Story{Record: rec}
-	var pseudo *time.Time
-	err = q.pool.QueryRow(ctx, `SELECT pseudonymised_at FROM erasure_requests WHERE id = $1`, rec.ID).Scan(&pseudo)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return Story{}, ErrNotFound // deleted a moment ago
-	case err != nil:
-		return Story{}, fmt.Errorf("look up request: %w", err)
-	}
-	if pseudo != nil {
-		s.PseudonymisedAt = *pseudo
-	}
 	rows, err := q.pool.Query(ctx, `
 SELECT p.connector, p.target, a.attempted_at, a.worker, a.duration_ms, coalesce(a.http_status, 0), a.result, coalesce(a.error, '')
 FROM erasure_reports p JOIN erasure_report_attempts a ON a.report_id = p.id

@@ -13,6 +13,7 @@ import (
 const recordSQL = `
 SELECT r.id, r.request_ref, r.external_user_id, r.status, coalesce(r.outcome, ''), r.attempts,
        r.received_at, r.due_at, r.completed_at, coalesce(r.last_error_code, ''), coalesce(r.last_error, ''),
+       r.pseudonymised_at,
        coalesce((SELECT json_agg(json_build_object(
                     'attempt', a.attempt, 'worker', a.worker, 'started_at', a.started_at,
                     'duration_ms', a.duration_ms, 'http_status', a.http_status,
@@ -29,7 +30,7 @@ FROM erasure_requests r
 // scanRecord reads one row of recordSQL.
 func scanRecord(row pgx.Row) (Record, error) {
 	var rec Record
-	var completed *time.Time
+	var completed, pseudonymised *time.Time
 	var calls []struct {
 		Attempt    int       `json:"attempt"`
 		Worker     string    `json:"worker"`
@@ -50,11 +51,14 @@ func scanRecord(row pgx.Row) (Record, error) {
 	}
 	if err := row.Scan(&rec.ID, &rec.RequestRef, &rec.ExternalUserID,
 		&rec.Status, &rec.Outcome, &rec.Attempts, &rec.ReceivedAt, &rec.DueAt, &completed,
-		&rec.LastErrorCode, &rec.LastError, &calls, &reports); err != nil {
+		&rec.LastErrorCode, &rec.LastError, &pseudonymised, &calls, &reports); err != nil {
 		return Record{}, err
 	}
 	if completed != nil {
 		rec.CompletedAt = *completed
+	}
+	if pseudonymised != nil {
+		rec.PseudonymisedAt = *pseudonymised
 	}
 	for _, c := range calls {
 		cr := CallRecord{Attempt: c.Attempt, Worker: c.Worker, StartedAt: c.StartedAt,

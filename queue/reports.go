@@ -494,8 +494,10 @@ type Record struct {
 	CompletedAt    time.Time // zero while unfinished
 	LastErrorCode  string
 	LastError      string
-	Calls          []CallRecord
-	Reports        []ReportRecord
+	// PseudonymisedAt is when the raw id was replaced by its pseudonym; zero while it is kept.
+	PseudonymisedAt time.Time
+	Calls           []CallRecord
+	Reports         []ReportRecord
 }
 
 // CallRecord is one row of erasure_attempts.
