@@ -10,14 +10,13 @@ import (
 )
 
 // The chart's figures read the last 90 days of the primary key and two partial indexes over
-// the last 60 days: about a second at ten million requests kept, too much for a page. They are
-// computed off the request path, at the console's start and then at most every chartFresh
+// the last 60 days: about two seconds at ten million requests kept, too much for a page. They
+// are computed off the request path, at the console's start and then at most every chartFresh
 // when the overview is viewed; a page shows the latest figures with the time they were read,
-// and never waits for a computation, but for the very first one at most chartWait.
+// and never waits for a computation: until the first ends, it says so.
 const (
 	chartFresh   = 5 * time.Minute
 	chartRetry   = 30 * time.Second // after a computation failed
-	chartWait    = 100 * time.Millisecond
 	chartTimeout = 2 * time.Minute
 )
 
@@ -38,30 +37,20 @@ type charts struct {
 
 // get returns the latest figures and when they were read, nil before the first computation
 // ended, and starts a computation in the background when they are stale.
-func (c *charts) get(ctx context.Context) ([]queue.Day, time.Time) {
+func (c *charts) get() ([]queue.Day, time.Time) {
 	c.mu.Lock()
-	done := c.refresh()
-	if c.days == nil && done != nil {
-		c.mu.Unlock()
-		select {
-		case <-done:
-		case <-time.After(chartWait):
-		case <-ctx.Done():
-		}
-		c.mu.Lock()
-	}
 	defer c.mu.Unlock()
+	c.refresh()
 	return c.days, c.at
 }
 
-// refresh starts a computation unless one runs or the figures are fresh, and returns the
-// channel closed when the running one ends (nil when none runs). c.mu is held.
-func (c *charts) refresh() chan struct{} {
+// refresh starts a computation unless one runs or the figures are fresh. c.mu is held.
+func (c *charts) refresh() {
 	now := c.now()
 	fresh := c.days != nil && now.Sub(c.at) < chartFresh && now.UTC().Truncate(24*time.Hour).Equal(c.at.UTC().Truncate(24*time.Hour))
 	retrying := !c.failedAt.IsZero() && now.Sub(c.failedAt) < chartRetry
 	if c.running != nil || fresh || retrying {
-		return c.running
+		return
 	}
 	done := make(chan struct{})
 	c.running = done
@@ -85,7 +74,6 @@ func (c *charts) refresh() chan struct{} {
 		c.days, c.at, c.failedAt = days, began, time.Time{}
 		c.logger.Debug("console: chart's daily figures read", "duration_ms", c.now().Sub(began).Milliseconds())
 	}()
-	return done
 }
 
 // close ends the computation under way, if any, and waits for it.

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/erasure-worker/erasure-worker/queue"
@@ -45,36 +46,46 @@ type overviewData struct {
 func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	var d overviewData
-	var err error
-	if d.Stats, err = c.cfg.Queue.Stats(ctx); err != nil {
-		c.fail(w, r, "reading the queue's figures", err)
-		return
-	}
-	if d.Rate, err = c.cfg.Queue.ReadRateLimit(ctx); err != nil {
-		c.fail(w, r, "reading the rate limit", err)
-		return
-	}
-	for _, rep := range d.Rate.Replicas {
-		if rep.Alive {
-			d.Replicas++
-		}
-	}
-	if d.Hold, err = c.cfg.Queue.ReadRateHold(ctx); err != nil {
-		c.fail(w, r, "reading the rate limit", err)
-		return
-	}
-	d.Held = d.Hold.HoldUntil.After(d.Hold.Now)
 	var prefixes []string
 	for _, door := range c.cfg.Doors {
 		if door.Prefix != "" {
 			prefixes = append(prefixes, door.Prefix)
 		}
 	}
-	intake, err := c.cfg.Queue.IntakeSince(ctx, d.Stats.Now.Add(-24*time.Hour), prefixes)
-	if err != nil {
-		c.fail(w, r, "counting the last day's intake", err)
-		return
+	// The figures come from statements that each read their own index: read at once, the page
+	// waits for the slowest of them rather than for their sum.
+	var (
+		intake             []queue.IntakeCount
+		reports            []queue.ReportBacklog
+		wg                 sync.WaitGroup
+		statsErr, rateErr  error
+		intakeErr, repsErr error
+	)
+	wg.Go(func() { d.Stats, statsErr = c.cfg.Queue.Stats(ctx) })
+	wg.Go(func() {
+		if d.Rate, rateErr = c.cfg.Queue.ReadRateLimit(ctx); rateErr == nil {
+			d.Hold, rateErr = c.cfg.Queue.ReadRateHold(ctx)
+		}
+	})
+	wg.Go(func() { intake, intakeErr = c.cfg.Queue.IntakeSince(ctx, c.cfg.Now().Add(-24*time.Hour), prefixes) })
+	wg.Go(func() { reports, repsErr = c.cfg.Queue.ReportBacklogs(ctx) })
+	wg.Wait()
+	for _, f := range []struct {
+		what string
+		err  error
+	}{{"reading the queue's figures", statsErr}, {"reading the rate limit", rateErr},
+		{"counting the last day's intake", intakeErr}, {"reading the reports not delivered", repsErr}} {
+		if f.err != nil {
+			c.fail(w, r, f.what, f.err)
+			return
+		}
 	}
+	for _, rep := range d.Rate.Replicas {
+		if rep.Alive {
+			d.Replicas++
+		}
+	}
+	d.Held = d.Hold.HoldUntil.After(d.Hold.Now)
 	for _, in := range intake {
 		name := "API or table (no connector prefix)"
 		for _, door := range c.cfg.Doors {
@@ -84,11 +95,6 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 		}
 		d.Intake = append(d.Intake, doorIntake{Door: name, Prefix: in.Prefix, Count: in.Count})
 	}
-	reports, err := c.cfg.Queue.ReportBacklogs(ctx)
-	if err != nil {
-		c.fail(w, r, "reading the reports not delivered", err)
-		return
-	}
 	for _, rb := range reports {
 		l := reportLine{ReportBacklog: rb}
 		if !rb.OldestPending.IsZero() {
@@ -96,7 +102,7 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 		}
 		d.Reports = append(d.Reports, l)
 	}
-	days, at := c.charts.get(ctx)
+	days, at := c.charts.get()
 	d.ChartDays = chartDays
 	if days != nil {
 		d.Chart, d.ChartReady, d.ChartAt = newChart(days), true, at

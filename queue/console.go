@@ -255,8 +255,14 @@ SELECT EXISTS (SELECT 1 FROM erasure_rate_limit), (SELECT burst FROM erasure_rat
 // id it gets: a bound the planner cannot see makes it expect a third of the table, and plan a
 // parallel scan compiled by JIT that costs several times the work.
 func (q *Queue) firstIDAfter(ctx context.Context, since time.Time) (int64, error) {
+	return firstIDAfter(ctx, q.pool, since)
+}
+
+func firstIDAfter(ctx context.Context, db interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, since time.Time) (int64, error) {
 	var id int64
-	err := q.pool.QueryRow(ctx, `SELECT coalesce((SELECT id FROM erasure_requests WHERE received_at < $1 ORDER BY id DESC LIMIT 1), 0)`, since).Scan(&id)
+	err := db.QueryRow(ctx, `SELECT coalesce((SELECT id FROM erasure_requests WHERE received_at < $1 ORDER BY id DESC LIMIT 1), 0)`, since).Scan(&id)
 	return id, err
 }
 
@@ -333,11 +339,21 @@ func (q *Queue) Daily(ctx context.Context, days int, now time.Time) ([]Day, erro
 		out[i].Date = first.AddDate(0, 0, i)
 		index[out[i].Date] = i
 	}
-	after, err := q.firstIDAfter(ctx, first.Add(-DefaultDeadline))
+	// The figures are read in the background while people read pages: a parallel plan would
+	// take every core of a small server from them for seconds, so they are read with one.
+	tx, err := q.pool.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("daily figures: %w", err)
 	}
-	rows, err := q.pool.Query(ctx, `
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SET LOCAL max_parallel_workers_per_gather = 0`); err != nil {
+		return nil, fmt.Errorf("daily figures: %w", err)
+	}
+	after, err := firstIDAfter(ctx, tx, first.Add(-DefaultDeadline))
+	if err != nil {
+		return nil, fmt.Errorf("daily figures: %w", err)
+	}
+	rows, err := tx.Query(ctx, `
 WITH w AS (
     SELECT received_at, due_at FROM erasure_requests WHERE id > $4 AND received_at >= $1
 ),

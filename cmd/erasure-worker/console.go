@@ -22,8 +22,9 @@ import (
 	"github.com/erasure-worker/erasure-worker/worker"
 )
 
-// consoleDBConns is the console's own small pool: a few people reading pages at once.
-const consoleDBConns = 4
+// consoleDBConns is the console's own small pool: the chart's computation in the background,
+// the overview's four statements read at once, and another person's page beside them.
+const consoleDBConns = 8
 
 // consoleStatementTimeout bounds each statement of a page: a person look-up reads the whole
 // table (nothing indexes external_user_id), the rest go through indexes.
