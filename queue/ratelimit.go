@@ -21,6 +21,7 @@ type Heartbeat struct {
 	Quiet      time.Duration // how long after the last 429 the rate stays down before rising
 	TTL        time.Duration // how long this heartbeat keeps the replica counted as alive
 	IdleWeight float64       // an idle replica's weight beside a busy one's 1
+	Paused     bool          // the replica has paused on Knot's rejection of its credentials
 }
 
 // Deployment is the shared rate limit as one heartbeat saw it.
@@ -45,11 +46,11 @@ type Deployment struct {
 func (q *Queue) Beat(ctx context.Context, h Heartbeat) (Deployment, error) {
 	const beatSQL = `
 WITH me AS (
-    INSERT INTO erasure_workers (id, busy, share_rps, expires_at, ceiling_rps, burst, takes_from_bucket)
-    VALUES ($1, $2, $3, now() + $7 * interval '1 millisecond', $4, nullif($9, 0), true)
+    INSERT INTO erasure_workers (id, busy, share_rps, expires_at, ceiling_rps, burst, takes_from_bucket, paused)
+    VALUES ($1, $2, $3, now() + $7 * interval '1 millisecond', $4, nullif($9, 0), true, $10)
     ON CONFLICT (id) DO UPDATE
     SET heartbeat_at = now(), busy = excluded.busy, share_rps = excluded.share_rps, expires_at = excluded.expires_at,
-        ceiling_rps = excluded.ceiling_rps, burst = excluded.burst, takes_from_bucket = true
+        ceiling_rps = excluded.ceiling_rps, burst = excluded.burst, takes_from_bucket = true, paused = excluded.paused
 ),
 gone AS (
     DELETE FROM erasure_workers WHERE expires_at < now() - interval '1 hour'
@@ -79,7 +80,7 @@ FROM lim, others`
 	var d Deployment
 	var holdSeconds float64
 	err := q.pool.QueryRow(ctx, beatSQL, h.ID, h.Busy, h.ShareRPS, h.CeilingRPS, h.StepRPS,
-		h.Quiet.Milliseconds(), h.TTL.Milliseconds(), h.IdleWeight, h.Burst).
+		h.Quiet.Milliseconds(), h.TTL.Milliseconds(), h.IdleWeight, h.Burst, h.Paused).
 		Scan(&d.CeilingRPS, &d.Burst, &d.CurrentRPS, &holdSeconds, &d.Others, &d.OthersWeight)
 	if err != nil {
 		return Deployment{}, fmt.Errorf("rate limit heartbeat: %w", err)
@@ -244,6 +245,10 @@ type Replica struct {
 	Busy         bool
 	ShareRPS     float64
 	Alive        bool
+	// Paused is whether the replica has paused on Knot's rejection of its credentials, as its
+	// latest heartbeat said; PausedKnown is false for a replica of a release before 011, which
+	// does not say.
+	Paused, PausedKnown bool
 }
 
 // RateLimit is the shared rate limit and the replicas behind it, for `status`.
@@ -262,7 +267,8 @@ SELECT coalesce((SELECT ceiling_rps FROM erasure_rate_limit), 0),
 		return RateLimit{}, fmt.Errorf("read rate limit: %w", err)
 	}
 	rows, err := q.pool.Query(ctx, `
-SELECT id, started_at, extract(epoch FROM now() - heartbeat_at)::float8, busy, share_rps, expires_at > now()
+SELECT id, started_at, extract(epoch FROM now() - heartbeat_at)::float8, busy, share_rps, expires_at > now(),
+       coalesce(paused, false), paused IS NOT NULL
 FROM erasure_workers
 ORDER BY started_at, id`)
 	if err != nil {
@@ -272,7 +278,7 @@ ORDER BY started_at, id`)
 	for rows.Next() {
 		var r Replica
 		var age float64
-		if err := rows.Scan(&r.ID, &r.StartedAt, &age, &r.Busy, &r.ShareRPS, &r.Alive); err != nil {
+		if err := rows.Scan(&r.ID, &r.StartedAt, &age, &r.Busy, &r.ShareRPS, &r.Alive, &r.Paused, &r.PausedKnown); err != nil {
 			return RateLimit{}, fmt.Errorf("read replicas: %w", err)
 		}
 		r.HeartbeatAge = time.Duration(age * float64(time.Second))

@@ -26,6 +26,7 @@ type liveness struct {
 	interval time.Duration
 	now      func() time.Time
 	busy     func() bool
+	paused   func() bool // nil: never paused; told in each heartbeat for the console and `status`
 	metrics  *Metrics
 	log      *slog.Logger
 	onHold   func(until time.Time) // a Retry-After the deployment holds every call for
@@ -120,6 +121,7 @@ func (l *liveness) beat(ctx context.Context) {
 		Quiet:      max(2*l.interval, 2*time.Second),
 		TTL:        l.ttl(),
 		IdleWeight: idleWeight,
+		Paused:     l.paused != nil && l.paused(),
 	})
 	cancel()
 	if err != nil && ctx.Err() != nil {

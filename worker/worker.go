@@ -107,6 +107,7 @@ func New(q Queue, knot Knot, cfg Config) (*Worker, error) {
 		started: make(chan struct{}),
 	}
 	w.bucket, w.live, w.pacer = newRateLimit(q, cfg, w.busy)
+	w.live.paused = w.paused.Load
 	w.lastLoop.Store(cfg.clock().UnixNano())
 	return w, nil
 }

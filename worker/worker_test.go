@@ -278,6 +278,8 @@ func TestRejectedCredentialsPauseThenResumeWithoutLosingAttempts(t *testing.T) {
 	b.insert(t, users(20)...)
 	b.start(t)
 	queuetest.WaitFor(t, 10*time.Second, "the worker to pause", func() bool { return testutil.ToFloat64(b.metrics.Paused) == 1 })
+	// Its heartbeat tells the others (the console, `status`) that it is paused.
+	queuetest.WaitFor(t, 10*time.Second, "the replica's row to say it is paused", b.replicaPaused(t, true))
 	// While paused only the occasional probe goes out, and nothing fails or spends an attempt.
 	time.Sleep(300 * time.Millisecond)
 	// (A probe in flight holds one row running, its attempt counted until it is released.)
@@ -296,6 +298,23 @@ func TestRejectedCredentialsPauseThenResumeWithoutLosingAttempts(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(b.metrics.Paused); got != 0 {
 		t.Fatalf("erasure_worker_paused = %v after resuming", got)
+	}
+	queuetest.WaitFor(t, 10*time.Second, "the replica's row to say it resumed", b.replicaPaused(t, false))
+}
+
+// replicaPaused tells whether the worker's row in erasure_workers says paused is want.
+func (b *testBundle) replicaPaused(t *testing.T, want bool) func() bool {
+	return func() bool {
+		rl, err := b.q.ReadRateLimit(b.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rl.Replicas {
+			if r.ID == b.cfg.ID {
+				return r.PausedKnown && r.Paused == want
+			}
+		}
+		return false
 	}
 }
 
