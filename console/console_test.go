@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/erasure-worker/erasure-worker/console"
 	"github.com/erasure-worker/erasure-worker/queue"
@@ -123,5 +124,37 @@ func TestASourcePageLinksPastItsWindow(t *testing.T) {
 	body = serve(c, http.MethodGet, "/requests?after=100001&source=ketch", "").Body.String()
 	if !strings.Contains(body, "ketch:old") || !strings.Contains(body, "No older requests") {
 		t.Fatalf("the third page:\n%s", body)
+	}
+}
+
+// The overview names the live replicas that paused on Knot's rejection of their credentials,
+// and says how many do not tell (a release before the heartbeat told it).
+func TestTheOverviewSaysWhichReplicasArePaused(t *testing.T) {
+	t.Parallel()
+	pool := queuetest.Pool(t)
+	q := queue.New(pool)
+	c, err := console.New(console.Config{Queue: q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	beat := func(id string, paused bool) {
+		t.Helper()
+		if _, err := q.Beat(t.Context(), queue.Heartbeat{ID: id, Busy: true, CeilingRPS: 10, TTL: time.Minute, IdleWeight: 0.01, Paused: paused}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	beat("replica-a", false)
+	if body := serve(c, http.MethodGet, "/", "").Body.String(); !strings.Contains(body, "<dt>Paused on rejected Knot credentials</dt><dd>no</dd>") {
+		t.Errorf("one working replica: the overview does not say none is paused:\n%s", body)
+	}
+	beat("replica-b", true)
+	if _, err := pool.Exec(t.Context(), `INSERT INTO erasure_workers (id, busy, share_rps, expires_at, ceiling_rps) VALUES ('replica-old', true, 1, now() + interval '1 minute', 10)`); err != nil {
+		t.Fatal(err)
+	}
+	body := serve(c, http.MethodGet, "/", "").Body.String()
+	for _, want := range []string{"yes: 1 of 3 live replicas (<code>replica-b</code>)", "not told by 1 live replica of an earlier release"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the overview does not say %q:\n%s", want, body)
+		}
 	}
 }

@@ -28,15 +28,19 @@ type reportLine struct {
 }
 
 type overviewData struct {
-	Stats     queue.Stats
-	Rate      queue.RateLimit
-	Hold      queue.RateHold
-	Held      bool
-	Replicas  int
-	Intake    []doorIntake
-	Reports   []reportLine
-	Chart     chart
-	ChartDays int
+	Stats    queue.Stats
+	Rate     queue.RateLimit
+	Hold     queue.RateHold
+	Held     bool
+	Replicas int
+	// Paused are the live replicas paused on Knot's rejection of their credentials;
+	// PauseUnknown counts the live replicas of a release that does not tell.
+	Paused       []string
+	PauseUnknown int
+	Intake       []doorIntake
+	Reports      []reportLine
+	Chart        chart
+	ChartDays    int
 	// ChartReady is false until the chart's figures were first computed; ChartAt is when they
 	// were read.
 	ChartReady bool
@@ -81,8 +85,15 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	for _, rep := range d.Rate.Replicas {
-		if rep.Alive {
-			d.Replicas++
+		if !rep.Alive {
+			continue
+		}
+		d.Replicas++
+		switch {
+		case !rep.PausedKnown:
+			d.PauseUnknown++
+		case rep.Paused:
+			d.Paused = append(d.Paused, rep.ID)
 		}
 	}
 	d.Held = d.Hold.HoldUntil.After(d.Hold.Now)

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -206,7 +208,10 @@ INSERT INTO erasure_requests (request_ref, external_user_id, status, outcome, co
   ('gone-1', 'u2', 'succeeded', 'not_found', now(), NULL, NULL, 1),
   ('bad-1', 'u3', 'failed', 'rejected', now(), 'NO_ACCESS', 'knot: 403 NO_ACCESS', 1),
   ('bad-2', 'u4', 'failed', 'exhausted', now(), 'http_500', 'knot: 500 Server Error', 20);
-INSERT INTO erasure_requests (request_ref, external_user_id) VALUES ('wait-1', 'u5');`)
+INSERT INTO erasure_requests (request_ref, external_user_id) VALUES ('wait-1', 'u5');
+INSERT INTO erasure_workers (id, busy, share_rps, expires_at, ceiling_rps, paused) VALUES
+  ('replica-paused', true, 5, now() + interval '1 minute', 10, true),
+  ('replica-old', true, 5, now() + interval '1 minute', 10, NULL);`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,9 +221,33 @@ INSERT INTO erasure_requests (request_ref, external_user_id) VALUES ('wait-1', '
 			t.Errorf("status lacks %q:\n%s", want, r.stdout)
 		}
 	}
+	for _, re := range []string{`(?m)\bPAUSED$`, `(?m)^replica-paused .* true$`, `(?m)^replica-old .* unknown$`} {
+		if !regexp.MustCompile(re).MatchString(r.stdout) {
+			t.Errorf("status's replicas do not match %s:\n%s", re, r.stdout)
+		}
+	}
 	r = runCLI(t, env, "", "status", "--json")
 	if !strings.Contains(r.stdout, `"not_found": 1`) || r.code != 0 {
 		t.Errorf("status --json: %+v", r)
+	}
+	var doc struct {
+		RateLimit struct {
+			Replicas []struct {
+				ID     string `json:"id"`
+				Paused *bool  `json:"paused"`
+			} `json:"replicas"`
+		} `json:"rate_limit"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil {
+		t.Fatalf("status --json: %v", err)
+	}
+	for _, rep := range doc.RateLimit.Replicas {
+		if (rep.ID == "replica-paused") != (rep.Paused != nil && *rep.Paused) || (rep.ID == "replica-old") != (rep.Paused == nil) {
+			t.Errorf("status --json: replica %s paused %v", rep.ID, rep.Paused)
+		}
+	}
+	if len(doc.RateLimit.Replicas) != 2 {
+		t.Errorf("status --json: %d replicas, want 2:\n%s", len(doc.RateLimit.Replicas), r.stdout)
 	}
 
 	if r := runCLI(t, env, "", "requeue"); r.code != exitUsage {

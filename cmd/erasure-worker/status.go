@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -175,6 +176,8 @@ type replicaDoc struct {
 	HeartbeatSeconds float64   `json:"heartbeat_age_seconds"`
 	Busy             bool      `json:"busy"`
 	ShareRPS         float64   `json:"share_rps"`
+	// Paused is null for a replica of a release that does not tell its pause.
+	Paused *bool `json:"paused"`
 }
 
 type failureDoc struct {
@@ -201,7 +204,11 @@ func statusJSON(s queue.Summary, rl queue.RateLimit) statusDoc {
 	}
 	for _, r := range rl.Replicas {
 		if r.Alive {
-			d.RateLimit.Replicas = append(d.RateLimit.Replicas, replicaDoc{r.ID, r.StartedAt, r.HeartbeatAge.Seconds(), r.Busy, r.ShareRPS})
+			doc := replicaDoc{r.ID, r.StartedAt, r.HeartbeatAge.Seconds(), r.Busy, r.ShareRPS, nil}
+			if r.PausedKnown {
+				doc.Paused = &r.Paused
+			}
+			d.RateLimit.Replicas = append(d.RateLimit.Replicas, doc)
 		}
 	}
 	for _, st := range []string{queue.StatusPending, queue.StatusRunning, queue.StatusSucceeded, queue.StatusFailed} {
@@ -251,9 +258,13 @@ func printStatus(w io.Writer, s queue.Summary, rl queue.RateLimit) {
 	if len(d.RateLimit.Replicas) > 0 {
 		fmt.Fprintln(w, "\nREPLICAS")
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tSTARTED\tHEARTBEAT\tBUSY\tSHARE")
+		fmt.Fprintln(tw, "ID\tSTARTED\tHEARTBEAT\tBUSY\tSHARE\tPAUSED")
 		for _, r := range d.RateLimit.Replicas {
-			fmt.Fprintf(tw, "%s\t%s\t%.1fs ago\t%t\t%.4g calls/s\n", r.ID, r.StartedAt.UTC().Format(time.RFC3339), r.HeartbeatSeconds, r.Busy, r.ShareRPS)
+			paused := "unknown"
+			if r.Paused != nil {
+				paused = strconv.FormatBool(*r.Paused)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%.1fs ago\t%t\t%.4g calls/s\t%s\n", r.ID, r.StartedAt.UTC().Format(time.RFC3339), r.HeartbeatSeconds, r.Busy, r.ShareRPS, paused)
 		}
 		tw.Flush()
 	}
