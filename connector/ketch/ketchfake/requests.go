@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/erasure-worker/erasure-worker/internal/fakekit"
+	"golang.org/x/net/http/httpguts"
 )
 
 // RequestOption changes one DeleteRequest the fake builds.
@@ -337,7 +338,7 @@ func (s *Server) Push(ctx context.Context, forwarderURL, authHeader, authValue s
 		return res, err
 	}
 	switch {
-	case authValue != "" && !validToken(authHeader):
+	case authValue != "" && !httpguts.ValidHeaderFieldName(authHeader):
 		return res, errors.New("auth_header must be an HTTP header name")
 	}
 	s.mu.Lock()
@@ -419,19 +420,6 @@ func (s *Server) send(ctx context.Context, target, authHeader, authValue, uid st
 	}
 	s.mu.Unlock()
 	return ans
-}
-
-func validToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), c) >= 0) {
-			return false
-		}
-	}
-	return true
 }
 
 // RequestRecord is what the fake knows of one request it built.
