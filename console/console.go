@@ -249,6 +249,13 @@ var funcs = template.FuncMap{
 		return s
 	},
 	"age": func(d time.Duration) string { return d.Round(time.Second).String() },
+	"perSecond": func(rc queue.RecentCalls) float64 {
+		if rc.Window <= 0 {
+			return 0
+		}
+		return float64(rc.Calls) / rc.Window.Seconds()
+	},
+	"percent": func(part, whole float64) float64 { return 100 * part / whole },
 	// period is a retention as its setting is written: whole days as "730d".
 	"period": func(d time.Duration) string {
 		if d > 0 && d%(24*time.Hour) == 0 {

@@ -32,6 +32,7 @@ type overviewData struct {
 	Rate     queue.RateLimit
 	Hold     queue.RateHold
 	Held     bool
+	Calls    queue.RecentCalls
 	Replicas int
 	// Paused are the live replicas paused on Knot's rejection of their credentials;
 	// PauseUnknown counts the live replicas of a release that does not tell.
@@ -67,9 +68,13 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 	)
 	wg.Go(func() { d.Stats, statsErr = c.cfg.Queue.Stats(ctx) })
 	wg.Go(func() {
-		if d.Rate, rateErr = c.cfg.Queue.ReadRateLimit(ctx); rateErr == nil {
-			d.Hold, rateErr = c.cfg.Queue.ReadRateHold(ctx)
+		if d.Rate, rateErr = c.cfg.Queue.ReadRateLimit(ctx); rateErr != nil {
+			return
 		}
+		if d.Hold, rateErr = c.cfg.Queue.ReadRateHold(ctx); rateErr != nil {
+			return
+		}
+		d.Calls, rateErr = c.cfg.Queue.ReadRecentCalls(ctx, recentCallsWindow, recentCallsRows(d.Rate.CeilingRPS))
 	})
 	wg.Go(func() { intake, intakeErr = c.cfg.Queue.IntakeSince(ctx, c.cfg.Now().Add(-24*time.Hour), prefixes) })
 	wg.Go(func() { reports, repsErr = c.cfg.Queue.ReportBacklogs(ctx) })
@@ -120,6 +125,18 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 	}
 	c.render(w, r, http.StatusOK, "overview", page{Title: "Overview", Current: "overview", Data: d})
 }
+
+// recentCallsWindow is how far back the overview counts the calls to Knot, for the rate used.
+const recentCallsWindow = time.Minute
+
+// recentCallsRows is how many of the newest calls the overview reads to count the last window's:
+// half as many again as the limit allows in the window, so that the count is whole, but never
+// more than maxRecentCallsRows, so that the page stays fast however high the limit.
+func recentCallsRows(ceilingRPS float64) int {
+	return min(int(ceilingRPS*recentCallsWindow.Seconds()*1.5)+1000, maxRecentCallsRows)
+}
+
+const maxRecentCallsRows = 120_000
 
 // pageSize is how many requests one page of /requests lists.
 const pageSize = 50

@@ -246,6 +246,31 @@ SELECT EXISTS (SELECT 1 FROM erasure_rate_limit), (SELECT burst FROM erasure_rat
 	return h, nil
 }
 
+// RecentCalls is how many calls to Knot the evidence records as started in the last Window.
+type RecentCalls struct {
+	Window time.Duration
+	Calls  int64
+	// AtLeast is set when the rows read ran out before the window did: Calls is then a floor.
+	AtLeast bool
+}
+
+// ReadRecentCalls counts the calls to Knot recorded as started in the last window (a refusal
+// to call, result invalid, is no call). It reads at most the newest limit rows of
+// erasure_attempts, walking its primary key backwards, so its cost is bounded whatever the
+// table holds. Calls in flight are not recorded yet.
+func (q *Queue) ReadRecentCalls(ctx context.Context, window time.Duration, limit int) (RecentCalls, error) {
+	rc := RecentCalls{Window: window}
+	err := q.pool.QueryRow(ctx, `
+SELECT count(*) FILTER (WHERE started_at >= now() - $1 * interval '1 millisecond' AND result <> 'invalid'),
+       count(*) = $2 AND min(started_at) >= now() - $1 * interval '1 millisecond'
+FROM (SELECT started_at, result FROM erasure_attempts ORDER BY id DESC LIMIT $2) AS a`,
+		window.Milliseconds(), limit).Scan(&rc.Calls, &rc.AtLeast)
+	if err != nil {
+		return RecentCalls{}, fmt.Errorf("recent calls: %w", err)
+	}
+	return rc, nil
+}
+
 // firstIDAfter reads the newest id received before since, or 0: the requests received since
 // then are the ids above it. It walks the primary key backwards through the rows received
 // since then and stops at the first older one, so its cost is the rows of the window, not the

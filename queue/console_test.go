@@ -218,3 +218,34 @@ func TestReportBacklogsCountTheUndeliveredReports(t *testing.T) {
 		t.Errorf("ketch %+v", ketch)
 	}
 }
+
+// The rate used counts the calls started in the last window, not a refusal to call, and says
+// when the rows it may read ran out before the window did.
+func TestRecentCallsCountTheLastWindowsCalls(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := queuetest.Pool(t)
+	q := queue.New(pool)
+	mustExec(t, pool, `INSERT INTO erasure_requests (request_ref, external_user_id) VALUES ('r', 'u')`)
+	mustExec(t, pool, `
+INSERT INTO erasure_attempts (request_id, attempt, worker, started_at, duration_ms, http_status, result)
+SELECT (SELECT id FROM erasure_requests), n, 'w', started, 100, status, result
+FROM (VALUES (1, now() - interval '2 minutes', 200, 'deleted'),
+             (2, now() - interval '50 seconds', 500, 'retryable'),
+             (3, now() - interval '40 seconds', 429, 'rate_limited'),
+             (4, now() - interval '30 seconds', NULL, 'invalid'),
+             (5, now() - interval '10 seconds', 200, 'deleted')) AS a(n, started, status, result)`)
+	for _, tc := range []struct {
+		limit   int
+		want    int64
+		atLeast bool
+	}{{100, 3, false}, {5, 3, false}, {2, 1, true}} {
+		rc, err := q.ReadRecentCalls(ctx, time.Minute, tc.limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rc.Calls != tc.want || rc.AtLeast != tc.atLeast || rc.Window != time.Minute {
+			t.Errorf("reading at most %d rows: %+v; want %d calls, at least %t", tc.limit, rc, tc.want, tc.atLeast)
+		}
+	}
+}
