@@ -71,8 +71,12 @@ func TestMethodsHeadersAndAnEmptyDatabase(t *testing.T) {
 			t.Errorf("HEAD %s sent a body", tc.target)
 		}
 	}
-	if body := serve(c, http.MethodGet, "/", "").Body.String(); !strings.Contains(body, "no worker has run against this database yet") {
+	body := serve(c, http.MethodGet, "/", "").Body.String()
+	if !strings.Contains(body, "no worker has run against this database yet") {
 		t.Errorf("an empty database's rate limit is not said to be unknown:\n%s", body)
+	}
+	if !strings.Contains(body, "No request is waiting to be claimed.") || strings.Contains(body, "Oldest pending request") {
+		t.Errorf("an empty queue is not said to have nothing waiting:\n%s", body)
 	}
 }
 

@@ -321,7 +321,7 @@ func TestConsoleServesEveryPageReadOnlyBehindBasicAuth(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 		_, overview = b.get(t, "/")
 	}
-	for _, want := range []string{`<svg role="img"`, "<title id=\"chart-title\">", "<desc id=\"chart-desc\">", `<th scope="col">Day</th>`} {
+	for _, want := range []string{`<svg role="img"`, "<title id=\"chart-title\">", "<desc id=\"chart-desc\">", `<th scope="col">Day</th>`, "Oldest pending request waiting for"} {
 		if !strings.Contains(overview, want) {
 			t.Errorf("the overview lacks %s", want)
 		}
