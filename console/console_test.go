@@ -11,6 +11,7 @@ import (
 	"github.com/erasure-worker/erasure-worker/console"
 	"github.com/erasure-worker/erasure-worker/queue"
 	"github.com/erasure-worker/erasure-worker/queue/queuetest"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 func setup(t *testing.T) *console.Console {
@@ -21,6 +22,18 @@ func setup(t *testing.T) *console.Console {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// bare returns a console with no doors over a database of its own, and its pool and queue.
+func bare(t *testing.T) (*pgxpool.Pool, *queue.Queue, *console.Console) {
+	t.Helper()
+	pool := queuetest.Pool(t)
+	q := queue.New(pool)
+	c, err := console.New(console.Config{Queue: q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pool, q, c
 }
 
 func serve(c *console.Console, method, target string, body string) *httptest.ResponseRecorder {
@@ -135,12 +148,7 @@ func TestASourcePageLinksPastItsWindow(t *testing.T) {
 // and says how many do not tell (a release before the heartbeat told it).
 func TestTheOverviewSaysWhichReplicasArePaused(t *testing.T) {
 	t.Parallel()
-	pool := queuetest.Pool(t)
-	q := queue.New(pool)
-	c, err := console.New(console.Config{Queue: q})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pool, q, c := bare(t)
 	beat := func(id string, paused bool) {
 		t.Helper()
 		if _, err := q.Beat(t.Context(), queue.Heartbeat{ID: id, Busy: true, CeilingRPS: 10, TTL: time.Minute, IdleWeight: 0.01, Paused: paused}); err != nil {
@@ -167,12 +175,7 @@ func TestTheOverviewSaysWhichReplicasArePaused(t *testing.T) {
 // limit lowered after 429s is said to be lowered.
 func TestTheOverviewShowsTheRateUsedAgainstTheLimit(t *testing.T) {
 	t.Parallel()
-	pool := queuetest.Pool(t)
-	q := queue.New(pool)
-	c, err := console.New(console.Config{Queue: q})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pool, q, c := bare(t)
 	if _, err := q.Beat(t.Context(), queue.Heartbeat{ID: "replica-a", Busy: true, CeilingRPS: 2, TTL: time.Minute, IdleWeight: 0.01}); err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package queue_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -55,20 +56,8 @@ FROM lim, others`
 func TestMigration011KeepsThePreviousReleaseWorking(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	url := queuetest.EmptyURL(t)
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	m, err := migrate.NewMigrator(ctx, nil, "erasure_schema_version")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.LoadMigrations(migrations.FS); err != nil {
-		t.Fatal(err)
-	}
-	if len(m.Migrations) < 11 || m.Migrations[10].Name != "011_replica_paused.sql" {
+	conn, m, url := schemaAt(t, 10)
+	if m.Migrations[10].Name != "011_replica_paused.sql" {
 		t.Fatalf("migration 11 is %v", m.Migrations[10].Name)
 	}
 	exec := func(sql string, args ...any) {
@@ -77,10 +66,6 @@ func TestMigration011KeepsThePreviousReleaseWorking(t *testing.T) {
 			t.Fatalf("%.60s: %v", sql, err)
 		}
 	}
-	for _, mig := range m.Migrations[:10] {
-		exec(mig.UpSQL)
-	}
-	exec(`CREATE TABLE erasure_schema_version (version int4 NOT NULL); INSERT INTO erasure_schema_version VALUES (10)`)
 	oldBeat := func() {
 		t.Helper()
 		exec(oldReleaseBeatSQL, "old-replica", true, 5.0, 10.0, 1.0, int64(2000), int64(60000), 0.01, 0)
@@ -120,4 +105,37 @@ func TestMigration011KeepsThePreviousReleaseWorking(t *testing.T) {
 			t.Errorf("replica %s: paused, known = %v; want %v", id, got[id], w)
 		}
 	}
+}
+
+// schemaAt connects to a new database that holds the schema of the release whose last
+// migration is version, as that release's migrate left it, and returns the migrations this
+// binary carries and the database's URL.
+func schemaAt(t *testing.T, version int) (*pgx.Conn, *migrate.Migrator, string) {
+	t.Helper()
+	ctx := context.Background()
+	url := queuetest.EmptyURL(t)
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(ctx) })
+	m, err := migrate.NewMigrator(ctx, nil, "erasure_schema_version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.LoadMigrations(migrations.FS); err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Migrations) <= version {
+		t.Fatalf("%d migrations: none after %d to test", len(m.Migrations), version)
+	}
+	for _, mig := range m.Migrations[:version] {
+		if _, err := conn.Exec(ctx, mig.UpSQL); err != nil {
+			t.Fatalf("%s: %v", mig.Name, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, fmt.Sprintf(`CREATE TABLE erasure_schema_version (version int4 NOT NULL); INSERT INTO erasure_schema_version VALUES (%d)`, version)); err != nil {
+		t.Fatal(err)
+	}
+	return conn, m, url
 }

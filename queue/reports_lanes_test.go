@@ -10,11 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/tern/v2/migrate"
 
-	"github.com/erasure-worker/erasure-worker/migrations"
 	"github.com/erasure-worker/erasure-worker/queue"
-	"github.com/erasure-worker/erasure-worker/queue/queuetest"
 )
 
 // enqueueLane adds n finished requests (prefix-0..) each with one report in lane.
@@ -218,19 +215,8 @@ SELECT id, $2, 0, '{}'::jsonb FROM inserted`
 func TestMigration007KeepsThePreviousReleaseWorking(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, queuetest.EmptyURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	m, err := migrate.NewMigrator(ctx, nil, "erasure_schema_version")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.LoadMigrations(migrations.FS); err != nil {
-		t.Fatal(err)
-	}
-	if len(m.Migrations) < 7 || !strings.HasPrefix(m.Migrations[6].Name, "007_") {
+	conn, m, _ := schemaAt(t, 6)
+	if !strings.HasPrefix(m.Migrations[6].Name, "007_") {
 		t.Fatalf("migration 7 is %v", m.Migrations[6].Name)
 	}
 	exec := func(sql string, args ...any) {
@@ -239,11 +225,7 @@ func TestMigration007KeepsThePreviousReleaseWorking(t *testing.T) {
 			t.Fatalf("%s: %v", sql, err)
 		}
 	}
-	for _, mig := range m.Migrations[:6] {
-		exec(mig.UpSQL)
-	}
 	exec(`ALTER TABLE erasure_reports ADD CONSTRAINT report_connector_known CHECK (connector IN ('webhook', 'ketch', 'transcend'))`)
-	exec(`CREATE TABLE erasure_schema_version (version int4 NOT NULL); INSERT INTO erasure_schema_version VALUES (6)`)
 	exec(oldReleaseInsertSQL, "before", "ketch")
 
 	if from, to, err := queue.Migrate(ctx, conn); err != nil || from != 6 || int(to) != len(m.Migrations) {
