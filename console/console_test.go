@@ -171,8 +171,8 @@ func TestTheOverviewSaysWhichReplicasArePaused(t *testing.T) {
 	}
 }
 
-// The rate used is the calls recorded in the last minute against the deployment's limit, and a
-// limit lowered after 429s is said to be lowered.
+// The rate used is the calls recorded in the last minute against the deployment's limit; a
+// limit lowered after 429s is said to be lowered, and a hold after a 429 to hold.
 func TestTheOverviewShowsTheRateUsedAgainstTheLimit(t *testing.T) {
 	t.Parallel()
 	pool, q, c := bare(t)
@@ -183,12 +183,13 @@ func TestTheOverviewShowsTheRateUsedAgainstTheLimit(t *testing.T) {
 INSERT INTO erasure_requests (request_ref, external_user_id) VALUES ('r', 'u');
 INSERT INTO erasure_attempts (request_id, attempt, worker, started_at, duration_ms, http_status, result)
 SELECT (SELECT id FROM erasure_requests), n, 'w', now() - n * interval '1 second', 100, 200, 'deleted' FROM generate_series(1, 30) AS n;
-UPDATE erasure_rate_limit SET current_rps = 1`); err != nil {
+UPDATE erasure_rate_limit SET current_rps = 1, burst = 3, hold_until = now() + interval '1 hour'`); err != nil {
 		t.Fatal(err)
 	}
 	body := serve(c, http.MethodGet, "/", "").Body.String()
 	for _, want := range []string{"0.5 over the last minute (calls recorded: 30), 25% of the deployment's limit of 2</dd>",
-		"<dt>Limit in force, calls a second</dt><dd>1 <span class=\"bad\">(lowered after Knot answered 429"} {
+		"<dt>Limit in force, calls a second</dt><dd>1 <span class=\"bad\">(lowered after Knot answered 429", "stop)</span>, burst 3</dd>",
+		"<dt>Held after a 429</dt><dd><span class=\"bad\">yes, no call to Knot until"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("the overview does not say %q:\n%s", want, body)
 		}

@@ -30,7 +30,6 @@ type reportLine struct {
 type overviewData struct {
 	Stats    queue.Stats
 	Rate     queue.RateLimit
-	Hold     queue.RateHold
 	Held     bool
 	Calls    queue.RecentCalls
 	Replicas int
@@ -71,9 +70,6 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 		if d.Rate, rateErr = c.cfg.Queue.ReadRateLimit(ctx); rateErr != nil {
 			return
 		}
-		if d.Hold, rateErr = c.cfg.Queue.ReadRateHold(ctx); rateErr != nil {
-			return
-		}
 		d.Calls, rateErr = c.cfg.Queue.ReadRecentCalls(ctx, recentCallsWindow, recentCallsRows(d.Rate.CeilingRPS))
 	})
 	wg.Go(func() { intake, intakeErr = c.cfg.Queue.IntakeSince(ctx, c.cfg.Now().Add(-24*time.Hour), prefixes) })
@@ -101,7 +97,7 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 			d.Paused = append(d.Paused, rep.ID)
 		}
 	}
-	d.Held = d.Hold.HoldUntil.After(d.Hold.Now)
+	d.Held = d.Rate.HoldUntil.After(d.Rate.Now)
 	for _, in := range intake {
 		name := "API or table (no connector prefix)"
 		for _, door := range c.cfg.Doors {

@@ -217,35 +217,6 @@ ORDER BY p.connector, p.target, a.attempted_at, a.id`, rec.ID)
 	return s, nil
 }
 
-// RateHold is what the shared rate-limit row says beyond RateLimit: the burst and until when
-// a 429's Retry-After holds every replica back. Found is false before any replica has run.
-type RateHold struct {
-	Found     bool
-	Burst     int // 0: not recorded
-	HoldUntil time.Time
-	Now       time.Time
-}
-
-// ReadRateHold reads the shared rate-limit row's burst and hold.
-func (q *Queue) ReadRateHold(ctx context.Context) (RateHold, error) {
-	var h RateHold
-	var burst *int
-	var hold *time.Time
-	err := q.pool.QueryRow(ctx, `
-SELECT EXISTS (SELECT 1 FROM erasure_rate_limit), (SELECT burst FROM erasure_rate_limit), (SELECT hold_until FROM erasure_rate_limit), now()`).
-		Scan(&h.Found, &burst, &hold, &h.Now)
-	if err != nil {
-		return RateHold{}, fmt.Errorf("read rate limit: %w", err)
-	}
-	if burst != nil {
-		h.Burst = *burst
-	}
-	if hold != nil {
-		h.HoldUntil = *hold
-	}
-	return h, nil
-}
-
 // RecentCalls is how many calls to Knot the evidence records as started in the last Window.
 type RecentCalls struct {
 	Window time.Duration

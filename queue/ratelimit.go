@@ -251,20 +251,33 @@ type Replica struct {
 	Paused, PausedKnown bool
 }
 
-// RateLimit is the shared rate limit and the replicas behind it, for `status`.
+// RateLimit is the shared rate limit and the replicas behind it, for `status` and the console.
 type RateLimit struct {
+	Found                  bool    // false before any replica has run: the row does not exist
 	CeilingRPS, CurrentRPS float64 // zero when no replica has run yet
-	Replicas               []Replica
+	Burst                  int     // 0: not recorded
+	// HoldUntil is until when a 429's Retry-After holds every replica back, read against Now,
+	// the database's clock.
+	HoldUntil, Now time.Time
+	Replicas       []Replica
 }
 
 // ReadRateLimit returns the shared rate limit and every replica seen in the last hour.
 func (q *Queue) ReadRateLimit(ctx context.Context) (RateLimit, error) {
 	var rl RateLimit
+	var burst *int
+	var hold *time.Time
 	err := q.pool.QueryRow(ctx, `
-SELECT coalesce((SELECT ceiling_rps FROM erasure_rate_limit), 0),
-       coalesce((SELECT current_rps FROM erasure_rate_limit), 0)`).Scan(&rl.CeilingRPS, &rl.CurrentRPS)
+SELECT l.singleton IS NOT NULL, coalesce(l.ceiling_rps, 0), coalesce(l.current_rps, 0), l.burst, l.hold_until, now()
+FROM (SELECT) AS one LEFT JOIN erasure_rate_limit AS l ON true`).Scan(&rl.Found, &rl.CeilingRPS, &rl.CurrentRPS, &burst, &hold, &rl.Now)
 	if err != nil {
 		return RateLimit{}, fmt.Errorf("read rate limit: %w", err)
+	}
+	if burst != nil {
+		rl.Burst = *burst
+	}
+	if hold != nil {
+		rl.HoldUntil = *hold
 	}
 	rows, err := q.pool.Query(ctx, `
 SELECT id, started_at, extract(epoch FROM now() - heartbeat_at)::float8, busy, share_rps, expires_at > now(),
