@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,12 +51,7 @@ type overviewData struct {
 func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	var d overviewData
-	var prefixes []string
-	for _, door := range c.cfg.Doors {
-		if door.Prefix != "" {
-			prefixes = append(prefixes, door.Prefix)
-		}
-	}
+	prefixes := c.prefixes()
 	// The figures come from statements that each read their own index: read at once, the page
 	// waits for the slowest of them rather than for their sum.
 	var (
@@ -162,6 +158,17 @@ func options(selected string, pairs ...string) []option {
 	return out
 }
 
+// prefixes are the request_ref prefixes of the connectors' doors.
+func (c *Console) prefixes() []string {
+	var out []string
+	for _, door := range c.cfg.Doors {
+		if door.Prefix != "" {
+			out = append(out, door.Prefix)
+		}
+	}
+	return out
+}
+
 // apiSource is the source filter's value for the requests with no connector's prefix.
 const apiSource = "-api"
 
@@ -173,14 +180,7 @@ func (c *Console) requests(w http.ResponseWriter, r *http.Request) {
 	switch source {
 	case "":
 	case apiSource:
-		for _, door := range c.cfg.Doors {
-			if door.Prefix != "" {
-				f.NoPrefix = append(f.NoPrefix, door.Prefix)
-			}
-		}
-		if f.NoPrefix == nil {
-			f.NoPrefix = []string{} // every ref then
-		}
+		f.NoPrefix = c.prefixes() // none: every ref is the API's or the table's
 	default:
 		for _, door := range c.cfg.Doors {
 			if door.Prefix != "" && door.Name == source {
@@ -200,37 +200,42 @@ func (c *Console) requests(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(bad) == 0 {
 		got, err := c.cfg.Queue.ListRequests(r.Context(), f)
-		rows := got.Rows
-		if errors.Is(err, queue.ErrBadFilter) {
+		switch {
+		case errors.Is(err, queue.ErrBadFilter):
 			bad = append(bad, "status, outcome or due")
-		} else if err != nil {
+		case err != nil:
 			c.fail(w, r, "listing the requests", err)
 			return
-		}
-		d := c.requestsForm(f, source)
-		d.First = f.Before == 0
-		next := int64(0)
-		switch {
-		case len(rows) > pageSize:
-			rows = rows[:pageSize]
-			next = rows[len(rows)-1].ID
-		case got.SearchedTo > 0:
-			// The page's window of ids ended before a whole page matched.
-			next, d.SearchedTo = got.SearchedTo, got.SearchedTo
-		}
-		if next > 0 {
-			q.Set("after", strconv.FormatInt(next, 10))
-			d.Next = "/requests?" + q.Encode()
-		}
-		d.Rows = rows
-		if len(bad) == 0 {
-			c.render(w, r, http.StatusOK, "requests", page{Title: "Requests", Current: "requests", Data: d})
+		default:
+			c.render(w, r, http.StatusOK, "requests", page{Title: "Requests", Current: "requests", Data: c.requestsPage(f, source, q, got)})
 			return
 		}
 	}
 	d := c.requestsForm(queue.RequestFilter{}, "")
 	d.Bad = strings.Join(bad, ", ")
 	c.render(w, r, http.StatusBadRequest, "requests", page{Title: "Requests: bad filter", Current: "requests", Data: d})
+}
+
+// requestsPage is the data of a page of requests: the form as asked, the rows and the link to
+// the next page, which reads the query asked with the next cursor.
+func (c *Console) requestsPage(f queue.RequestFilter, source string, q url.Values, got queue.RequestPage) requestsData {
+	d := c.requestsForm(f, source)
+	d.First = f.Before == 0
+	rows, next := got.Rows, int64(0)
+	switch {
+	case len(rows) > pageSize:
+		rows = rows[:pageSize]
+		next = rows[len(rows)-1].ID
+	case got.SearchedTo > 0:
+		// The page's window of ids ended before a whole page matched.
+		next, d.SearchedTo = got.SearchedTo, got.SearchedTo
+	}
+	if next > 0 {
+		q.Set("after", strconv.FormatInt(next, 10))
+		d.Next = "/requests?" + q.Encode()
+	}
+	d.Rows = rows
+	return d
 }
 
 func (c *Console) requestsForm(f queue.RequestFilter, source string) requestsData {
@@ -263,14 +268,6 @@ type requestData struct {
 	Unfinished     bool
 }
 
-var outcomeMeanings = map[string]string{
-	queue.OutcomeDeleted:   "Knot deleted the user",
-	queue.OutcomeNotFound:  "Knot holds no such user (never existed, or already deleted)",
-	queue.OutcomeRejected:  "Knot refused the request for good",
-	queue.OutcomeInvalid:   "the id could not be sent to Knot at all",
-	queue.OutcomeExhausted: "every attempt allowed failed with a retryable error",
-}
-
 func (c *Console) request(w http.ResponseWriter, r *http.Request) {
 	ref := r.PathValue("ref")
 	if ref == "" {
@@ -299,7 +296,7 @@ func (c *Console) request(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, "looking up the request", err)
 		return
 	}
-	d := requestData{Story: story, Door: c.doorOf(story.Record), Meaning: outcomeMeanings[story.Outcome],
+	d := requestData{Story: story, Door: c.doorOf(story.Record), Meaning: queue.OutcomeMeaning(story.Outcome),
 		Retention: c.cfg.EvidenceRetention, ReportAttempts: map[string][]queue.ReportAttempt{},
 		Unfinished: story.CompletedAt.IsZero()}
 	if !story.CompletedAt.IsZero() {

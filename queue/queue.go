@@ -43,6 +43,23 @@ const (
 	OutcomeExhausted = "exhausted" // failed: every attempt allowed was spent on retryable errors
 )
 
+// OutcomeMeaning says what an outcome means, for a person reading the evidence; "" for none.
+func OutcomeMeaning(outcome string) string {
+	switch outcome {
+	case OutcomeDeleted:
+		return "Knot deleted the user"
+	case OutcomeNotFound:
+		return "Knot holds no such user (never existed, or already deleted)"
+	case OutcomeRejected:
+		return "Knot refused the request for good"
+	case OutcomeInvalid:
+		return "the id could not be sent to Knot at all"
+	case OutcomeExhausted:
+		return "every attempt allowed failed with a retryable error"
+	}
+	return ""
+}
+
 // Queue runs the service's SQL against a pool, each statement under DefaultStatementTimeout.
 type Queue struct {
 	pool db

@@ -295,14 +295,6 @@ func doorOf(rec queue.Record) string {
 	return ""
 }
 
-var outcomeMeanings = map[string]string{
-	queue.OutcomeDeleted:   "Knot deleted the user",
-	queue.OutcomeNotFound:  "Knot holds no such user (never existed, or already deleted)",
-	queue.OutcomeRejected:  "Knot refused the request for good",
-	queue.OutcomeInvalid:   "the id could not be sent to Knot at all",
-	queue.OutcomeExhausted: "every attempt allowed failed with a retryable error",
-}
-
 const stampLayout = "2006-01-02T15:04:05.000Z07:00"
 
 func stamp(t time.Time) string {
@@ -328,7 +320,7 @@ func printRecord(w io.Writer, rec queue.Record) {
 		door = "not recorded (the table, enqueue, or a door that reports nothing back)"
 	}
 	outcome := orDash(rec.Outcome)
-	if m := outcomeMeanings[rec.Outcome]; m != "" {
+	if m := queue.OutcomeMeaning(rec.Outcome); m != "" {
 		outcome += " (" + m + ")"
 	}
 	completed := stamp(rec.CompletedAt)
