@@ -46,19 +46,9 @@ func (q *Queue) RenewReports(ctx context.Context, id int64, reports []NewReport)
 	if len(reports) == 0 {
 		return 0, nil
 	}
-	var connector []string
-	var targets []int32
-	var lanes []string
-	var creds []*string
-	var holds []int64
+	var cols reportColumns
 	for _, r := range reports {
-		connector, targets, lanes = append(connector, r.Connector), append(targets, int32(r.Target)), append(lanes, r.Lane)
-		var c *string
-		if r.Credentials != nil {
-			v := string(r.Credentials)
-			c = &v
-		}
-		creds, holds = append(creds, c), append(holds, max(r.Hold.Milliseconds(), 0))
+		cols.add(r)
 	}
 	const renewSQL = `
 INSERT INTO erasure_reports AS rep (request_id, connector, lane, target, credentials, not_before, status, run_after, ready_at)
@@ -75,7 +65,7 @@ SET lane = excluded.lane, credentials = excluded.credentials, not_before = exclu
     status = excluded.status, run_after = excluded.run_after, ready_at = excluded.ready_at,
     attempts = 0, delivered_at = NULL
 WHERE rep.status <> 'delivering' AND NOT rep.at_intake`
-	tag, err := q.pool.Exec(ctx, renewSQL, id, connector, targets, lanes, creds, holds)
+	tag, err := q.pool.Exec(ctx, renewSQL, id, cols.connectors, cols.targets, cols.lanes, cols.credentials, cols.holdMS)
 	if err != nil {
 		return 0, fmt.Errorf("renew reports: %w", err)
 	}
@@ -160,13 +150,8 @@ func (q *Queue) enqueueBatch(ctx context.Context, reqs []NewRequest) ([]EnqueueR
 	refs := make([]string, len(reqs))
 	users := make([]string, len(reqs))
 	dues := make([]*time.Time, len(reqs))
-	var repRefs, repConnectors, repLanes []string
-	var repTargets []int32
-	var repAtIntake []bool
-	var repHoldMS []int64
-	// JSON as text, not []byte: sent unprepared (QueryExecModeExec), a []byte goes as bytea,
-	// which no cast turns into jsonb.
-	var repCredentials []*string
+	var repRefs []string
+	var reps reportColumns
 	for i, r := range reqs {
 		refs[i], users[i] = r.RequestRef, r.ExternalUserID
 		if !r.DueAt.IsZero() {
@@ -174,17 +159,7 @@ func (q *Queue) enqueueBatch(ctx context.Context, reqs []NewRequest) ([]EnqueueR
 		}
 		for _, rep := range r.Reports {
 			repRefs = append(repRefs, r.RequestRef)
-			repConnectors = append(repConnectors, rep.Connector)
-			repLanes = append(repLanes, rep.Lane)
-			repTargets = append(repTargets, int32(rep.Target))
-			repAtIntake = append(repAtIntake, rep.AtIntake)
-			repHoldMS = append(repHoldMS, max(rep.Hold.Milliseconds(), 0))
-			var cred *string
-			if rep.Credentials != nil {
-				c := string(rep.Credentials)
-				cred = &c
-			}
-			repCredentials = append(repCredentials, cred)
+			reps.add(rep)
 		}
 	}
 	// The reports go in with their request, in the same statement, or not at all: a request
@@ -214,7 +189,7 @@ reports AS (
 )
 SELECT id, request_ref FROM inserted`
 	rows, err := q.pool.Query(ctx, enqueueSQL, refs, users, dues, int64(DefaultDeadline/time.Second),
-		repRefs, repConnectors, repTargets, repCredentials, repLanes, repAtIntake, repHoldMS)
+		repRefs, reps.connectors, reps.targets, reps.credentials, reps.lanes, reps.atIntake, reps.holdMS)
 	if err != nil {
 		return nil, err
 	}
@@ -243,6 +218,29 @@ SELECT id, request_ref FROM inserted`
 		}
 	}
 	return results, nil
+}
+
+// reportColumns are NewReports as the arrays a statement unnests, one a column.
+type reportColumns struct {
+	connectors, lanes []string
+	targets           []int32
+	atIntake          []bool
+	holdMS            []int64
+	// JSON as text, not []byte: sent unprepared (QueryExecModeExec), a []byte goes as bytea,
+	// which no cast turns into jsonb.
+	credentials []*string
+}
+
+func (c *reportColumns) add(r NewReport) {
+	c.connectors, c.lanes = append(c.connectors, r.Connector), append(c.lanes, r.Lane)
+	c.targets, c.atIntake = append(c.targets, int32(r.Target)), append(c.atIntake, r.AtIntake)
+	c.holdMS = append(c.holdMS, max(r.Hold.Milliseconds(), 0))
+	var cred *string
+	if r.Credentials != nil {
+		v := string(r.Credentials)
+		cred = &v
+	}
+	c.credentials = append(c.credentials, cred)
 }
 
 // isRowError reports whether err is about the data of a row (a constraint it broke, a value
