@@ -1,14 +1,11 @@
 package deploy
 
 import (
-	"bytes"
-	"path/filepath"
 	"slices"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"sigs.k8s.io/kustomize/kyaml/filesys"
 )
 
 // The console is off in every overlay as shipped; turned on in production as the overlay's comment
@@ -26,31 +23,10 @@ func TestTheConsoleIsOffUnlessTurnedOnAndThenReadsThroughItsOwnSecret(t *testing
 		}
 	}
 
-	mem := filesys.MakeFsInMemory()
-	for _, dir := range []string{"kubernetes", "grafana"} {
-		copyInto(t, mem, dir)
-	}
-	k := filepath.Join("/deploy", overlayDir("production"), "kustomization.yaml")
-	b, err := mem.ReadFile(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const consoleCommented = "#   - ../../components/console\n"
-	for _, line := range []string{componentsCommented, consoleCommented} {
-		if !bytes.Contains(b, []byte(line)) {
-			t.Fatalf("%s no longer holds the line that turns on the console, commented: %q", overlayDir("production"), line)
-		}
-	}
-	b = bytes.Replace(b, []byte(componentsCommented), []byte(componentsOn), 1)
-	b = bytes.Replace(b, []byte(consoleCommented), []byte("  - ../../components/console\n"), 1)
-	if err := mem.WriteFile(k, b); err != nil {
-		t.Fatal(err)
-	}
-	r := renderFS(t, mem, filepath.Join("/deploy", overlayDir("production")))
-	if t.Failed() {
-		t.FailNow()
-	}
-	checkObjects(t, r, "erasure-worker")
+	r := renderProductionWith(t, "the console", [][2]string{
+		{componentsCommented, componentsOn},
+		{"#   - ../../components/console\n", "  - ../../components/console\n"},
+	})
 	worker, console := deploymentNamed(t, r, "erasure-worker"), deploymentNamed(t, r, "erasure-worker-console")
 	c := container(t, console.Spec.Template.Spec.Containers, "console")
 	if !slices.Equal(c.Args, []string{"console"}) {

@@ -1,8 +1,6 @@
 package deploy
 
 import (
-	"bytes"
-	"path/filepath"
 	"slices"
 	"testing"
 
@@ -13,7 +11,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"sigs.k8s.io/kustomize/kyaml/filesys"
 )
 
 // The lines of overlays/production/kustomization.yaml that an operator uncomments to run the
@@ -37,34 +34,11 @@ func TestProductionWithDoorsApart(t *testing.T) {
 		ingress bool
 	}{{"doors-apart", false}, {"doors-apart and api-ingress", true}} {
 		t.Run(c.name, func(t *testing.T) {
-			mem := filesys.MakeFsInMemory()
-			for _, dir := range []string{"kubernetes", "grafana"} { // the base includes ../../grafana
-				copyInto(t, mem, dir)
-			}
-			k := filepath.Join("/deploy", overlayDir("production"), "kustomization.yaml")
-			b, err := mem.ReadFile(k)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, line := range []string{componentsCommented, doorsApartCommented} {
-				if !bytes.Contains(b, []byte(line)) {
-					t.Fatalf("%s no longer holds the line that turns on the doors apart, commented: %q", overlayDir("production"), line)
-				}
-			}
-			b = bytes.Replace(b, []byte(componentsCommented), []byte(componentsOn), 1)
-			b = bytes.Replace(b, []byte(doorsApartCommented), []byte(doorsApartOn), 1)
+			on := [][2]string{{componentsCommented, componentsOn}, {doorsApartCommented, doorsApartOn}}
 			if c.ingress {
-				b = bytes.Replace(b, []byte("#   - ../../components/api-ingress\n"), []byte("  - ../../components/api-ingress\n"), 1)
+				on = append(on, [2]string{"#   - ../../components/api-ingress\n", "  - ../../components/api-ingress\n"})
 			}
-			if err := mem.WriteFile(k, b); err != nil {
-				t.Fatal(err)
-			}
-
-			r := renderFS(t, mem, filepath.Join("/deploy", overlayDir("production")))
-			if t.Failed() {
-				t.FailNow()
-			}
-			checkObjects(t, r, "erasure-worker")
+			r := renderProductionWith(t, "the doors apart", on)
 			checkRulesAndDashboard(t, r)
 			worker, doors := deploymentNamed(t, r, "erasure-worker"), deploymentNamed(t, r, "erasure-worker-doors")
 			if len(r.deployments) != 2 {

@@ -104,6 +104,37 @@ func render(t *testing.T, overlay string) *rendered {
 }
 
 // renderFS builds the kustomization in dir of fs.
+// renderProductionWith renders the production overlay with lines of its kustomization turned
+// on as its comments say (each pair: the commented line, the line on), and checks its objects.
+// It fails when a commented line is no longer there: what names what they turn on.
+func renderProductionWith(t *testing.T, what string, on [][2]string) *rendered {
+	t.Helper()
+	mem := filesys.MakeFsInMemory()
+	for _, dir := range []string{"kubernetes", "grafana"} { // the base includes ../../grafana
+		copyInto(t, mem, dir)
+	}
+	k := filepath.Join("/deploy", overlayDir("production"), "kustomization.yaml")
+	b, err := mem.ReadFile(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range on {
+		if !bytes.Contains(b, []byte(line[0])) {
+			t.Fatalf("%s no longer holds the line that turns on %s, commented: %q", overlayDir("production"), what, line[0])
+		}
+		b = bytes.Replace(b, []byte(line[0]), []byte(line[1]), 1)
+	}
+	if err := mem.WriteFile(k, b); err != nil {
+		t.Fatal(err)
+	}
+	r := renderFS(t, mem, filepath.Join("/deploy", overlayDir("production")))
+	if t.Failed() {
+		t.FailNow()
+	}
+	checkObjects(t, r, "erasure-worker")
+	return r
+}
+
 func renderFS(t *testing.T, fs filesys.FileSystem, dir string) *rendered {
 	t.Helper()
 	overlay := dir
