@@ -49,45 +49,6 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // a fake's Stats.Faulted counts it as ("rate_limit"). A kind's JSON field is kind+"_rate".
 type Rates map[string]float64
 
-// Check reports a rate outside [0, 1], rates that add up above 1 (one draw picks among them, so
-// they are shares of the same calls), or a negative duration, naming the JSON field. door
-// ("pull") prefixes the names for a fake whose doors have faults of their own.
-func Check(door string, rates Rates, durations map[string]Duration) error {
-	dot, colon := "", ""
-	if door != "" {
-		dot, colon = door+".", door+": "
-	}
-	sum := 0.0
-	for _, kind := range slices.Sorted(maps.Keys(rates)) {
-		if r := rates[kind]; math.IsNaN(r) || r < 0 || r > 1 {
-			return fmt.Errorf("%s%s_rate must be between 0 and 1, got %v", dot, kind, r)
-		}
-		sum += rates[kind]
-	}
-	if sum > 1+1e-9 {
-		return fmt.Errorf("%sfault rates add up to %v; they are shares of the same calls and must not exceed 1", colon, sum)
-	}
-	for _, name := range slices.Sorted(maps.Keys(durations)) {
-		if d := durations[name]; d < 0 {
-			return fmt.Errorf("%s%s must not be negative, got %v", dot, name, d)
-		}
-	}
-	return nil
-}
-
-// Validate checks a fake's faults struct as Check does: its rates (RatesOf) and every Duration
-// field, by their JSON names.
-func Validate(door string, faults any) error {
-	durations := map[string]Duration{}
-	v := reflect.ValueOf(faults)
-	for i := range v.NumField() {
-		if d, ok := v.Field(i).Interface().(Duration); ok {
-			durations[jsonName(v.Type().Field(i))] = d
-		}
-	}
-	return Check(door, RatesOf(faults), durations)
-}
-
 // RatesOf reads the rates of a fake's faults struct: each float64 field whose JSON name ends in
 // _rate, by kind.
 func RatesOf(faults any) Rates {
@@ -100,6 +61,34 @@ func RatesOf(faults any) Rates {
 		}
 	}
 	return rates
+}
+
+// Validate reports, naming the JSON field, a rate of a fake's faults struct outside [0, 1], rates
+// that add up above 1 (one draw picks among them: they are shares of the same calls), or a
+// negative Duration. door ("pull") prefixes the names for a fake whose doors have faults of
+// their own.
+func Validate(door string, faults any) error {
+	dot, colon := "", ""
+	if door != "" {
+		dot, colon = door+".", door+": "
+	}
+	rates, sum := RatesOf(faults), 0.0
+	for _, kind := range slices.Sorted(maps.Keys(rates)) {
+		if r := rates[kind]; math.IsNaN(r) || r < 0 || r > 1 {
+			return fmt.Errorf("%s%s_rate must be between 0 and 1, got %v", dot, kind, r)
+		}
+		sum += rates[kind]
+	}
+	if sum > 1+1e-9 {
+		return fmt.Errorf("%sfault rates add up to %v; they are shares of the same calls and must not exceed 1", colon, sum)
+	}
+	v := reflect.ValueOf(faults)
+	for i := range v.NumField() {
+		if d, ok := v.Field(i).Interface().(Duration); ok && d < 0 {
+			return fmt.Errorf("%s%s must not be negative, got %v", dot, jsonName(v.Type().Field(i)), d)
+		}
+	}
+	return nil
 }
 
 func jsonName(f reflect.StructField) string {
@@ -160,10 +149,8 @@ func Sleep(r *http.Request, d time.Duration) bool {
 	if d <= 0 {
 		return true
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
 	select {
-	case <-t.C:
+	case <-time.After(d):
 		return true
 	case <-r.Context().Done():
 		return false
@@ -236,12 +223,9 @@ func decodeStrict(b []byte, v any) error {
 	if err == nil && dec.More() {
 		return errors.New("body: trailing data after the JSON object")
 	}
-	if err == nil {
-		return nil
-	}
-	// A value's own decoder (a Duration's) cannot say which field it was: try them one by one.
 	var fields map[string]json.RawMessage
-	if json.Unmarshal(b, &fields) == nil {
+	if err != nil && json.Unmarshal(b, &fields) == nil {
+		// A value's own decoder (a Duration's) cannot say which field it was: try them one by one.
 		for _, k := range slices.Sorted(maps.Keys(fields)) {
 			one, _ := json.Marshal(map[string]json.RawMessage{k: fields[k]})
 			d := json.NewDecoder(bytes.NewReader(one))
@@ -251,7 +235,10 @@ func decodeStrict(b []byte, v any) error {
 			}
 		}
 	}
-	return fmt.Errorf("body: %v", err)
+	if err != nil {
+		return fmt.Errorf("body: %v", err)
+	}
+	return nil
 }
 
 // DecodeFaults reads a PUT /_fake/faults body strictly into f. Wherever the faults have an
@@ -262,16 +249,11 @@ func DecodeFaults(body io.Reader, now time.Time, f any) error {
 		return fmt.Errorf("body: %v", err)
 	}
 	var v any
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber() // numbers go back out as they came
-	if err := dec.Decode(&v); err != nil {
-		return fmt.Errorf("body: %v", err)
+	if err := json.Unmarshal(b, &v); err != nil { // refuses trailing data too
+		return decodeStrict(b, f)
 	}
 	if err := outageFor(v, "", now); err != nil {
 		return err
-	}
-	if dec.More() {
-		return errors.New("body: trailing data after the JSON object")
 	}
 	b, _ = json.Marshal(v)
 	return decodeStrict(b, f)
@@ -279,10 +261,7 @@ func DecodeFaults(body io.Reader, now time.Time, f any) error {
 
 // outageFor turns each "outage_for" among the objects of v into the "outage_until" it means.
 func outageFor(v any, path string, now time.Time) error {
-	m, ok := v.(map[string]any)
-	if !ok {
-		return nil
-	}
+	m, _ := v.(map[string]any)
 	for k, sub := range m {
 		if err := outageFor(sub, path+k+".", now); err != nil {
 			return err

@@ -15,28 +15,31 @@ type testFaults struct {
 	OutageUntil time.Time `json:"outage_until,omitzero"`
 }
 
-func (f testFaults) Validate() error {
-	return Check("", Rates{"error": f.ErrorRate}, map[string]Duration{"retry_after": f.RetryAfter})
-}
+func (f testFaults) Validate() error { return Validate("", f) }
 
-func TestCheckNamesTheField(t *testing.T) {
+func TestValidateNamesTheField(t *testing.T) {
 	t.Parallel()
+	type faults struct {
+		ErrorRate    float64  `json:"error_rate"`
+		HangRate     float64  `json:"hang_rate"`
+		ConflictRate float64  `json:"conflict_rate"`
+		Latency      Duration `json:"latency"`
+	}
 	tests := []struct {
-		door      string
-		rates     Rates
-		durations map[string]Duration
-		want      string
+		door   string
+		faults faults
+		want   string
 	}{
-		{"", Rates{"error": 1.5}, nil, "error_rate must be between 0 and 1"},
-		{"pull", Rates{"hang": -0.1}, nil, "pull.hang_rate must be between 0 and 1"},
-		{"report", Rates{"error": 0.7, "conflict": 0.7}, nil, "report: fault rates add up to"},
-		{"", nil, map[string]Duration{"latency": Duration(-time.Second)}, "latency must not be negative"},
-		{"", Rates{"error": 0.5, "hang": 0.5}, nil, ""},
+		{"", faults{ErrorRate: 1.5}, "error_rate must be between 0 and 1"},
+		{"pull", faults{HangRate: -0.1}, "pull.hang_rate must be between 0 and 1"},
+		{"report", faults{ErrorRate: 0.7, ConflictRate: 0.7}, "report: fault rates add up to"},
+		{"", faults{Latency: Duration(-time.Second)}, "latency must not be negative"},
+		{"", faults{ErrorRate: 0.5, HangRate: 0.5}, ""},
 	}
 	for _, tt := range tests {
-		err := Check(tt.door, tt.rates, tt.durations)
+		err := Validate(tt.door, tt.faults)
 		if (tt.want == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("Check(%q, %v, %v) = %v, want %q", tt.door, tt.rates, tt.durations, err, tt.want)
+			t.Errorf("Validate(%q, %+v) = %v, want %q", tt.door, tt.faults, err, tt.want)
 		}
 	}
 }
