@@ -361,7 +361,6 @@ type Stats struct {
 	// PerSecond counts calls per whole second since the first call.
 	PerSecond []int64   `json:"per_second"`
 	FirstCall time.Time `json:"first_call,omitzero"`
-	LastCall  time.Time `json:"last_call,omitzero"`
 }
 
 // Stats returns a snapshot.
@@ -375,9 +374,9 @@ func (s *Server) Stats() Stats {
 	if len(arrivals) == 0 {
 		return st
 	}
-	st.FirstCall, st.LastCall = arrivals[0], arrivals[len(arrivals)-1]
+	st.FirstCall = arrivals[0]
 	st.BusiestSecond = busiestSecond(arrivals)
-	st.PerSecond = make([]int64, int(st.LastCall.Sub(st.FirstCall)/time.Second)+1)
+	st.PerSecond = make([]int64, int(arrivals[len(arrivals)-1].Sub(st.FirstCall)/time.Second)+1)
 	for _, t := range arrivals {
 		st.PerSecond[int(t.Sub(st.FirstCall)/time.Second)]++
 	}
