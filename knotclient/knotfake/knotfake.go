@@ -11,10 +11,11 @@
 package knotfake
 
 import (
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"hash/fnv"
 	"io"
 	"mime"
 	"net/http"
@@ -83,28 +84,12 @@ func New(opts Options) *Server {
 	return s
 }
 
-// MissingShare returns an Exists function under which a share p of all ids
-// never existed. The choice hashes the id (FNV-1a), so it is the same on
-// every run and every replica of a test.
+// MissingShare returns an Exists function under which a share p of all ids never existed. It
+// hashes the id, so the choice is the same on every run and every replica of a test.
 func MissingShare(p float64) func(string) bool {
 	return func(id string) bool {
-		if p <= 0 {
-			return true
-		}
-		h := fnv.New64a()
-		io.WriteString(h, id)
-		// FNV's high bits barely move between ids that differ in their last
-		// character ("user-1", "user-2"); a murmur3 finalizer spreads them
-		// so the share holds for sequential ids too.
-		x := h.Sum64()
-		x ^= x >> 33
-		x *= 0xff51afd7ed558ccd
-		x ^= x >> 33
-		x *= 0xc4ceb9fe1a85ec53
-		x ^= x >> 33
-		// Top 53 bits give a uniform float in [0,1).
-		u := float64(x>>11) / (1 << 53)
-		return u >= p
+		sum := sha256.Sum256([]byte(id))
+		return float64(binary.BigEndian.Uint64(sum[:])>>11)/(1<<53) >= p // top 53 bits: uniform in [0,1)
 	}
 }
 
