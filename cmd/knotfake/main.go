@@ -1,9 +1,7 @@
-// Command knotfake serves a local stand-in for Knot's POST /user/delete, for
-// development, demos and load tests of erasure-worker. Faults can be set
-// with flags at start and changed at run time through PUT /_fake/faults;
-// GET /_fake/stats shows what clients did.
-//
-// The admin endpoints have no authentication: bind to loopback (the default).
+// Command knotfake serves a local stand-in for Knot's POST /user/delete, for development, demos
+// and load tests of erasure-worker. Faults are set with flags at start and through PUT
+// /_fake/faults at run time; GET /_fake/stats shows what clients did. The admin endpoints have
+// no authentication: bind to loopback (the default).
 package main
 
 import (
@@ -23,8 +21,7 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
 
-// run is the whole program; it returns the exit code: 0 after a clean stop on SIGINT/SIGTERM, 1
-// if serving failed, 2 for bad flags. serve runs until ctx is done.
+// run is the whole program, serve the same until ctx is done; both return the exit code.
 var run, serve = fakekit.Main(command)
 
 func command(getenv func(string) string) fakekit.Command {
@@ -39,8 +36,7 @@ func command(getenv func(string) string) fakekit.Command {
 		Addr:   "127.0.0.1:8080",
 		Faults: &f,
 		Flags: func(fs *flag.FlagSet) {
-			// The env values are applied after parsing, not as flag defaults: the
-			// flag package prints defaults in its usage text, secret included.
+			// The env applies after parsing, not as defaults: usage prints defaults, secret included.
 			fs.StringVar(&clientID, "client-id", "", "client id to accept (default: env KNOT_CLIENT_ID)")
 			fs.StringVar(&secret, "secret", "", "secret to accept (default: env KNOT_SECRET; prefer the env, flags show in ps)")
 			fs.Float64Var(&missing, "missing", 0.1, "share of users that never existed (answered USER_NOT_FOUND)")
@@ -58,8 +54,7 @@ func command(getenv func(string) string) fakekit.Command {
 			fake = knotfake.New(knotfake.Options{ClientID: clientID, Secret: secret, Exists: knotfake.MissingShare(missing), Faults: f})
 			return fake, nil
 		},
-		// The client id is not secret, but logs here are shared freely in
-		// bug reports; leave credentials out entirely.
+		// No credentials, not even the client id: these logs are shared freely in bug reports.
 		Started: func(string) []any { return []any{"missing", missing} },
 		Stopped: func() any { return fake.Stats() },
 	}
