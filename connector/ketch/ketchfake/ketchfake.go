@@ -1,15 +1,11 @@
-// Package ketchfake is a stand-in for Ketch, as knotfake is for Knot. It plays both of Ketch's
-// parts in the Ketch Forwarder protocol (repository ketch-com/ketch-forwarder, api/dsr/v1):
-//
-//   - it sends DeleteRequests as Ketch would (DeleteRequest, Push), each naming callbacks below
-//     the fake's own URL with a credential of their own, and checks the DeleteResponse it gets;
-//   - it serves those callbacks (POST /callbacks/{name}): it checks the callback's credential,
-//     validates each DeleteStatusEvent against the spec, and counts events per request, so a
-//     test can tell that every callback got exactly one final event and none after it.
-//
-// It injects faults on the callbacks and serves admin endpoints under /_fake/ (stats, faults,
-// reset, push, requests). They have no authentication: the fake is for loopback and test
-// networks only.
+// Package ketchfake is a stand-in for Ketch in its Forwarder protocol (repository
+// ketch-com/ketch-forwarder, api/dsr/v1), playing both of Ketch's parts. It sends DeleteRequests
+// (DeleteRequest, Push) naming callbacks below its own URL, each with a credential of its own, and
+// checks the answers. It serves those callbacks (POST /callbacks/{name}): it checks each
+// DeleteStatusEvent's credential and shape and counts events per request, so that a test can tell
+// that every callback got exactly one final event and none after it. It injects faults on the
+// callbacks and serves admin endpoints under /_fake/ (stats, faults, reset, push, requests),
+// without authentication: it is for loopback and test networks only.
 //
 // The package knows nothing of package ketch on purpose: it reads the wire format on its own, so
 // a misreading of the spec in one does not hide in the other.
@@ -39,13 +35,10 @@ type Options struct {
 	// IdentitySpace is the space of the identity that carries the Knot id; default "account_id".
 	IdentitySpace string
 	// CallbacksPerRequest is how many callbacks each request names: default 2, at most 16. The
-	// first takes its credential in Authorization ("Bearer cb-…"), the others in
-	// X-Ketch-Callback-Token.
+	// first takes its credential in Authorization, the others in X-Ketch-Callback-Token.
 	CallbacksPerRequest int
 	// Faults are the callback faults injected from the start.
 	Faults Faults
-	// Now is the clock for timestamps, outages and Retry-After; nil means time.Now.
-	Now func() time.Time
 }
 
 // Server is the fake. It implements http.Handler and is safe for concurrent use.
@@ -54,7 +47,6 @@ type Server struct {
 	*fakekit.Admin[Faults]
 	space      string
 	perRequest int
-	now        func() time.Time
 
 	mu     sync.Mutex
 	base   string
@@ -82,11 +74,7 @@ func New(opts Options) *Server {
 	s := &Server{
 		space:      cmp.Or(opts.IdentitySpace, "account_id"),
 		perRequest: min(cmp.Or(opts.CallbacksPerRequest, 2), maxCallbacks),
-		now:        opts.Now,
 		base:       strings.TrimRight(opts.CallbackBaseURL, "/"),
-	}
-	if s.now == nil {
-		s.now = time.Now
 	}
 	s.Reset()
 	wire := http.NewServeMux()
@@ -95,7 +83,7 @@ func New(opts Options) *Server {
 		writeError(w, http.StatusNotFound, "not_found", "Not found")
 	})
 	s.Admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{Wire: wire, Stats: func() any { return s.Stats() },
-		Reset: s.Reset, Now: s.now, ErrorKey: "error", ResetNoContent: true})
+		Reset: s.Reset, Now: time.Now, ErrorKey: "error", ResetNoContent: true})
 	s.HandleFunc("POST /_fake/push", fakekit.PushHandler(s.Admin, s.Push, func(r PushResult) int { return r.Sent }))
 	s.HandleFunc("GET /_fake/requests/{uid}", func(w http.ResponseWriter, r *http.Request) {
 		if rec, ok := s.Request(r.PathValue("uid")); ok {
@@ -158,17 +146,19 @@ type metadata struct {
 	Tenant string `json:"tenant"`
 }
 
-// faultAnswers are the Errors the faults that answer at all answer with, by kind.
-var faultAnswers = map[string]errorBody{
-	"outage":             {http.StatusServiceUnavailable, "unavailable", "service is unavailable"},
+// refusals are the Errors a callback is answered with before its event is read, by fault kind
+// or "bad_credentials".
+var refusals = map[string]errorBody{
+	"bad_credentials":    {http.StatusUnauthorized, "forbidden", "operation is not authorized"},
 	"reject_credentials": {http.StatusUnauthorized, "forbidden", "operation is not authorized"},
+	"outage":             {http.StatusServiceUnavailable, "unavailable", "service is unavailable"},
 	"rate_limit":         {http.StatusTooManyRequests, "unavailable", "too many requests"},
 	"error":              {http.StatusInternalServerError, "internal", "internal error"},
 	"conflict":           {http.StatusConflict, "conflict", "action cannot be performed"},
 }
 
 func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request) {
-	arrived := s.now()
+	arrived := time.Now()
 	index, known := callbackIndex(r.PathValue("name"))
 	if !known {
 		writeError(w, http.StatusNotFound, "not_found", "no such callback")
@@ -180,59 +170,26 @@ func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	body, bodyErr := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxEventBody))
-
 	f := s.Faults()
-	s.mu.Lock()
-	ref, authorized := s.tokens[r.Header.Get(callbackHeader(index))]
-	authorized = authorized && ref.index == index
-	if authorized && arrived.Before(s.reqs[ref.uid].Callbacks[index].notBefore) {
-		s.st.EarlyRetries++
-	}
-	s.mu.Unlock()
-
 	if !fakekit.Sleep(r, fakekit.Latency(f.Latency, f.LatencyJitter)) {
 		fakekit.Abort()
 	}
-	now := s.now()
-	var kind string
-	switch {
-	case now.Before(f.OutageUntil):
-		kind = "outage"
-	case f.RejectCredentials:
-		kind = "reject_credentials"
-	case !authorized:
-		s.count(func(st *Stats) { st.BadCredentials++ })
-		writeError(w, http.StatusUnauthorized, "forbidden", "operation is not authorized")
-		return
-	default:
-		kind = fakekit.Draw(f)
-	}
-	if kind != "" && kind != "lost_answer" {
-		s.count(func(st *Stats) { st.Faulted[kind]++ })
-	}
-	switch kind {
-	case "hang":
+	ref, kind := s.admit(w, r.Header.Get(callbackHeader(index)), index, arrived, f)
+	if kind == "hang" {
 		fakekit.Hang(r)
 		fakekit.Abort()
-	case "rate_limit":
-		wait := time.Duration(fakekit.RetryAfter(w, f.RetryAfter)) * time.Second
-		s.mu.Lock()
-		if rq := s.reqs[ref.uid]; rq != nil {
-			rq.Callbacks[index].notBefore = now.Add(wait)
-		}
-		s.mu.Unlock()
 	}
-	if a, ok := faultAnswers[kind]; ok {
+	if a, ok := refusals[kind]; ok {
 		writeError(w, a.Code, a.Status, a.Message)
 		return
 	}
 
-	ev, field, reason := parseEvent(r.Header, body, bodyErr)
+	ev, fault := parseEvent(r.Header, body, bodyErr)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rq := s.reqs[ref.uid]
 	switch {
-	case field != "":
+	case fault != "":
 	case rq == nil || ev.Metadata.UID != ref.uid && s.reqs[ev.Metadata.UID] != nil:
 		// Reset while the event was in flight, or another request's event with this request's
 		// credential: the forwarder mixed up whose headers go where.
@@ -240,13 +197,11 @@ func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, "forbidden", "operation is not authorized")
 		return
 	case ev.Metadata.UID != ref.uid:
-		field, reason = "metadata.uid", "not a request Ketch sent"
-	case ev.Metadata.Tenant != tenant:
-		field, reason = "metadata.tenant", "not the request's tenant"
+		fault = "metadata.uid: not a request Ketch sent"
 	}
-	if field != "" {
+	if fault != "" {
 		s.st.MalformedEvents++
-		writeError(w, http.StatusBadRequest, "invalid", field+": "+reason)
+		writeError(w, http.StatusBadRequest, "invalid", fault)
 		return
 	}
 
@@ -273,10 +228,37 @@ func (s *Server) serveCallback(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (s *Server) count(f func(*Stats)) {
+// admit finds the request a callback credential is for and picks the fault of the call; a
+// credential that is not this callback's is "bad_credentials", unless a fault answers first.
+func (s *Server) admit(
+	w http.ResponseWriter, credential string, index int, arrived time.Time, f Faults,
+) (callbackRef, string) {
 	s.mu.Lock()
-	f(&s.st)
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	var cb *CallbackRecord
+	ref, ok := s.tokens[credential]
+	if ok && ref.index == index {
+		cb = &s.reqs[ref.uid].Callbacks[index]
+	}
+	if cb != nil && arrived.Before(cb.notBefore) {
+		s.st.EarlyRetries++
+	}
+	kind := fakekit.Draw(f)
+	switch {
+	case time.Now().Before(f.OutageUntil):
+		kind = "outage"
+	case f.RejectCredentials:
+		kind = "reject_credentials"
+	case cb == nil:
+		s.st.BadCredentials++
+		return ref, "bad_credentials"
+	case kind == "rate_limit":
+		cb.notBefore = time.Now().Add(time.Duration(fakekit.RetryAfter(w, f.RetryAfter)) * time.Second)
+	}
+	if kind != "" && kind != "lost_answer" {
+		s.st.Faulted[kind]++
+	}
+	return ref, kind
 }
 
 // statusEvent is a DeleteStatusEvent as the fake reads it.
@@ -292,51 +274,56 @@ type statusEvent struct {
 	} `json:"event"`
 }
 
-// parseEvent checks a DeleteStatusEvent against Delete.md and Status.md; it returns the field at
-// fault and why, or "" for a valid event.
-func parseEvent(h http.Header, body []byte, readErr error) (statusEvent, string, string) {
+// parseEvent checks a DeleteStatusEvent against Delete.md and Status.md; it returns the event
+// and what is wrong with it ("field: why"), or "".
+func parseEvent(h http.Header, body []byte, readErr error) (statusEvent, string) {
 	var ev statusEvent
-	if mt, _, err := mime.ParseMediaType(h.Get("Content-Type")); err != nil || mt != "application/json" {
-		return ev, "Content-Type", "must be application/json"
-	}
-	if a := h.Get("Accept"); a != "" && !strings.Contains(a, "application/json") && !strings.Contains(a, "*/*") {
-		return ev, "Accept", "must accept application/json"
-	}
-	if readErr != nil {
-		return ev, "body", "unreadable or larger than 1 MiB"
-	}
 	var top map[string]json.RawMessage
-	if err := json.Unmarshal(body, &top); err != nil || top == nil {
-		return ev, "body", "not a JSON object"
-	}
-	// Keys must match exactly: encoding/json would fold "Kind" into "kind".
-	for _, k := range []string{"apiVersion", "kind", "metadata", "event"} {
-		if _, ok := top[k]; !ok {
-			return ev, k, "missing"
-		}
-	}
-	if err := json.Unmarshal(body, &ev); err != nil {
-		return ev, "body", "a field has the wrong type"
-	}
+	mt, _, mtErr := mime.ParseMediaType(h.Get("Content-Type"))
+	accept := h.Get("Accept")
+	notObject := json.Unmarshal(body, &top) != nil || top == nil
+	wrongType := json.Unmarshal(body, &ev) != nil
 	expected, isNumber := ev.Event.Expected.(float64)
 	_, idIsString := ev.Event.ID.(string)
-	switch {
-	case ev.APIVersion != "dsr/v1":
-		return ev, "apiVersion", `must be "dsr/v1"`
-	case ev.Kind != "DeleteStatusEvent":
-		return ev, "kind", `must be "DeleteStatusEvent"`
-	case ev.Metadata.UID == "":
-		return ev, "metadata.uid", "missing"
-	case !validStatus(ev.Event.Status):
-		return ev, "event.status", "not a status of Status.md"
-	case !validReason(ev.Event.Status, ev.Event.Reason):
-		return ev, "event.reason", "not a reason Status.md gives this status"
-	case ev.Event.Expected != nil && (!isNumber || expected < 0 || expected != math.Trunc(expected)):
-		return ev, "event.expectedCompletionTimestamp", "not Unix seconds"
-	case ev.Event.ID != nil && !idIsString:
-		return ev, "event.requestID", "not a string"
+	return ev, firstBroken(
+		rule{mtErr != nil || mt != "application/json", "Content-Type", "must be application/json"},
+		rule{accept != "" && !strings.Contains(accept, "application/json") && !strings.Contains(accept, "*/*"),
+			"Accept", "must accept application/json"},
+		rule{readErr != nil, "body", "unreadable or larger than 1 MiB"},
+		rule{notObject, "body", "not a JSON object"},
+		// Keys must match exactly: encoding/json would fold "Kind" into "kind".
+		rule{top["apiVersion"] == nil, "apiVersion", "missing"},
+		rule{top["kind"] == nil, "kind", "missing"},
+		rule{top["metadata"] == nil, "metadata", "missing"},
+		rule{top["event"] == nil, "event", "missing"},
+		rule{wrongType, "body", "a field has the wrong type"},
+		rule{ev.APIVersion != "dsr/v1", "apiVersion", `must be "dsr/v1"`},
+		rule{ev.Kind != "DeleteStatusEvent", "kind", `must be "DeleteStatusEvent"`},
+		rule{ev.Metadata.UID == "", "metadata.uid", "missing"},
+		rule{ev.Metadata.Tenant != tenant, "metadata.tenant", "not the request's tenant"},
+		rule{!validStatus(ev.Event.Status), "event.status", "not a status of Status.md"},
+		rule{!validReason(ev.Event.Status, ev.Event.Reason),
+			"event.reason", "not a reason Status.md gives this status"},
+		rule{ev.Event.Expected != nil && (!isNumber || expected < 0 || expected != math.Trunc(expected)),
+			"event.expectedCompletionTimestamp", "not Unix seconds"},
+		rule{ev.Event.ID != nil && !idIsString, "event.requestID", "not a string"},
+	)
+}
+
+// rule is one rule of the spec: when broken, field is at fault, for why.
+type rule struct {
+	broken     bool
+	field, why string
+}
+
+// firstBroken says what is wrong ("field: why") by the first rule broken, or "" if none is.
+func firstBroken(rules ...rule) string {
+	for _, r := range rules {
+		if r.broken {
+			return r.field + ": " + r.why
+		}
 	}
-	return ev, "", ""
+	return ""
 }
 
 // reasonsFor is Status.md, read on its own (see package doc): every status, with the reasons it
@@ -369,19 +356,19 @@ func pairKey(status, reason string) string {
 
 // Stats is what the fake saw since New or the last Reset.
 type Stats struct {
-	// Events counts valid DeleteStatusEvents taken, EventsByPair by "status/reason".
+	// Events counts valid DeleteStatusEvents taken, EventsByPair by "status/reason", FinalEvents
+	// those with a final status (completed, cancelled, denied).
 	Events       int64            `json:"events"`
 	EventsByPair map[string]int64 `json:"events_by_pair"`
-	// FinalEvents counts events with a final status (completed, cancelled, denied).
-	FinalEvents int64 `json:"final_events"`
+	FinalEvents  int64            `json:"final_events"`
 	// DuplicateFinals counts final events beyond the first at the same callback of a request.
 	DuplicateFinals int64 `json:"duplicate_finals"`
 	// EventsAfterFinal counts events, final or not, at a callback that already had a final
 	// event or whose request was answered with a final status: Ketch accepts none of them.
 	EventsAfterFinal int64 `json:"events_after_final"`
-	// Of the requests the fake built that expect events (neither answered with a final status
-	// nor refused): UIDsOneFinal have exactly one final event at every callback,
-	// UIDsMultipleFinals more than one at some callback, UIDsAwaitingFinal none yet at some.
+	// Of the requests that expect events (neither answered with a final status nor refused):
+	// UIDsOneFinal have exactly one final event at every callback, UIDsMultipleFinals more than
+	// one at some callback, UIDsAwaitingFinal none yet at some.
 	UIDsOneFinal       int64 `json:"uids_one_final"`
 	UIDsMultipleFinals int64 `json:"uids_multiple_finals"`
 	UIDsAwaitingFinal  int64 `json:"uids_awaiting_final"`

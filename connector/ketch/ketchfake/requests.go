@@ -56,32 +56,6 @@ type identity struct {
 	Value  string `json:"identityValue"`
 }
 
-type callbackSpec struct {
-	URL     string            `json:"url"`
-	Headers map[string]string `json:"headers"`
-}
-
-type deleteRequest struct {
-	APIVersion string      `json:"apiVersion"`
-	Kind       string      `json:"kind"`
-	Metadata   metadata    `json:"metadata"`
-	Request    requestBody `json:"request"`
-}
-
-type requestBody struct {
-	Controller   string            `json:"controller"`
-	Property     string            `json:"property"`
-	Environment  string            `json:"environment"`
-	Regulation   string            `json:"regulation"`
-	Jurisdiction string            `json:"jurisdiction"`
-	Identities   []identity        `json:"identities"`
-	Callbacks    []callbackSpec    `json:"callbacks,omitempty"`
-	Subject      Subject           `json:"subject"`
-	Claims       map[string]string `json:"claims"`
-	Submitted    int64             `json:"submittedTimestamp"`
-	Due          int64             `json:"dueTimestamp"`
-}
-
 // DeleteRequest builds the body Ketch would send for uid, naming the Knot user identityValue,
 // and remembers the request so that its callbacks are served. Building a uid again (Ketch
 // retrying its forward) keeps its callbacks and their credentials. As in Delete.md's example,
@@ -106,15 +80,16 @@ func (s *Server) DeleteRequest(uid, identityValue string, opts ...RequestOption)
 			if i == 0 {
 				cred = "Bearer " + cred
 			}
-			rq.Callbacks = append(rq.Callbacks, CallbackRecord{Name: callbackName(i), Credential: cred, Pairs: map[string]int64{}})
+			cb := CallbackRecord{Name: callbackName(i), Credential: cred, Pairs: map[string]int64{}}
+			rq.Callbacks = append(rq.Callbacks, cb)
 			s.tokens[cred] = callbackRef{uid: uid, index: i}
 		}
 		s.reqs[uid] = rq
 	}
-	rq.IdentityValue = identityValue
-	var cbs []callbackSpec
+	cbs := []map[string]any{}
 	for i, cb := range rq.Callbacks {
-		cbs = append(cbs, callbackSpec{s.base + "/callbacks/" + cb.Name, map[string]string{callbackHeader(i): cb.Credential}})
+		cbs = append(cbs, map[string]any{"url": s.base + "/callbacks/" + cb.Name,
+			"headers": map[string]string{callbackHeader(i): cb.Credential}})
 	}
 	subject := rq.Subject
 	s.mu.Unlock()
@@ -126,11 +101,18 @@ func (s *Server) DeleteRequest(uid, identityValue string, opts ...RequestOption)
 	if !spec.omitIdentity {
 		ids = slices.Insert(ids, min(1, len(ids)), identity{spec.space, "raw", identityValue})
 	}
-	now := s.now()
-	b, err := json.Marshal(deleteRequest{APIVersion: "dsr/v1", Kind: spec.kind, Metadata: metadata{UID: uid, Tenant: tenant},
-		Request: requestBody{Controller: tenant, Property: "website", Environment: "production", Regulation: "gdpr",
-			Jurisdiction: "eugdpr", Identities: ids, Callbacks: cbs, Subject: subject,
-			Claims: map[string]string{"customer_type": "consumer"}, Submitted: now.Unix(), Due: now.Add(30 * 24 * time.Hour).Unix()}})
+	now := time.Now()
+	b, err := json.Marshal(map[string]any{
+		"apiVersion": "dsr/v1", "kind": spec.kind, "metadata": metadata{UID: uid, Tenant: tenant},
+		"request": map[string]any{
+			"controller": tenant, "property": "website", "environment": "production",
+			"regulation": "gdpr", "jurisdiction": "eugdpr",
+			"identities": ids, "callbacks": cbs, "subject": subject,
+			"claims":             map[string]string{"customer_type": "consumer"},
+			"submittedTimestamp": now.Unix(),
+			"dueTimestamp":       now.Add(30 * 24 * time.Hour).Unix(),
+		},
+	})
 	if err != nil {
 		panic("ketchfake: " + err.Error())
 	}
@@ -165,69 +147,52 @@ var errorStatuses = map[string]bool{"conflict": true, "internal": true, "unavail
 // readAnswer checks an answer to a DeleteRequest against Delete.md (200 with a DeleteResponse
 // echoing the metadata) and Error.md (any other status with an Error whose code is that status).
 func readAnswer(resp *http.Response, md metadata) Response {
-	r := Response{HTTPStatus: resp.StatusCode}
-	malformed := func(field, why string) Response {
-		r.Malformed = field + ": " + why
-		return r
+	var a struct {
+		APIVersion string    `json:"apiVersion"`
+		Kind       string    `json:"kind"`
+		Metadata   *metadata `json:"metadata"`
+		Error      errorBody `json:"error"`
+		Response   *struct {
+			Status    string `json:"status"`
+			Reason    string `json:"reason"`
+			Expected  int64  `json:"expectedCompletionTimestamp"`
+			RequestID string `json:"requestID"`
+		} `json:"response"`
 	}
 	want := "DeleteResponse"
 	if resp.StatusCode != http.StatusOK {
 		want = "Error"
 	}
-	var a struct {
-		APIVersion string     `json:"apiVersion"`
-		Kind       string     `json:"kind"`
-		Metadata   *metadata  `json:"metadata"`
-		Error      *errorBody `json:"error"`
-		Response   *struct {
-			Status    string `json:"status"`
-			Reason    string `json:"reason"`
-			Expected  *int64 `json:"expectedCompletionTimestamp"`
-			RequestID string `json:"requestID"`
-		} `json:"response"`
-	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	body, readErr := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	mt, _, mtErr := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	switch {
-	case err != nil:
-		return malformed("body", "unreadable")
-	case mtErr != nil || mt != "application/json":
-		return malformed("Content-Type", "must be application/json")
-	case json.Unmarshal(body, &a) != nil:
-		return malformed("body", "not a "+want)
-	case a.APIVersion != "dsr/v1":
-		return malformed("apiVersion", `must be "dsr/v1"`)
-	case a.Kind != want:
-		return malformed("kind", "must be "+strconv.Quote(want))
+	decodeErr := json.Unmarshal(body, &a)
+	rules := []rule{
+		{readErr != nil, "body", "unreadable"},
+		{mtErr != nil || mt != "application/json", "Content-Type", "must be application/json"},
+		{decodeErr != nil, "body", "not a " + want},
+		{a.APIVersion != "dsr/v1", "apiVersion", `must be "dsr/v1"`},
+		{a.Kind != want, "kind", "must be " + strconv.Quote(want)},
 	}
+	r := Response{HTTPStatus: resp.StatusCode}
 	if want == "Error" {
-		switch {
-		case a.Error == nil || a.Error.Code != resp.StatusCode:
-			return malformed("error.code", "must be the HTTP status")
-		case !errorStatuses[a.Error.Status]:
-			return malformed("error.status", "not a status of Error.md")
-		case a.Error.Message == "":
-			return malformed("error.message", "missing")
-		case a.Metadata != nil && a.Metadata.UID != "" && *a.Metadata != md:
-			return malformed("metadata", "not the request's")
-		}
+		r.Malformed = firstBroken(append(rules,
+			rule{a.Error.Code != resp.StatusCode, "error.code", "must be the HTTP status"},
+			rule{!errorStatuses[a.Error.Status], "error.status", "not a status of Error.md"},
+			rule{a.Error.Message == "", "error.message", "missing"},
+			rule{a.Metadata != nil && a.Metadata.UID != "" && *a.Metadata != md, "metadata", "not the request's"},
+		)...)
 		return r
 	}
-	switch {
-	case a.Metadata == nil || *a.Metadata != md:
-		return malformed("metadata", "not the request's uid and tenant")
-	case a.Response == nil:
-		return malformed("response", "missing")
+	if a.Response != nil {
+		r.Status, r.Reason = a.Response.Status, a.Response.Reason
 	}
-	r.Status, r.Reason = a.Response.Status, a.Response.Reason
-	switch {
-	case !validStatus(r.Status):
-		return malformed("response.status", "not a status of Status.md")
-	case !validReason(r.Status, r.Reason):
-		return malformed("response.reason", "not a reason Status.md gives this status")
-	case a.Response.Expected != nil && *a.Response.Expected < 0:
-		return malformed("response.expectedCompletionTimestamp", "negative")
-	}
+	r.Malformed = firstBroken(append(rules,
+		rule{a.Metadata == nil || *a.Metadata != md, "metadata", "not the request's uid and tenant"},
+		rule{a.Response == nil, "response", "missing"},
+		rule{!validStatus(r.Status), "response.status", "not a status of Status.md"},
+		rule{!validReason(r.Status, r.Reason), "response.reason", "not a reason Status.md gives this status"},
+		rule{a.Response != nil && a.Response.Expected < 0, "response.expectedCompletionTimestamp", "negative"},
+	)...)
 	return r
 }
 
@@ -290,8 +255,8 @@ func (s *Server) Push(ctx context.Context, p PushSpec) (PushResult, error) {
 		slots <- struct{}{}
 		uid := fakekit.NewUUID()
 		res.UIDs = append(res.UIDs, uid)
+		body := s.DeleteRequest(uid, p.Prefix+strconv.Itoa(i+1), InSpace(cmp.Or(p.IdentitySpace, s.space)))
 		wg.Go(func() {
-			body := s.DeleteRequest(uid, p.Prefix+strconv.Itoa(i+1), InSpace(cmp.Or(p.IdentitySpace, s.space)))
 			answers[i] = s.send(ctx, p, uid, body)
 			<-slots
 		})
@@ -332,11 +297,10 @@ func (s *Server) send(ctx context.Context, p PushSpec, uid string, body []byte) 
 
 // RequestRecord is what the fake knows of one request it built.
 type RequestRecord struct {
-	UID           string           `json:"uid"`
-	IdentityValue string           `json:"identity_value"`
-	Subject       Subject          `json:"subject"`
-	Response      *Response        `json:"response,omitempty"`
-	Callbacks     []CallbackRecord `json:"callbacks"`
+	UID       string           `json:"uid"`
+	Subject   Subject          `json:"subject"`
+	Response  *Response        `json:"response,omitempty"`
+	Callbacks []CallbackRecord `json:"callbacks"`
 }
 
 // answeredFinal is whether the forwarder's DeleteResponse closed the request; refused whether it
