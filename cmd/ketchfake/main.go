@@ -1,19 +1,17 @@
 // Command ketchfake serves a local stand-in for Ketch, for development, demos and the fault
-// suite of erasure-worker's Ketch door. It serves the callbacks Ketch would (POST
-// /callbacks/{name}) and, when asked through POST /_fake/push, sends DeleteRequests to a
-// forwarder as Ketch would. Faults on the callbacks can be set with flags at start and changed at
-// run time through PUT /_fake/faults; GET /_fake/stats shows what the forwarder did.
+// suite of erasure-worker's Ketch door: the callbacks Ketch serves (POST /callbacks/{name}) and,
+// on POST /_fake/push, DeleteRequests sent to a forwarder as Ketch sends them, with the identity
+// in the space KETCH_IDENTITY_SPACE names (default account_id). Faults on the callbacks are set
+// with flags and through PUT /_fake/faults; GET /_fake/stats shows what the forwarder did.
 //
 // The admin endpoints have no authentication: bind to loopback (the default).
 package main
 
 import (
 	"cmp"
-	"errors"
 	"flag"
 	"fmt"
 	"net/http"
-	"net/url"
 	"os"
 	"time"
 
@@ -25,50 +23,36 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
 
-// run is the whole program; it returns the exit code: 0 after a clean stop on SIGINT/SIGTERM, 1
-// if serving failed, 2 for bad flags. serve runs until ctx is done.
+// run is the whole program, serve runs it until ctx is done; both return the exit code: 0 after a
+// clean stop, 1 if serving failed, 2 for bad flags.
 var run, serve = fakekit.Main(command)
 
 func command(getenv func(string) string) fakekit.Command {
 	var (
-		callbackBase, identitySpace, tenant string
-		callbacks                           int
-		f                                   = ketchfake.Faults{RetryAfter: ketchfake.Duration(time.Second)}
-		fake                                *ketchfake.Server
+		space     = cmp.Or(getenv("KETCH_IDENTITY_SPACE"), "account_id")
+		callbacks int
+		f         = ketchfake.Faults{RetryAfter: ketchfake.Duration(time.Second)}
+		fake      *ketchfake.Server
 	)
 	return fakekit.Command{
 		Name:   "ketchfake",
 		Addr:   "127.0.0.1:8081",
 		Faults: &f,
 		Flags: func(fs *flag.FlagSet) {
-			fs.StringVar(&callbackBase, "callback-base-url", "", "URL the forwarder reaches this fake at, for the callbacks of pushed requests (default: the listen address)")
-			fs.StringVar(&identitySpace, "identity-space", "", "identity space that carries the Knot id (default: env KETCH_IDENTITY_SPACE, else account_id)")
-			fs.StringVar(&tenant, "tenant", "ketchfake", "metadata.tenant of pushed requests")
 			fs.IntVar(&callbacks, "callbacks", 2, "callbacks per pushed request, 1 to 16")
 		},
 		Check: func() (http.Handler, error) {
-			identitySpace = cmp.Or(identitySpace, getenv("KETCH_IDENTITY_SPACE"), "account_id")
-			switch {
-			case callbacks < 1 || callbacks > 16:
+			if callbacks < 1 || callbacks > 16 {
 				return nil, fmt.Errorf("-callbacks must be between 1 and 16, got %d", callbacks)
-			case tenant == "":
-				return nil, errors.New("-tenant must not be empty")
 			}
-			if callbackBase != "" {
-				u, err := url.Parse(callbackBase)
-				if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-					return nil, fmt.Errorf("-callback-base-url must be an absolute http or https URL, got %q", callbackBase)
-				}
-			}
-			fake = ketchfake.New(ketchfake.Options{IdentitySpace: identitySpace, Tenant: tenant, CallbacksPerRequest: callbacks, Faults: f})
+			fake = ketchfake.New(ketchfake.Options{IdentitySpace: space, CallbacksPerRequest: callbacks, Faults: f})
 			return fake, nil
 		},
 		// Credentials never reach these logs: callback credentials live in the fake's memory, the
 		// forwarder's credential only in a push request's body.
 		Started: func(base string) []any {
-			callbackBase = cmp.Or(callbackBase, base)
-			fake.SetCallbackBaseURL(callbackBase)
-			return []any{"callback_base_url", callbackBase, "identity_space", identitySpace, "tenant", tenant, "callbacks", callbacks}
+			fake.SetCallbackBaseURL(base)
+			return []any{"callback_base_url", base, "identity_space", space, "callbacks", callbacks}
 		},
 		Stopped: func() any { return fake.Stats() },
 	}
