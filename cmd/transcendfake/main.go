@@ -1,13 +1,11 @@
-// Command transcendfake serves a local stand-in for Transcend's Sombra gateway (the "cron"
-// integration: GET /v1/data-silo/{id}/pending-requests/ERASURE and PUT /v1/data-silo), for
-// development, demos and fault tests of erasure-worker. Items are seeded with -items; faults
-// can be set with flags at start and changed at run time through PUT /_fake/faults; GET
-// /_fake/stats shows what clients did.
+// Command transcendfake serves a local stand-in for Transcend's Sombra gateway (package
+// transcendfake) for development, demos and fault tests of erasure-worker. Items are seeded with
+// -items; faults are set with flags at start or through PUT /_fake/faults; GET /_fake/stats shows
+// what clients did. The keys and the data silo come from the environment, as flags would show
+// the keys in ps: TRANSCEND_FAKE_API_KEY, TRANSCEND_FAKE_DATA_SILO_ID and, to play a self-hosted
+// Sombra, TRANSCEND_FAKE_SOMBRA_KEY.
 //
-// The keys and the data silo come from the environment (flags would show the keys in ps):
-// TRANSCEND_FAKE_API_KEY, TRANSCEND_FAKE_DATA_SILO_ID and, to play a self-hosted Sombra,
-// TRANSCEND_FAKE_SOMBRA_KEY. The admin endpoints have no authentication: bind to loopback (the
-// default).
+// The admin endpoints have no authentication: bind to loopback (the default).
 package main
 
 import (

@@ -119,6 +119,7 @@ func New(opts Options) *Server {
 func (s *Server) Add(items ...Item) []Item {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	items = slices.Clone(items) // the caller's stay as they were
 	for i, it := range items {
 		if it.Identifier == "" {
 			s.seq++
@@ -195,12 +196,11 @@ func (s *Server) servePull(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, `{"items":[{"identifier":"`)
 		return
 	}
-	// limit and offset as the reference defines them: limit 1 to 100, offset 0 or more.
 	typ := r.PathValue("type")
-	limit, limitOK := queryInt(r.URL.Query(), "limit", 50, 100)
-	offset, offsetOK := queryInt(r.URL.Query(), "offset", 0, -1)
+	limit, limitOK := queryInt(r.URL.Query(), "limit", 50)
+	offset, offsetOK := queryInt(r.URL.Query(), "offset", 0)
 	switch {
-	case !limitOK || limit < 1:
+	case !limitOK || limit < 1 || limit > 100:
 		s.Refuse(w, http.StatusBadRequest, "limit must be a whole number from 1 to 100")
 	case !offsetOK:
 		s.Refuse(w, http.StatusBadRequest, "offset must be a whole number, 0 or more")
@@ -211,15 +211,14 @@ func (s *Server) servePull(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// queryInt reads the query's one value of key, a whole number from 0 to max (-1: no bound), or
-// def when there is none.
-func queryInt(q url.Values, key string, def, max int) (int, bool) {
+// queryInt reads the one value of key in q, a whole number, 0 or more; def when there is none.
+func queryInt(q url.Values, key string, def int) (int, bool) {
 	v, ok := q[key]
 	if !ok {
 		return def, true
 	}
 	n, err := strconv.Atoi(v[0])
-	return n, err == nil && n >= 0 && (max < 0 || n <= max) && len(v) == 1
+	return n, err == nil && n >= 0 && len(v) == 1
 }
 
 // page returns the pending items of type typ from offset on, at most limit.
@@ -249,8 +248,7 @@ func (s *Server) page(typ string, limit, offset int) []wireItem {
 // the size; a report is a few hundred bytes.
 const maxReportBody = 1 << 20
 
-// serveReport takes PUT /v1/data-silo, an erasure's report. (POST there answers an access
-// request.)
+// serveReport takes PUT /v1/data-silo, an erasure's report (POST answers an access request).
 func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) {
 	f, ok := s.enter(w, r, "report", http.MethodPut)
 	if !ok {
@@ -430,14 +428,12 @@ func (s *Server) randomFault(w http.ResponseWriter, r *http.Request, door string
 	return "answered"
 }
 
-// count counts an injected fault by door and kind ("pull_truncated").
 func (s *Server) count(fault string) {
 	s.mu.Lock()
 	s.st.Faulted[fault]++
 	s.mu.Unlock()
 }
 
-// fault counts an injected fault and answers it with its status.
 func (s *Server) fault(w http.ResponseWriter, door, kind string, status int) {
 	s.count(door + "_" + kind)
 	s.Refuse(w, status, http.StatusText(status))
@@ -466,9 +462,7 @@ type Stats struct {
 	MalformedReports       int64            `json:"malformed_reports"`      // PUT bodies refused with 400 or 413
 	// BadCredentials counts 401s for a wrong or missing key (not the reject_credentials fault).
 	BadCredentials int64 `json:"bad_credentials"`
-	// Faulted counts injected faults by door and kind: "pull_error", "report_rate_limit",
-	// "pull_outage", "report_conflict", "pull_truncated", "report_hang", "report_lost_answer",
-	// "pull_reject_credentials".
+	// Faulted counts injected faults by door and kind: "pull_error", "report_lost_answer", ...
 	Faulted map[string]int64 `json:"faulted"`
 }
 
