@@ -46,8 +46,8 @@ func TestServeSeedsPullsReportsAndStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	b := start(t, func(stdout, stderr io.Writer) int {
-		return serve(ctx, []string{"-addr", "127.0.0.1:0", "-items", "3", "-items-prefix", "acct", "-data-silo-id", testSilo},
-			fakekittest.Env(map[string]string{"TRANSCEND_FAKE_API_KEY": testKey, "TRANSCEND_FAKE_SOMBRA_KEY": testSombra}), stdout, stderr)
+		return serve(ctx, []string{"-addr", "127.0.0.1:0", "-items", "3", "-items-prefix", "acct"}, fakekittest.Env(map[string]string{
+			"TRANSCEND_FAKE_API_KEY": testKey, "TRANSCEND_FAKE_SOMBRA_KEY": testSombra, "TRANSCEND_FAKE_DATA_SILO_ID": testSilo}), stdout, stderr)
 	})
 	auth := map[string]string{"Authorization": "Bearer " + testKey, "X-Sombra-Authorization": "Bearer " + testSombra}
 
@@ -74,14 +74,13 @@ func TestServeSeedsPullsReportsAndStops(t *testing.T) {
 
 	_, body = b.do(t, "GET", "/_fake/stats", "", nil)
 	var st struct {
-		Pulls                  int64            `json:"pulls"`
 		ItemsPending           int64            `json:"items_pending"`
 		ReportsByProfileStatus map[string]int64 `json:"reports_by_profile_status"`
 		DuplicateReports       int64            `json:"duplicate_reports"`
 		BadCredentials         int64            `json:"bad_credentials"`
 	}
 	json.Unmarshal([]byte(body), &st)
-	if st.Pulls != 1 || st.ItemsPending != 2 || st.ReportsByProfileStatus["SKIPPED"] != 1 || st.DuplicateReports != 1 || st.BadCredentials != 1 {
+	if st.ItemsPending != 2 || st.ReportsByProfileStatus["SKIPPED"] != 1 || st.DuplicateReports != 1 || st.BadCredentials != 1 {
 		t.Errorf("stats = %s", body)
 	}
 
@@ -159,15 +158,14 @@ func TestFlagErrors(t *testing.T) {
 		env     map[string]string
 		wantErr string
 	}{
-		{"no api key", []string{"-data-silo-id", testSilo}, nil, "-api-key (or TRANSCEND_FAKE_API_KEY) is required"},
-		{"no data silo", []string{}, map[string]string{"TRANSCEND_FAKE_API_KEY": testKey}, "-data-silo-id (or TRANSCEND_FAKE_DATA_SILO_ID) is required"},
+		{"no api key", []string{}, map[string]string{"TRANSCEND_FAKE_DATA_SILO_ID": testSilo}, "TRANSCEND_FAKE_API_KEY is required"},
+		{"no data silo", []string{}, map[string]string{"TRANSCEND_FAKE_API_KEY": testKey}, "TRANSCEND_FAKE_DATA_SILO_ID is required"},
 		{"negative items", []string{"-items", "-1"}, full, "-items must be between 0 and"},
 		{"too many items", []string{"-items", "2000000"}, full, "-items must be between 0 and"},
 		{"control in prefix", []string{"-items-prefix", "a\nb"}, full, "-items-prefix must be 1 to 64 bytes"},
-		{"deadline out of range", []string{"-days-until-overdue", "1e9"}, full, "-days-until-overdue must be within"},
 		{"rate out of range", []string{"-pull-error-rate", "1.5"}, full, "pull.error_rate must be between 0 and 1"},
 		{"rates of a door above 1", []string{"-report-error-rate", "0.7", "-report-conflict-rate", "0.7"}, full, "report: fault rates add up to"},
-		{"negative outage", []string{"-report-outage", "-1s"}, full, "-report-outage must not be negative"},
+		{"negative retry-after", []string{"-retry-after", "-1s"}, full, "pull.retry_after must not be negative"},
 		{"bad duration", []string{"-latency", "fast"}, full, "invalid value"},
 		{"unknown flag", []string{"-nope"}, full, "flag provided but not defined"},
 		{"stray argument", []string{"serve"}, full, "unexpected arguments"},
@@ -197,7 +195,7 @@ func TestHelpShowsNoKey(t *testing.T) {
 	t.Parallel()
 	var stdout, stderr strings.Builder
 	code := serve(context.Background(), []string{"-h"}, fakekittest.Env(map[string]string{"TRANSCEND_FAKE_API_KEY": testKey, "TRANSCEND_FAKE_SOMBRA_KEY": testSombra}), &stdout, &stderr)
-	if code != 0 || !strings.Contains(stderr.String(), "-api-key") || strings.Contains(stderr.String(), "SECRET") {
+	if code != 0 || !strings.Contains(stderr.String(), "-items") || strings.Contains(stderr.String(), "SECRET") {
 		t.Errorf("code %d, usage %q", code, stderr.String())
 	}
 }
@@ -205,7 +203,8 @@ func TestHelpShowsNoKey(t *testing.T) {
 func TestListenFailure(t *testing.T) {
 	t.Parallel()
 	var stdout, stderr strings.Builder
-	code := serve(context.Background(), []string{"-addr", "256.0.0.1:1", "-api-key", "k", "-data-silo-id", "s"}, fakekittest.Env(nil), &stdout, &stderr)
+	code := serve(context.Background(), []string{"-addr", "256.0.0.1:1"},
+		fakekittest.Env(map[string]string{"TRANSCEND_FAKE_API_KEY": "k", "TRANSCEND_FAKE_DATA_SILO_ID": "s"}), &stdout, &stderr)
 	if code != 1 || !strings.Contains(stderr.String(), "listen failed") {
 		t.Errorf("code %d, stderr %q", code, stderr.String())
 	}

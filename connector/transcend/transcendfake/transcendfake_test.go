@@ -135,8 +135,11 @@ func TestPullServesPendingItemsPageByPage(t *testing.T) {
 		Item{RequestID: "r2", Identifier: "u2", Type: "email", DaysUntilOverdue: -1},
 		Item{RequestID: "r3"}, Item{RequestID: "r4"}, Item{RequestID: "r5"},
 	)
-	if added[2].Identifier != "user-000001" || added[2].Nonce == "" || added[2].Type != "userId" {
-		t.Errorf("Add filled in %+v", added[2])
+	if a := added[2]; a.Identifier != "user-000001" || !strings.HasPrefix(a.Nonce, "eyJ") || a.Type != "userId" {
+		t.Errorf("Add filled in %+v", a)
+	}
+	if added[3].Nonce == added[2].Nonce {
+		t.Errorf("Add generated the same nonce twice: %+v", added[2:4])
 	}
 	b.clock.advance(12 * time.Hour)
 
@@ -155,7 +158,7 @@ func TestPullServesPendingItemsPageByPage(t *testing.T) {
 	}
 	w := first[1]
 	if w.Identifier != "u2" || w.Type != "email" || w.DataSiloID != silo || w.Nonce != added[1].Nonce ||
-		w.CoreIdentifier != "u2" || w.RequestCreatedAt != t0.Format(time.RFC3339Nano) || w.DaysUntilOverdue != -1.5 {
+		w.CoreIdentifier != "u2" || w.Attributes == nil || w.DaysUntilOverdue != -1.5 {
 		t.Errorf("wire item = %+v", w)
 	}
 	if first[0].DaysUntilOverdue != 29.5 {
@@ -167,8 +170,7 @@ func TestPullServesPendingItemsPageByPage(t *testing.T) {
 	if r.status != 200 || r.body != `{"items":[]}` {
 		t.Errorf("ACCESS: %d %s", r.status, r.body)
 	}
-	st := fake.Stats()
-	if st.Pulls != 6 || st.ItemsServed != 10 || st.ItemsPending != 5 || st.ItemsReported != 0 {
+	if st := fake.Stats(); st.ItemsPending != 5 || st.ItemsReported != 0 {
 		t.Errorf("stats = %+v", st)
 	}
 }
@@ -177,26 +179,28 @@ func TestPullRefusesWhatTheReferenceRefuses(t *testing.T) {
 	t.Parallel()
 	auth := map[string]string{"Authorization": "Bearer " + apiKey, "X-Sombra-Authorization": "Bearer " + sombraKey}
 	tests := []struct {
-		name       string
-		method     string
-		path       string
-		header     map[string]string
-		wantStatus int
-		counter    func(Stats) int64
+		name        string
+		method      string
+		path        string
+		header      map[string]string
+		wantStatus  int
+		wantMessage string // in the body's message
+		badKeys     int64  // Stats.BadCredentials
 	}{
-		{"no key", "GET", pendingPath(""), map[string]string{"X-Sombra-Authorization": "Bearer " + sombraKey}, 401, func(s Stats) int64 { return s.BadCredentials }},
-		{"wrong key", "GET", pendingPath(""), map[string]string{"Authorization": "Bearer nope", "X-Sombra-Authorization": "Bearer " + sombraKey}, 401, func(s Stats) int64 { return s.BadCredentials }},
-		{"key without Bearer", "GET", pendingPath(""), map[string]string{"Authorization": apiKey, "X-Sombra-Authorization": "Bearer " + sombraKey}, 401, func(s Stats) int64 { return s.BadCredentials }},
-		{"no sombra key", "GET", pendingPath(""), map[string]string{"Authorization": "Bearer " + apiKey}, 401, func(s Stats) int64 { return s.BadCredentials }},
-		{"unknown data silo", "GET", "/v1/data-silo/other/pending-requests/ERASURE", auth, 401, func(s Stats) int64 { return s.UnknownDataSilos }},
-		{"unknown type", "GET", "/v1/data-silo/" + silo + "/pending-requests/DELETE", auth, 400, func(s Stats) int64 { return s.InvalidPulls }},
-		{"limit 0", "GET", pendingPath("?limit=0"), auth, 400, func(s Stats) int64 { return s.InvalidPulls }},
-		{"limit 101", "GET", pendingPath("?limit=101"), auth, 400, func(s Stats) int64 { return s.InvalidPulls }},
-		{"limit not a number", "GET", pendingPath("?limit=ten"), auth, 400, func(s Stats) int64 { return s.InvalidPulls }},
-		{"fractional limit", "GET", pendingPath("?limit=2.5"), auth, 400, func(s Stats) int64 { return s.InvalidPulls }},
-		{"negative offset", "GET", pendingPath("?offset=-1"), auth, 400, func(s Stats) int64 { return s.InvalidPulls }},
-		{"POST", "POST", pendingPath(""), auth, 405, func(s Stats) int64 { return s.ByStatus["pull 405"] }},
-		{"other path", "GET", "/v1/data-silo/" + silo + "/pending", auth, 404, func(s Stats) int64 { return s.ByStatus["pull 404"] }},
+		{"no key", "GET", pendingPath(""), map[string]string{"X-Sombra-Authorization": "Bearer " + sombraKey}, 401, "Unauthorized", 1},
+		{"wrong key", "GET", pendingPath(""), map[string]string{"Authorization": "Bearer nope", "X-Sombra-Authorization": "Bearer " + sombraKey}, 401, "Unauthorized", 1},
+		{"key without Bearer", "GET", pendingPath(""), map[string]string{"Authorization": apiKey, "X-Sombra-Authorization": "Bearer " + sombraKey}, 401, "Unauthorized", 1},
+		{"no sombra key", "GET", pendingPath(""), map[string]string{"Authorization": "Bearer " + apiKey}, 401, "Unauthorized", 1},
+		{"unknown data silo", "GET", "/v1/data-silo/other/pending-requests/ERASURE", auth, 401, "Unauthorized", 0},
+		{"unknown type", "GET", "/v1/data-silo/" + silo + "/pending-requests/DELETE", auth, 400, "type must be", 0},
+		{"limit 0", "GET", pendingPath("?limit=0"), auth, 400, "limit must be", 0},
+		{"limit 101", "GET", pendingPath("?limit=101"), auth, 400, "limit must be", 0},
+		{"limit not a number", "GET", pendingPath("?limit=ten"), auth, 400, "limit must be", 0},
+		{"fractional limit", "GET", pendingPath("?limit=2.5"), auth, 400, "limit must be", 0},
+		{"limit twice", "GET", pendingPath("?limit=2&limit=3"), auth, 400, "limit must be", 0},
+		{"negative offset", "GET", pendingPath("?offset=-1"), auth, 400, "offset must be", 0},
+		{"POST", "POST", pendingPath(""), auth, 405, "Method Not Allowed", 0},
+		{"other path", "GET", "/v1/data-silo/" + silo + "/pending", auth, 404, "Not Found", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -204,12 +208,11 @@ func TestPullRefusesWhatTheReferenceRefuses(t *testing.T) {
 			fake, b := setup(t, Options{SombraKey: sombraKey})
 			fake.Add(Item{})
 			r := b.call(t, tt.method, tt.path, "", tt.header)
-			if r.status != tt.wantStatus || !strings.HasPrefix(r.body, `{"message":`) {
-				t.Fatalf("got %d %s, want %d with a message", r.status, r.body, tt.wantStatus)
+			if r.status != tt.wantStatus || !strings.HasPrefix(r.body, `{"message":"`+tt.wantMessage) {
+				t.Fatalf("got %d %s, want %d with %q", r.status, r.body, tt.wantStatus, tt.wantMessage)
 			}
-			st := fake.Stats()
-			if tt.counter(st) != 1 || st.Pulls != 0 || st.ItemsServed != 0 {
-				t.Errorf("stats = %+v", st)
+			if got := fake.Stats().BadCredentials; got != tt.badKeys {
+				t.Errorf("bad credentials counted %d times, want %d", got, tt.badKeys)
 			}
 		})
 	}
@@ -225,7 +228,7 @@ func TestReportAnswersAsTheReferenceSays(t *testing.T) {
 		body        string
 		wantStatus  int
 		wantState   string // the item's state afterwards
-		wantEff     string // Report.Effective when accepted
+		wantEff     string // the profile's state when accepted (Stats.ReportsByProfileStatus)
 		counter     func(Stats) int64
 	}{
 		{"deleted", "item", "application/json", profile("u1") + `}`, 200, stateReported, "RESOLVED", func(s Stats) int64 { return s.Reports }},
@@ -265,19 +268,18 @@ func TestReportAnswersAsTheReferenceSays(t *testing.T) {
 			if tt.counter(st) != 1 {
 				t.Errorf("counter not 1: %+v", st)
 			}
-			pending := len(fake.Pending()) == 2
-			if pending != (tt.wantState == statePending) {
-				t.Errorf("pending after the report: %v, want state %s", fake.Pending(), tt.wantState)
+			if pending := st.ItemsPending == 2; pending != (tt.wantState == statePending) {
+				t.Errorf("%d pending after the report, want state %s", st.ItemsPending, tt.wantState)
 			}
 			reps := fake.Reports()["r1"]
 			if tt.wantEff == "" {
-				if len(reps) != 0 {
+				if len(reps) != 0 || len(st.ReportsByProfileStatus) != 0 {
 					t.Errorf("a refused report was recorded: %+v", reps)
 				}
 				return
 			}
-			if len(reps) != 1 || reps[0].Effective != tt.wantEff || reps[0].At != t0 {
-				t.Errorf("recorded %+v, want one %s", reps, tt.wantEff)
+			if len(reps) != 1 || st.ReportsByProfileStatus[tt.wantEff] != 1 {
+				t.Errorf("recorded %+v (%v), want one %s", reps, st.ReportsByProfileStatus, tt.wantEff)
 			}
 		})
 	}
@@ -393,7 +395,7 @@ func TestHangsUntilTheClientGivesUp(t *testing.T) {
 		if got := fake.Stats().Faulted[door+"_hang"]; got != 1 {
 			t.Errorf("%s: hang counted %d times", door, got)
 		}
-		if len(fake.Pending()) != 1 {
+		if fake.Stats().ItemsPending != 1 {
 			t.Errorf("%s: a hung report closed the item", door)
 		}
 	}
@@ -457,38 +459,17 @@ func TestFaultsValidate(t *testing.T) {
 func TestAdmin(t *testing.T) {
 	t.Parallel()
 	fake, b := setup(t, Options{})
-
-	r := b.call(t, "POST", "/_fake/items", `{"count":3,"prefix":"p","days_until_overdue":7}`, nil)
-	if r.status != 200 || r.body != `{"added":3,"pending":3}` {
-		t.Fatalf("POST items: %d %s", r.status, r.body)
+	items := fake.Add(Item{Identifier: "u1"}, Item{Identifier: "u2"}, Item{Identifier: "u3"})
+	if len(items[0].RequestID) != 36 || items[0].RequestID == items[1].RequestID {
+		t.Errorf("generated request ids %q, %q: not unique or not UUIDs", items[0].RequestID, items[1].RequestID)
 	}
-	r = b.call(t, "POST", "/_fake/items", `{"count":1}`, nil)
-	if r.status != 200 || r.body != `{"added":1,"pending":4}` {
-		t.Fatalf("POST items with defaults: %d %s", r.status, r.body)
-	}
-	items := b.pull(t, "")
-	if len(items) != 4 || items[0].Identifier != "p-000001" || items[2].Identifier != "p-000003" || items[3].Identifier != "user-000004" ||
-		items[0].DaysUntilOverdue != 7 || items[3].DaysUntilOverdue != 30 {
-		t.Errorf("generated %+v", items)
-	}
-	seen := map[string]bool{}
-	for _, it := range items {
-		if seen[it.Nonce] || seen[it.RequestID] || !strings.HasPrefix(it.Nonce, "eyJ") || len(it.RequestID) != 36 {
-			t.Errorf("generated nonce %q / request id %q: not unique or not shaped like Transcend's", it.Nonce, it.RequestID)
-		}
-		seen[it.Nonce], seen[it.RequestID] = true, true
-	}
-	for _, bad := range []string{`{"count":0}`, `{"count":2000000}`, `{"count":1,"prefx":"p"}`, `{"count":1,"prefix":"a\u0000"}`, `{"count":1} {}`, `[]`} {
-		if r := b.call(t, "POST", "/_fake/items", bad, nil); r.status != 400 {
-			t.Errorf("POST items %s: %d %s", bad, r.status, r.body)
-		}
-	}
-
 	b.report(t, items[0].Nonce, `{}`)
-	r = b.call(t, "GET", "/_fake/items", "", nil)
-	var views []itemView
-	if err := json.Unmarshal([]byte(r.body), &views); err != nil || len(views) != 4 || views[0].State != stateReported ||
-		len(views[0].Reports) != 1 || views[1].State != statePending {
+	b.pull(t, "")
+
+	r := b.call(t, "GET", "/_fake/items", "", nil)
+	var views []entry
+	if err := json.Unmarshal([]byte(r.body), &views); err != nil || len(views) != 3 || views[0].State != stateReported ||
+		len(views[0].Reports) != 1 || views[1].State != statePending || views[1].Nonce != items[1].Nonce {
 		t.Errorf("GET items: %v %s", err, r.body)
 	}
 
@@ -515,15 +496,18 @@ func TestAdmin(t *testing.T) {
 
 	r = b.call(t, "GET", "/_fake/stats", "", nil)
 	var st Stats
-	if err := json.Unmarshal([]byte(r.body), &st); err != nil || st.Pulls != 1 || st.Reports != 1 || st.ItemsPending != 3 || !st.FirstCall.Equal(t0) {
+	if err := json.Unmarshal([]byte(r.body), &st); err != nil || st.Reports != 1 || st.ItemsPending != 2 || st.ItemsReported != 1 {
 		t.Errorf("GET stats: %v %s", err, r.body)
 	}
 
 	if r := b.call(t, "POST", "/_fake/reset", "", nil); r.status != 200 {
 		t.Fatalf("reset: %d", r.status)
 	}
-	if st := fake.Stats(); st.Pulls != 0 || st.ItemsPending+st.ItemsReported != 0 || len(st.ByStatus) != 0 {
+	if st := fake.Stats(); st.Reports != 0 || st.ItemsPending+st.ItemsReported != 0 || len(st.ReportsByProfileStatus) != 0 {
 		t.Errorf("stats after reset = %+v", st)
+	}
+	if r := b.call(t, "GET", "/_fake/items", "", nil); r.body != "[]" {
+		t.Errorf("items after reset: %s", r.body)
 	}
 	if fake.Faults() != f {
 		t.Errorf("reset changed the faults")
