@@ -20,7 +20,6 @@ import (
 	"maps"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -35,24 +34,13 @@ type Options struct {
 	Secret string
 	// Faults are the faults injected from the start.
 	Faults Faults
-	// Now is the clock for timestamps and outages; nil means time.Now.
-	Now func() time.Time
-	// Tolerance is how far webhook-timestamp may be from Now; 0 means the spec's 5 minutes.
-	Tolerance time.Duration
-	// LooksLikeUserID, when set, is asked about every string in a body (keys and values): a
-	// yes is a violation, since an outcome webhook must never carry the external_user_id.
-	// Without it only field names are checked (external_user_id, user_id, email, ...).
-	LooksLikeUserID func(string) bool
 }
 
 // Server is the fake receiver. It implements http.Handler and is safe for concurrent use.
 type Server struct {
 	// Admin holds the faults and serves /_fake/; every other call goes to the wire.
 	*fakekit.Admin[Faults]
-	secret          string
-	now             func() time.Time
-	tolerance       time.Duration
-	looksLikeUserID func(string) bool
+	secret string
 
 	mu sync.Mutex
 	st Stats
@@ -72,16 +60,10 @@ func New(opts Options) (*Server, error) {
 	if err := opts.Faults.Validate(); err != nil {
 		return nil, fmt.Errorf("faults: %w", err)
 	}
-	s := &Server{secret: opts.Secret, now: opts.Now, tolerance: opts.Tolerance, looksLikeUserID: opts.LooksLikeUserID}
-	if s.now == nil {
-		s.now = time.Now
-	}
-	if s.tolerance <= 0 {
-		s.tolerance = webhook.DefaultTolerance
-	}
+	s := &Server{secret: opts.Secret}
 	s.Reset()
 	s.Admin = fakekit.NewAdmin(opts.Faults, fakekit.AdminOptions{
-		Wire: http.HandlerFunc(s.serveMessage), Stats: func() any { return s.Stats() }, Reset: s.Reset, Now: s.now})
+		Wire: http.HandlerFunc(s.serveMessage), Stats: func() any { return s.Stats() }, Reset: s.Reset, Now: time.Now})
 	// GET /_fake/events?request_ref=REF: {"request_ref":REF,"events":[...]}, every accepted delivery.
 	s.HandleFunc("GET /_fake/events", func(w http.ResponseWriter, r *http.Request) {
 		ref := r.URL.Query().Get("request_ref")
@@ -98,8 +80,7 @@ func New(opts Options) (*Server, error) {
 func (s *Server) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.st = Stats{MalformedReasons: map[string]int64{}, ByStatus: map[string]int64{}, Faulted: map[string]int64{},
-		ByType: map[string]int64{}, ByOutcome: map[string]int64{}}
+	s.st = Stats{Faulted: map[string]int64{}, ByType: map[string]int64{}, ByOutcome: map[string]int64{}}
 	s.ids = map[string]Event{}
 	s.refs = map[string][]Event{}
 }
@@ -112,15 +93,12 @@ type Event struct {
 	Outcome     string    `json:"outcome"`
 	ErrorCode   string    `json:"error_code,omitempty"`
 	CompletedAt time.Time `json:"completed_at"`
-	// Timestamp is the payload's timestamp; SentAt the webhook-timestamp header.
-	Timestamp  time.Time `json:"timestamp"`
-	SentAt     time.Time `json:"sent_at"`
-	ReceivedAt time.Time `json:"received_at"`
+	ReceivedAt  time.Time `json:"received_at"`
 	// Repeat: this webhook-id had been accepted before (a retry after a lost answer).
 	Repeat bool `json:"repeat"`
 }
 
-// same tells whether two deliveries say the same thing (the times of sending aside).
+// same tells whether two deliveries say the same thing (the times of arrival aside).
 func (e Event) same(o Event) bool {
 	return e.Type == o.Type && e.RequestRef == o.RequestRef && e.Outcome == o.Outcome &&
 		e.ErrorCode == o.ErrorCode && e.CompletedAt.Equal(o.CompletedAt)
@@ -137,12 +115,9 @@ func (s *Server) Events(requestRef string) []Event {
 const maxBody = 1 << 20
 
 func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
-	arrived := s.now()
+	arrived := time.Now()
 	body, readErr := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	s.count(func(st *Stats) {
-		st.Messages++
-		st.FirstMessage, st.LastMessage = fakekit.Span(st.FirstMessage, st.LastMessage, arrived)
-	})
+	s.count(func(st *Stats) { st.Messages++ })
 	f := s.Faults()
 
 	switch {
@@ -155,7 +130,7 @@ func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	now := s.now()
+	now := time.Now()
 	switch {
 	case now.Before(f.OutageUntil):
 		s.fault(w, "outage", http.StatusInternalServerError, "receiver unavailable")
@@ -165,7 +140,7 @@ func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	if err := webhook.Verify(s.secret, r.Header, body, now, s.tolerance); err != nil {
+	if err := webhook.Verify(s.secret, r.Header, body, now, 0); err != nil {
 		stale := errors.Is(err, webhook.ErrStaleTimestamp)
 		s.count(func(st *Stats) {
 			if stale {
@@ -178,9 +153,8 @@ func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
 		s.respond(w, http.StatusUnauthorized, err.Error())
 		return
 	}
-	sentAt, _ := strconv.ParseInt(r.Header.Get(webhook.HeaderTimestamp), 10, 64) // Verify read it
 
-	ev, err := parseEvent(body, s.looksLikeUserID)
+	ev, err := parseEvent(body)
 	var v *violation
 	switch {
 	case errors.As(err, &v):
@@ -192,9 +166,7 @@ func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ev.WebhookID = r.Header.Get(webhook.HeaderID)
-	ev.SentAt = time.Unix(sentAt, 0).UTC()
 	ev.ReceivedAt = arrived
-	s.count(func(st *Stats) { st.Valid++ })
 
 	// One draw decides among the random faults, so each rate is the share of valid messages
 	// that get that fault (as long as they sum to <= 1).
@@ -221,7 +193,6 @@ func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.accept(ev)
-	s.count(func(st *Stats) { st.ByStatus["204"]++ })
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -229,7 +200,6 @@ func (s *Server) serveMessage(w http.ResponseWriter, r *http.Request) {
 func (s *Server) accept(ev Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.st.Accepted++
 	if first, seen := s.ids[ev.WebhookID]; seen {
 		ev.Repeat = true
 		s.st.DuplicateWebhookIDs++
@@ -251,7 +221,7 @@ func (s *Server) count(f func(*Stats)) {
 }
 
 func (s *Server) refuseMalformed(w http.ResponseWriter, status int, reason string) {
-	s.count(func(st *Stats) { st.Malformed++; st.MalformedReasons[reason]++ })
+	s.count(func(st *Stats) { st.Malformed++ })
 	s.respond(w, status, reason)
 }
 
@@ -260,9 +230,8 @@ func (s *Server) fault(w http.ResponseWriter, kind string, status int, message s
 	s.respond(w, status, message)
 }
 
-// respond writes a JSON {"message": ...} and counts its status.
+// respond writes a JSON {"message": ...}.
 func (s *Server) respond(w http.ResponseWriter, status int, message string) {
-	s.count(func(st *Stats) { st.ByStatus[strconv.Itoa(status)]++ })
 	fakekit.WriteJSON(w, status, map[string]string{"message": message})
 }
 
@@ -287,8 +256,8 @@ func userIDKey(k string) bool {
 	return strings.HasSuffix(n, "userid") || slices.Contains(userIDKeys, n)
 }
 
-// findUserID walks a decoded body for a field name or string that looks like a user id.
-func findUserID(v any, path string, looks func(string) bool) *violation {
+// findUserID walks a decoded body for a field name that looks like a user id.
+func findUserID(v any, path string) *violation {
 	switch v := v.(type) {
 	case map[string]any:
 		for _, k := range slices.Sorted(maps.Keys(v)) {
@@ -296,22 +265,18 @@ func findUserID(v any, path string, looks func(string) bool) *violation {
 			if path != "" {
 				p = path + "." + k
 			}
-			if userIDKey(k) || (looks != nil && looks(k)) {
+			if userIDKey(k) {
 				return &violation{where: p}
 			}
-			if found := findUserID(v[k], p, looks); found != nil {
+			if found := findUserID(v[k], p); found != nil {
 				return found
 			}
 		}
 	case []any:
 		for i, e := range v {
-			if found := findUserID(e, fmt.Sprintf("%s[%d]", path, i), looks); found != nil {
+			if found := findUserID(e, fmt.Sprintf("%s[%d]", path, i)); found != nil {
 				return found
 			}
-		}
-	case string:
-		if looks != nil && looks(v) {
-			return &violation{where: path}
 		}
 	}
 	return nil
@@ -320,12 +285,12 @@ func findUserID(v any, path string, looks func(string) bool) *violation {
 // parseEvent checks a body against the contract exactly:
 // {"type","timestamp","data":{"request_ref","outcome","error_code","completed_at"}}, nothing
 // more, the type matching the outcome. Its errors name the field.
-func parseEvent(body []byte, looks func(string) bool) (Event, error) {
+func parseEvent(body []byte) (Event, error) {
 	var generic any
 	if err := json.Unmarshal(body, &generic); err != nil {
 		return Event{}, errors.New("body: not JSON")
 	}
-	if v := findUserID(generic, "", looks); v != nil {
+	if v := findUserID(generic, ""); v != nil {
 		return Event{}, v
 	}
 	var in struct {
@@ -381,7 +346,7 @@ func parseEvent(body []byte, looks func(string) bool) (Event, error) {
 	if ev.CompletedAt, err = rfc3339(in.Data.CompletedAt); err != nil {
 		return Event{}, fmt.Errorf("data.completed_at: %v", err)
 	}
-	if ev.Timestamp, err = rfc3339(in.Timestamp); err != nil {
+	if _, err = rfc3339(in.Timestamp); err != nil {
 		return Event{}, fmt.Errorf("timestamp: %v", err)
 	}
 	return ev, nil
@@ -424,37 +389,25 @@ func (f Faults) Validate() error { return fakekit.Validate("", f) }
 // Duration is a time.Duration that reads and writes JSON as a Go duration string ("250ms").
 type Duration = fakekit.Duration
 
-// Stats is what the fake saw since New or the last Reset. Every message lands in exactly one of
-// valid, bad_signatures, stale_timestamps, malformed, violations, faulted["outage"] and
-// faulted["reject_signatures"].
+// Stats is what the fake saw since New or the last Reset.
 type Stats struct {
 	// Messages counts every request to the receiver.
 	Messages int64 `json:"messages"`
-	// Valid counts messages that passed signature, timestamp and body checks (faulted or not).
-	Valid int64 `json:"valid"`
-	// Accepted counts valid messages processed (answered 204, or dropped by lost_answer).
-	Accepted int64 `json:"accepted"`
 	// BadSignatures counts 401s for missing headers, a bad timestamp header or no matching
-	// signature; StaleTimestamps 401s for a webhook-timestamp outside the tolerance.
+	// signature; StaleTimestamps 401s for a webhook-timestamp more than five minutes off.
 	BadSignatures   int64 `json:"bad_signatures"`
 	StaleTimestamps int64 `json:"stale_timestamps"`
-	// Malformed counts signed messages whose body breaks the contract (and wrong methods,
-	// oversized bodies); MalformedReasons counts them by reason, which names the field.
-	Malformed        int64            `json:"malformed"`
-	MalformedReasons map[string]int64 `json:"malformed_reasons"`
-	// Violations counts signed bodies carrying something that looks like a user id.
+	// Malformed counts signed bodies that break the contract, wrong methods and oversized
+	// bodies; Violations signed bodies with a field that would carry a user id.
+	Malformed  int64 `json:"malformed"`
 	Violations int64 `json:"violations"`
-	// ByStatus counts answers by HTTP status; hung and dropped messages have none.
-	ByStatus map[string]int64 `json:"by_status"`
 	// ByType and ByOutcome count distinct webhook-ids accepted.
 	ByType    map[string]int64 `json:"by_type"`
 	ByOutcome map[string]int64 `json:"by_outcome"`
-	// RequestRefs counts distinct request_refs accepted; RequestRefsRepeated those accepted
-	// more than once (retries included), RequestRefsSeveralIDs those that came under more than
-	// one webhook-id (two reports for one request), ConflictingOutcomes those told two
-	// different outcomes.
+	// RequestRefs counts distinct request_refs accepted; RequestRefsSeveralIDs those that came
+	// under more than one webhook-id (two reports for one request), ConflictingOutcomes those
+	// told two different outcomes.
 	RequestRefs           int64 `json:"request_refs"`
-	RequestRefsRepeated   int64 `json:"request_refs_repeated"`
 	RequestRefsSeveralIDs int64 `json:"request_refs_several_ids"`
 	ConflictingOutcomes   int64 `json:"conflicting_outcomes"`
 	// DuplicateWebhookIDs counts accepted messages whose webhook-id had been accepted before;
@@ -463,9 +416,7 @@ type Stats struct {
 	ConflictingWebhookIDs int64 `json:"conflicting_webhook_ids"`
 	// Faulted counts injected faults by kind: "error", "rate_limit", "conflict", "hang",
 	// "lost_answer", "outage", "reject_signatures".
-	Faulted      map[string]int64 `json:"faulted"`
-	FirstMessage time.Time        `json:"first_message,omitzero"`
-	LastMessage  time.Time        `json:"last_message,omitzero"`
+	Faulted map[string]int64 `json:"faulted"`
 }
 
 // Stats returns a snapshot.
@@ -475,9 +426,6 @@ func (s *Server) Stats() Stats {
 	st := fakekit.Snapshot(s.st)
 	st.RequestRefs = int64(len(s.refs))
 	for _, evs := range s.refs {
-		if len(evs) > 1 {
-			st.RequestRefsRepeated++
-		}
 		ids := map[string]bool{}
 		outcomes := map[string]bool{}
 		for _, e := range evs {
