@@ -167,18 +167,12 @@ func TestACallbackBeforeTheParkIsRefused(t *testing.T) {
 
 func TestFlagsAreCheckedNamingTheFlag(t *testing.T) {
 	t.Parallel()
-	for args, want := range map[string]string{
-		"-park-delay -1s":                      "-park-delay must not be negative",
-		"-token-lifetime 0s":                   "-token-lifetime must be above zero",
-		"-lost-answer-rate 1.1":                "lost_answer_rate must be between 0 and 1",
-		"-error-rate 0.7 -rate-limit-rate 0.7": "must not exceed 1",
-		"serve":                                "unexpected arguments",
-		"-h":                                   "-park-delay",
-	} {
-		var stdout, stderr strings.Builder
-		code := serve(context.Background(), append([]string{"-addr", "127.0.0.1:0"}, strings.Fields(args)...), fakekittest.Env(nil), &stdout, &stderr)
-		if wantCode := map[bool]int{true: 0, false: 2}[args == "-h"]; code != wantCode || !strings.Contains(stderr.String(), want) {
-			t.Errorf("%s: exit code %d (want %d), stderr %q (want %q)", args, code, wantCode, stderr.String(), want)
-		}
-	}
+	fakekittest.CheckUsage(t, serve, []fakekittest.Usage{
+		{Name: "-park-delay -1s", Args: []string{"-park-delay", "-1s"}, WantErr: "-park-delay must not be negative"},
+		{Name: "-token-lifetime 0s", Args: []string{"-token-lifetime", "0s"}, WantErr: "-token-lifetime must be above zero"},
+		{Name: "-lost-answer-rate 1.1", Args: []string{"-lost-answer-rate", "1.1"}, WantErr: "lost_answer_rate must be between 0 and 1"},
+		{Name: "-error-rate 0.7 -rate-limit-rate 0.7", Args: []string{"-error-rate", "0.7", "-rate-limit-rate", "0.7"}, WantErr: "must not exceed 1"},
+		{Name: "serve", Args: []string{"serve"}, WantErr: "unexpected arguments"},
+		{Name: "-h", Args: []string{"-h"}, WantErr: "-park-delay"},
+	})
 }

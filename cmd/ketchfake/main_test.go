@@ -2,15 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,27 +17,6 @@ import (
 )
 
 const testAuthValue = "Bearer forwarder-secret-3c9d1e"
-
-// testBundle is the binary, running in-process.
-type testBundle struct{ *fakekittest.Binary }
-
-func start(t *testing.T, run func(stdout, stderr io.Writer) int) *testBundle {
-	return &testBundle{fakekittest.Start(t, "ketchfake", run)}
-}
-
-func (b *testBundle) do(t *testing.T, method, path, body string, out any) int {
-	t.Helper()
-	req, _ := http.NewRequest(method, b.Base+path, strings.NewReader(body))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if out != nil {
-		json.NewDecoder(resp.Body).Decode(out)
-	}
-	return resp.StatusCode
-}
 
 // forwarder is a Ketch door built on package ketch, keeping the requests it took.
 type forwarder struct {
@@ -79,7 +55,7 @@ func newForwarder(t *testing.T, space string) *forwarder {
 func TestServePushesTakesCallbacksAndStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	b := start(t, func(stdout, stderr io.Writer) int {
+	b := fakekittest.Start(t, "ketchfake", func(stdout, stderr io.Writer) int {
 		return serve(ctx, []string{"-addr", "127.0.0.1:0", "-callbacks", "1"},
 			fakekittest.Env(map[string]string{"KETCH_IDENTITY_SPACE": "customer_id"}), stdout, stderr)
 	})
@@ -90,7 +66,7 @@ func TestServePushesTakesCallbacksAndStops(t *testing.T) {
 		Answers map[string]int `json:"answers"`
 		UIDs    []string       `json:"uids"`
 	}
-	code := b.do(t, "POST", "/_fake/push", `{"target":"`+fwd.ts.URL+`","auth_value":"`+testAuthValue+`","count":3,"prefix":"knot-user-"}`, &res)
+	code := fakekittest.Do(t, "POST", b.Base+"/_fake/push", `{"target":"`+fwd.ts.URL+`","auth_value":"`+testAuthValue+`","count":3,"prefix":"knot-user-"}`, &res)
 	if code != 200 || res.Sent != 3 || res.Answers["in_progress"] != 3 {
 		t.Fatalf("push: %d %+v", code, res)
 	}
@@ -113,14 +89,14 @@ func TestServePushesTakesCallbacksAndStops(t *testing.T) {
 			Email string `json:"email"`
 		} `json:"subject"`
 	}
-	b.do(t, "GET", "/_fake/requests/"+res.UIDs[0], "", &rec)
+	fakekittest.Do(t, "GET", b.Base+"/_fake/requests/"+res.UIDs[0], "", &rec)
 	secrets = append(secrets, rec.Subject.Email, testAuthValue)
 
 	var st struct {
 		FinalEvents  int64 `json:"final_events"`
 		UIDsOneFinal int64 `json:"uids_one_final"`
 	}
-	b.do(t, "GET", "/_fake/stats", "", &st)
+	fakekittest.Do(t, "GET", b.Base+"/_fake/stats", "", &st)
 	if st.FinalEvents != 3 || st.UIDsOneFinal != 3 {
 		t.Errorf("stats = %+v", st)
 	}
@@ -145,11 +121,11 @@ func TestServePushesTakesCallbacksAndStops(t *testing.T) {
 // TestRunStopsOnSIGTERM goes through run, the real signal path. A hung callback is in flight:
 // shutdown must release it rather than wait for the client.
 func TestRunStopsOnSIGTERM(t *testing.T) {
-	b := start(t, func(stdout, stderr io.Writer) int {
+	b := fakekittest.Start(t, "ketchfake", func(stdout, stderr io.Writer) int {
 		return run([]string{"-addr", "127.0.0.1:0", "-hang-rate", "1"}, fakekittest.Env(nil), stdout, stderr)
 	})
 	fwd := newForwarder(t, "account_id")
-	if code := b.do(t, "POST", "/_fake/push", `{"target":"`+fwd.ts.URL+`","auth_value":"`+testAuthValue+`","count":1}`, nil); code != 200 {
+	if code := fakekittest.Do(t, "POST", b.Base+"/_fake/push", `{"target":"`+fwd.ts.URL+`","auth_value":"`+testAuthValue+`","count":1}`, nil); code != 200 {
 		t.Fatalf("push: %d", code)
 	}
 	fwd.mu.Lock()
@@ -160,25 +136,9 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 		// No timeout: only the server can end it.
 		hung <- ketch.Notify(context.Background(), nil, r.Callbacks[0], r.Metadata, ketch.Event{Status: ketch.StatusCompleted, Reason: ketch.ReasonExecuted})
 	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		var st struct {
-			Faulted map[string]int64 `json:"faulted"`
-		}
-		b.do(t, "GET", "/_fake/stats", "", &st)
-		if st.Faulted["hang"] == 1 {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	b.AwaitFault(t, "hang")
 
-	p, _ := os.FindProcess(os.Getpid())
-	if err := p.Signal(syscall.SIGTERM); err != nil {
-		t.Fatalf("cannot signal self: %v", err)
-	}
-	if code := b.Wait(t); code != 0 {
-		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.Stderr)
-	}
+	b.Terminate(t)
 	select {
 	case d := <-hung:
 		if d.Result.Done() {
@@ -191,39 +151,18 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 
 func TestFlags(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name    string
-		args    []string
-		code    int
-		wantErr string
-	}{
-		{"callbacks zero", []string{"-callbacks", "0"}, 2, "-callbacks must be between 1 and 16"},
-		{"callbacks too many", []string{"-callbacks", "17"}, 2, "-callbacks must be between 1 and 16"},
-		{"rate out of range", []string{"-conflict-rate", "1.1"}, 2, "conflict_rate must be between 0 and 1"},
-		{"rates sum above 1", []string{"-error-rate", "0.7", "-rate-limit-rate", "0.7"}, 2, "must not exceed 1"},
-		{"negative outage", []string{"-outage", "-1s"}, 2, "-outage must not be negative"},
-		{"negative latency", []string{"-latency", "-1s"}, 2, "latency must not be negative"},
-		{"bad duration", []string{"-retry-after", "soon"}, 2, "invalid value"},
-		{"unknown flag", []string{"-nope"}, 2, "flag provided but not defined"},
-		{"stray argument", []string{"serve"}, 2, "unexpected arguments"},
-		{"help", []string{"-h"}, 0, "-callbacks"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			var stdout, stderr strings.Builder
-			code := serve(context.Background(), append([]string{"-addr", "127.0.0.1:0"}, tt.args...), fakekittest.Env(nil), &stdout, &stderr)
-			if code != tt.code {
-				t.Errorf("exit code %d, want %d", code, tt.code)
-			}
-			if !strings.Contains(stderr.String(), tt.wantErr) {
-				t.Errorf("stderr = %q, want it to mention %q", stderr.String(), tt.wantErr)
-			}
-			if stdout.Len() != 0 {
-				t.Errorf("stdout = %q, want nothing", stdout.String())
-			}
-		})
-	}
+	fakekittest.CheckUsage(t, serve, []fakekittest.Usage{
+		{Name: "callbacks zero", Args: []string{"-callbacks", "0"}, WantErr: "-callbacks must be between 1 and 16"},
+		{Name: "callbacks too many", Args: []string{"-callbacks", "17"}, WantErr: "-callbacks must be between 1 and 16"},
+		{Name: "rate out of range", Args: []string{"-conflict-rate", "1.1"}, WantErr: "conflict_rate must be between 0 and 1"},
+		{Name: "rates sum above 1", Args: []string{"-error-rate", "0.7", "-rate-limit-rate", "0.7"}, WantErr: "must not exceed 1"},
+		{Name: "negative outage", Args: []string{"-outage", "-1s"}, WantErr: "-outage must not be negative"},
+		{Name: "negative latency", Args: []string{"-latency", "-1s"}, WantErr: "latency must not be negative"},
+		{Name: "bad duration", Args: []string{"-retry-after", "soon"}, WantErr: "invalid value"},
+		{Name: "unknown flag", Args: []string{"-nope"}, WantErr: "flag provided but not defined"},
+		{Name: "stray argument", Args: []string{"serve"}, WantErr: "unexpected arguments"},
+		{Name: "help", Args: []string{"-h"}, WantErr: "-callbacks"},
+	})
 }
 
 func TestListenFailure(t *testing.T) {

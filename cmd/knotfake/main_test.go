@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,13 +17,6 @@ const (
 	testSecret   = "secret-d41d8cd98f"
 	testUserID   = "user-0bd3e2a9"
 )
-
-// testBundle is the binary, running in-process.
-type testBundle struct{ *fakekittest.Binary }
-
-func start(t *testing.T, run func(stdout, stderr io.Writer) int) *testBundle {
-	return &testBundle{fakekittest.Start(t, "knotfake", run)}
-}
 
 func deleteUser(t *testing.T, base, id, secret string) (int, string) {
 	t.Helper()
@@ -44,7 +35,7 @@ func deleteUser(t *testing.T, base, id, secret string) (int, string) {
 func TestServeDeletesAndStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	b := start(t, func(stdout, stderr io.Writer) int {
+	b := fakekittest.Start(t, "knotfake", func(stdout, stderr io.Writer) int {
 		return serve(ctx, []string{"-addr", "127.0.0.1:0", "-missing", "0", "-secret", testSecret},
 			fakekittest.Env(map[string]string{"KNOT_CLIENT_ID": testClientID}), stdout, stderr)
 	})
@@ -92,7 +83,7 @@ func TestServeDeletesAndStops(t *testing.T) {
 // TestRunStopsOnSIGTERM goes through run, the real signal path. A hung call
 // is in flight: shutdown must release it rather than wait for the client.
 func TestRunStopsOnSIGTERM(t *testing.T) {
-	b := start(t, func(stdout, stderr io.Writer) int {
+	b := fakekittest.Start(t, "knotfake", func(stdout, stderr io.Writer) int {
 		return run([]string{"-addr", "127.0.0.1:0", "-hang-rate", "1"},
 			fakekittest.Env(map[string]string{"KNOT_CLIENT_ID": testClientID, "KNOT_SECRET": testSecret}), stdout, stderr)
 	})
@@ -108,29 +99,9 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 		hung <- err
 	}()
 	// Let the call reach the handler before signalling.
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get(b.Base + "/_fake/stats")
-		if err == nil {
-			var st struct {
-				Faulted map[string]int64 `json:"faulted"`
-			}
-			json.NewDecoder(resp.Body).Decode(&st)
-			resp.Body.Close()
-			if st.Faulted["hang"] == 1 {
-				break
-			}
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	b.AwaitFault(t, "hang")
 
-	p, _ := os.FindProcess(os.Getpid())
-	if err := p.Signal(syscall.SIGTERM); err != nil {
-		t.Fatalf("cannot signal self: %v", err)
-	}
-	if code := b.Wait(t); code != 0 {
-		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.Stderr)
-	}
+	b.Terminate(t)
 	select {
 	case <-hung:
 	case <-time.After(5 * time.Second):
@@ -141,41 +112,18 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 func TestFlagErrors(t *testing.T) {
 	t.Parallel()
 	full := map[string]string{"KNOT_CLIENT_ID": testClientID, "KNOT_SECRET": testSecret}
-	tests := []struct {
-		name    string
-		args    []string
-		env     map[string]string
-		wantErr string
-	}{
-		{"no client id", []string{}, map[string]string{"KNOT_SECRET": testSecret}, "-client-id (or KNOT_CLIENT_ID) is required"},
-		{"no secret", []string{"-client-id", "x"}, nil, "-secret (or KNOT_SECRET) is required"},
-		{"missing out of range", []string{"-missing", "1.5"}, full, "-missing must be between 0 and 1"},
-		{"rate out of range", []string{"-error-rate", "-0.1"}, full, "error_rate must be between 0 and 1"},
-		{"rates sum above 1", []string{"-error-rate", "0.7", "-hang-rate", "0.7"}, full, "must not exceed 1"},
-		{"negative outage", []string{"-outage", "-1s"}, full, "-outage must not be negative"},
-		{"bad duration", []string{"-latency", "fast"}, full, "invalid value"},
-		{"unknown flag", []string{"-nope"}, full, "flag provided but not defined"},
-		{"stray argument", []string{"serve"}, full, "unexpected arguments"},
+	tests := []fakekittest.Usage{
+		{Name: "no client id", Env: map[string]string{"KNOT_SECRET": testSecret}, WantErr: "-client-id (or KNOT_CLIENT_ID) is required"},
+		{Name: "no secret", Args: []string{"-client-id", "x"}, WantErr: "-secret (or KNOT_SECRET) is required"},
+		{Name: "missing out of range", Args: []string{"-missing", "1.5"}, Env: full, WantErr: "-missing must be between 0 and 1"},
+		{Name: "rate out of range", Args: []string{"-error-rate", "-0.1"}, Env: full, WantErr: "error_rate must be between 0 and 1"},
+		{Name: "rates sum above 1", Args: []string{"-error-rate", "0.7", "-hang-rate", "0.7"}, Env: full, WantErr: "must not exceed 1"},
+		{Name: "negative outage", Args: []string{"-outage", "-1s"}, Env: full, WantErr: "-outage must not be negative"},
+		{Name: "bad duration", Args: []string{"-latency", "fast"}, Env: full, WantErr: "invalid value"},
+		{Name: "unknown flag", Args: []string{"-nope"}, Env: full, WantErr: "flag provided but not defined"},
+		{Name: "stray argument", Args: []string{"serve"}, Env: full, WantErr: "unexpected arguments"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			var stdout, stderr strings.Builder
-			code := serve(context.Background(), append([]string{"-addr", "127.0.0.1:0"}, tt.args...), fakekittest.Env(tt.env), &stdout, &stderr)
-			if code != 2 {
-				t.Errorf("exit code %d, want 2", code)
-			}
-			if !strings.Contains(stderr.String(), tt.wantErr) {
-				t.Errorf("stderr = %q, want it to mention %q", stderr.String(), tt.wantErr)
-			}
-			if stdout.Len() != 0 {
-				t.Errorf("stdout = %q, want nothing", stdout.String())
-			}
-			if strings.Contains(stderr.String(), testSecret) {
-				t.Errorf("stderr leaks the secret")
-			}
-		})
-	}
+	fakekittest.CheckUsage(t, serve, tests, testSecret)
 }
 
 func TestListenFailure(t *testing.T) {

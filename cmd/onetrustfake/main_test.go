@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -20,20 +19,6 @@ const (
 	testID     = "client-id-4d6e"
 	testSecret = "client-secret-ab12f7"
 )
-
-func do(t *testing.T, method, url, body string, out any) int {
-	t.Helper()
-	req, _ := http.NewRequest(method, url, strings.NewReader(body))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if out != nil {
-		json.NewDecoder(resp.Body).Decode(out)
-	}
-	return resp.StatusCode
-}
 
 // door takes pushed subtasks as the worker's door would, keeping their bodies.
 type door struct {
@@ -80,7 +65,7 @@ func TestServePushesTakesStatusesAndStops(t *testing.T) {
 		Answers    map[string]int `json:"answers"`
 		SubtaskIDs []string       `json:"subtask_ids"`
 	}
-	code := do(t, "POST", b.Base+"/_fake/push", `{"target":"`+d.ts.URL+`","bearer":"`+testBearer+`","count":3,"user_prefix":"knot-user-","due_in":"720h"}`, &res)
+	code := fakekittest.Do(t, "POST", b.Base+"/_fake/push", `{"target":"`+d.ts.URL+`","bearer":"`+testBearer+`","count":3,"user_prefix":"knot-user-","due_in":"720h"}`, &res)
 	if code != 200 || res.Sent != 3 || res.Answers["202"] != 3 || len(res.SubtaskIDs) != 3 {
 		t.Fatalf("push: %d %+v", code, res)
 	}
@@ -105,7 +90,7 @@ func TestServePushesTakesStatusesAndStops(t *testing.T) {
 		Updates          map[string]int64 `json:"updates"`
 		SubtasksOneFinal int64            `json:"subtasks_one_final"`
 	}
-	do(t, "GET", b.Base+"/_fake/stats", "", &st)
+	fakekittest.Do(t, "GET", b.Base+"/_fake/stats", "", &st)
 	if st.Pushed != 3 || st.TokenFetches != 1 || st.Updates["IN_PROGRESS"] != 3 || st.SubtasksOneFinal != 3 {
 		t.Errorf("stats = %+v", st)
 	}
@@ -115,10 +100,10 @@ func TestServePushesTakesStatusesAndStops(t *testing.T) {
 			Status string `json:"status"`
 		} `json:"updates"`
 	}
-	if do(t, "GET", b.Base+"/_fake/subtasks/"+res.SubtaskIDs[0], "", &rec); rec.Status != "COMPLETED" || len(rec.Updates) != 2 {
+	if fakekittest.Do(t, "GET", b.Base+"/_fake/subtasks/"+res.SubtaskIDs[0], "", &rec); rec.Status != "COMPLETED" || len(rec.Updates) != 2 {
 		t.Errorf("subtask = %+v", rec)
 	}
-	if code := do(t, "PUT", b.Base+"/_fake/faults", `{"rate_limit_rate":1,"retry_after":"3s"}`, nil); code != 200 {
+	if code := fakekittest.Do(t, "PUT", b.Base+"/_fake/faults", `{"rate_limit_rate":1,"retry_after":"3s"}`, nil); code != 200 {
 		t.Fatalf("faults: %d", code)
 	}
 	if got := cl.Put(ctx, onetrust.Update{SubtaskID: res.SubtaskIDs[1], Status: onetrust.StatusFailed}); got.Result != connector.RateLimited {
@@ -144,17 +129,9 @@ func TestServePushesTakesStatusesAndStops(t *testing.T) {
 
 func TestFlags(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
-		args    []string
-		wantErr string
-	}{
-		{[]string{"-token-lifetime", "500ms"}, "-token-lifetime must be at least 1s"},
-		{[]string{"-error-rate", "2"}, "error_rate must be between 0 and 1"},
-		{[]string{"-revoke-after", "-1s"}, "revoke_after must not be negative"},
-	} {
-		var stderr strings.Builder
-		if code := run(append([]string{"-addr", "127.0.0.1:0"}, tc.args...), fakekittest.Env(nil), io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), tc.wantErr) {
-			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", tc.args, code, stderr.String(), tc.wantErr)
-		}
-	}
+	fakekittest.CheckUsage(t, serve, []fakekittest.Usage{
+		{Name: "-token-lifetime 500ms", Args: []string{"-token-lifetime", "500ms"}, WantErr: "-token-lifetime must be at least 1s"},
+		{Name: "-error-rate 2", Args: []string{"-error-rate", "2"}, WantErr: "error_rate must be between 0 and 1"},
+		{Name: "-revoke-after -1s", Args: []string{"-revoke-after", "-1s"}, WantErr: "revoke_after must not be negative"},
+	})
 }

@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -122,26 +120,9 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 		}
 		hung <- err
 	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		_, body := b.do(t, "GET", "/_fake/stats", "", nil)
-		var st struct {
-			Faulted map[string]int64 `json:"faulted"`
-		}
-		json.Unmarshal([]byte(body), &st)
-		if st.Faulted["report_hang"] == 1 {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	b.AwaitFault(t, "report_hang")
 
-	p, _ := os.FindProcess(os.Getpid())
-	if err := p.Signal(syscall.SIGTERM); err != nil {
-		t.Fatalf("cannot signal self: %v", err)
-	}
-	if code := b.Wait(t); code != 0 {
-		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.Stderr)
-	}
+	b.Terminate(t)
 	select {
 	case <-hung:
 	case <-time.After(5 * time.Second):
@@ -152,43 +133,20 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 func TestFlagErrors(t *testing.T) {
 	t.Parallel()
 	full := map[string]string{"TRANSCEND_FAKE_API_KEY": testKey, "TRANSCEND_FAKE_DATA_SILO_ID": testSilo}
-	tests := []struct {
-		name    string
-		args    []string
-		env     map[string]string
-		wantErr string
-	}{
-		{"no api key", []string{}, map[string]string{"TRANSCEND_FAKE_DATA_SILO_ID": testSilo}, "TRANSCEND_FAKE_API_KEY is required"},
-		{"no data silo", []string{}, map[string]string{"TRANSCEND_FAKE_API_KEY": testKey}, "TRANSCEND_FAKE_DATA_SILO_ID is required"},
-		{"negative items", []string{"-items", "-1"}, full, "-items must be between 0 and"},
-		{"too many items", []string{"-items", "2000000"}, full, "-items must be between 0 and"},
-		{"control in prefix", []string{"-items-prefix", "a\nb"}, full, "-items-prefix must be 1 to 64 bytes"},
-		{"rate out of range", []string{"-pull-error-rate", "1.5"}, full, "pull.error_rate must be between 0 and 1"},
-		{"rates of a door above 1", []string{"-report-error-rate", "0.7", "-report-conflict-rate", "0.7"}, full, "report: fault rates add up to"},
-		{"negative retry-after", []string{"-retry-after", "-1s"}, full, "pull.retry_after must not be negative"},
-		{"bad duration", []string{"-latency", "fast"}, full, "invalid value"},
-		{"unknown flag", []string{"-nope"}, full, "flag provided but not defined"},
-		{"stray argument", []string{"serve"}, full, "unexpected arguments"},
+	tests := []fakekittest.Usage{
+		{Name: "no api key", Env: map[string]string{"TRANSCEND_FAKE_DATA_SILO_ID": testSilo}, WantErr: "TRANSCEND_FAKE_API_KEY is required"},
+		{Name: "no data silo", Env: map[string]string{"TRANSCEND_FAKE_API_KEY": testKey}, WantErr: "TRANSCEND_FAKE_DATA_SILO_ID is required"},
+		{Name: "negative items", Args: []string{"-items", "-1"}, Env: full, WantErr: "-items must be between 0 and"},
+		{Name: "too many items", Args: []string{"-items", "2000000"}, Env: full, WantErr: "-items must be between 0 and"},
+		{Name: "control in prefix", Args: []string{"-items-prefix", "a\nb"}, Env: full, WantErr: "-items-prefix must be 1 to 64 bytes"},
+		{Name: "rate out of range", Args: []string{"-pull-error-rate", "1.5"}, Env: full, WantErr: "pull.error_rate must be between 0 and 1"},
+		{Name: "rates of a door above 1", Args: []string{"-report-error-rate", "0.7", "-report-conflict-rate", "0.7"}, Env: full, WantErr: "report: fault rates add up to"},
+		{Name: "negative retry-after", Args: []string{"-retry-after", "-1s"}, Env: full, WantErr: "pull.retry_after must not be negative"},
+		{Name: "bad duration", Args: []string{"-latency", "fast"}, Env: full, WantErr: "invalid value"},
+		{Name: "unknown flag", Args: []string{"-nope"}, Env: full, WantErr: "flag provided but not defined"},
+		{Name: "stray argument", Args: []string{"serve"}, Env: full, WantErr: "unexpected arguments"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			var stdout, stderr strings.Builder
-			code := serve(context.Background(), append([]string{"-addr", "127.0.0.1:0"}, tt.args...), fakekittest.Env(tt.env), &stdout, &stderr)
-			if code != 2 {
-				t.Errorf("exit code %d, want 2", code)
-			}
-			if !strings.Contains(stderr.String(), tt.wantErr) {
-				t.Errorf("stderr = %q, want it to mention %q", stderr.String(), tt.wantErr)
-			}
-			if stdout.Len() != 0 {
-				t.Errorf("stdout = %q, want nothing", stdout.String())
-			}
-			if strings.Contains(stderr.String(), testKey) {
-				t.Errorf("stderr leaks the key")
-			}
-		})
-	}
+	fakekittest.CheckUsage(t, serve, tests, testKey)
 }
 
 func TestHelpShowsNoKey(t *testing.T) {

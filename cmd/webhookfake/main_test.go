@@ -6,9 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,13 +16,6 @@ import (
 )
 
 var testSecret = "whsec_" + base64.StdEncoding.EncodeToString([]byte("cmd-webhookfake-test-secret-key!"))
-
-// testBundle is the binary, running in-process.
-type testBundle struct{ *fakekittest.Binary }
-
-func start(t *testing.T, run func(stdout, stderr io.Writer) int) *testBundle {
-	return &testBundle{fakekittest.Start(t, "webhookfake", run)}
-}
 
 type stats struct {
 	Messages            int64            `json:"messages"`
@@ -51,7 +42,7 @@ func getStats(t *testing.T, base string) stats {
 func TestServeReceivesAndStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	b := start(t, func(stdout, stderr io.Writer) int {
+	b := fakekittest.Start(t, "webhookfake", func(stdout, stderr io.Writer) int {
 		return serve(ctx, []string{"-addr", "127.0.0.1:0"}, fakekittest.Env(map[string]string{"WEBHOOK_FAKE_SECRET": testSecret}), stdout, stderr)
 	})
 
@@ -92,7 +83,7 @@ func TestServeReceivesAndStops(t *testing.T) {
 // TestRunStopsOnSIGTERM goes through run, the real signal path. A hung message is in flight:
 // shutdown must release it rather than wait for the sender.
 func TestRunStopsOnSIGTERM(t *testing.T) {
-	b := start(t, func(stdout, stderr io.Writer) int {
+	b := fakekittest.Start(t, "webhookfake", func(stdout, stderr io.Writer) int {
 		return run([]string{"-addr", "127.0.0.1:0", "-hang-rate", "1"}, fakekittest.Env(map[string]string{"WEBHOOK_FAKE_SECRET": testSecret}), stdout, stderr)
 	})
 	sender, err := webhook.NewSender(b.Base+"/", testSecret, &http.Client{}) // no timeout: only the server can end it
@@ -104,18 +95,9 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 		hung <- sender.Send(context.Background(), "msg_1", webhook.Outcome{RequestRef: "r", Outcome: "exhausted", CompletedAt: time.Now()}, time.Now())
 	}()
 	// Let the message reach the handler before signalling.
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && getStats(t, b.Base).Faulted["hang"] != 1 {
-		time.Sleep(10 * time.Millisecond)
-	}
+	b.AwaitFault(t, "hang")
 
-	p, _ := os.FindProcess(os.Getpid())
-	if err := p.Signal(syscall.SIGTERM); err != nil {
-		t.Fatalf("cannot signal self: %v", err)
-	}
-	if code := b.Wait(t); code != 0 {
-		t.Errorf("exit code %d, want 0; stderr:\n%s", code, b.Stderr)
-	}
+	b.Terminate(t)
 	select {
 	case d := <-hung:
 		if d.Result != connector.Retry {
@@ -129,41 +111,18 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 func TestFlagErrors(t *testing.T) {
 	t.Parallel()
 	full := map[string]string{"WEBHOOK_FAKE_SECRET": testSecret}
-	tests := []struct {
-		name    string
-		args    []string
-		env     map[string]string
-		wantErr string
-	}{
-		{"no secret", []string{}, nil, "WEBHOOK_FAKE_SECRET is required"},
-		{"secret without whsec_", []string{}, map[string]string{"WEBHOOK_FAKE_SECRET": strings.TrimPrefix(testSecret, "whsec_")}, "must start with whsec_"},
-		{"short secret", []string{}, map[string]string{"WEBHOOK_FAKE_SECRET": "whsec_c2hvcnQtc2VjcmV0"}, "decodes to 12 bytes"},
-		{"rate out of range", []string{"-error-rate", "-0.1"}, full, "error_rate must be between 0 and 1"},
-		{"rates sum above 1", []string{"-conflict-rate", "0.7", "-hang-rate", "0.7"}, full, "must not exceed 1"},
-		{"negative outage", []string{"-outage", "-1s"}, full, "-outage must not be negative"},
-		{"bad duration", []string{"-retry-after", "soon"}, full, "invalid value"},
-		{"a secret flag does not exist", []string{"-secret", testSecret}, nil, "flag provided but not defined: -secret"},
-		{"stray argument", []string{"serve"}, full, "unexpected arguments"},
+	tests := []fakekittest.Usage{
+		{Name: "no secret", WantErr: "WEBHOOK_FAKE_SECRET is required"},
+		{Name: "secret without whsec_", Env: map[string]string{"WEBHOOK_FAKE_SECRET": strings.TrimPrefix(testSecret, "whsec_")}, WantErr: "must start with whsec_"},
+		{Name: "short secret", Env: map[string]string{"WEBHOOK_FAKE_SECRET": "whsec_c2hvcnQtc2VjcmV0"}, WantErr: "decodes to 12 bytes"},
+		{Name: "rate out of range", Args: []string{"-error-rate", "-0.1"}, Env: full, WantErr: "error_rate must be between 0 and 1"},
+		{Name: "rates sum above 1", Args: []string{"-conflict-rate", "0.7", "-hang-rate", "0.7"}, Env: full, WantErr: "must not exceed 1"},
+		{Name: "negative outage", Args: []string{"-outage", "-1s"}, Env: full, WantErr: "-outage must not be negative"},
+		{Name: "bad duration", Args: []string{"-retry-after", "soon"}, Env: full, WantErr: "invalid value"},
+		{Name: "a secret flag does not exist", Args: []string{"-secret", testSecret}, WantErr: "flag provided but not defined: -secret"},
+		{Name: "stray argument", Args: []string{"serve"}, Env: full, WantErr: "unexpected arguments"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			var stdout, stderr strings.Builder
-			code := serve(context.Background(), append([]string{"-addr", "127.0.0.1:0"}, tt.args...), fakekittest.Env(tt.env), &stdout, &stderr)
-			if code != 2 {
-				t.Errorf("exit code %d, want 2", code)
-			}
-			if !strings.Contains(stderr.String(), tt.wantErr) {
-				t.Errorf("stderr = %q, want it to mention %q", stderr.String(), tt.wantErr)
-			}
-			if stdout.Len() != 0 {
-				t.Errorf("stdout = %q, want nothing", stdout.String())
-			}
-			if strings.Contains(stderr.String(), strings.TrimPrefix(testSecret, "whsec_")) || strings.Contains(stderr.String(), "c2hvcnQtc2VjcmV0") {
-				t.Errorf("stderr leaks the secret: %s", stderr.String())
-			}
-		})
-	}
+	fakekittest.CheckUsage(t, serve, tests, testSecret)
 }
 
 func TestHelpShowsNoSecret(t *testing.T) {
