@@ -1,7 +1,6 @@
 package deploy
 
 import (
-	"bytes"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -31,23 +30,7 @@ var apiIngressPaths = []string{"/v1/erasure-requests", "/v1/fides", "/v1/ketch",
 // Service's api port over TLS.
 func TestProductionWithAPIIngress(t *testing.T) {
 	settings := knownSettings(t)
-	mem := filesys.MakeFsInMemory()
-	for _, dir := range []string{"kubernetes", "grafana"} { // the base includes ../../grafana
-		copyInto(t, mem, dir)
-	}
-	k := filepath.Join("/deploy", overlayDir("production"), "kustomization.yaml")
-	b, err := mem.ReadFile(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Contains(b, []byte(apiIngressCommented)) {
-		t.Fatalf("%s no longer holds the lines that turn on the Ingress, commented:\n%s", overlayDir("production"), apiIngressCommented)
-	}
-	if err := mem.WriteFile(k, bytes.Replace(b, []byte(apiIngressCommented), []byte(apiIngressOn), 1)); err != nil {
-		t.Fatal(err)
-	}
-
-	r := renderFS(t, mem, filepath.Join("/deploy", overlayDir("production")))
+	r := renderProductionWith(t, "the Ingress", [][2]string{{apiIngressCommented, apiIngressOn}})
 	i := slices.IndexFunc(overlays, func(o overlay) bool { return o.name == "production" })
 	checkOverlay(t, r, overlays[i], settings)
 	checkAPIIngress(t, one(t, "Ingress", r.ingresses), one(t, "Service", r.services), one(t, "Deployment", r.deployments))

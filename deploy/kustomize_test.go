@@ -103,7 +103,6 @@ func render(t *testing.T, overlay string) *rendered {
 	return renderFS(t, filesys.MakeFsOnDisk(), overlayDir(overlay))
 }
 
-// renderFS builds the kustomization in dir of fs.
 // renderProductionWith renders the production overlay with lines of its kustomization turned
 // on as its comments say (each pair: the commented line, the line on), and checks its objects.
 // It fails when a commented line is no longer there: what names what they turn on.
@@ -135,6 +134,7 @@ func renderProductionWith(t *testing.T, what string, on [][2]string) *rendered {
 	return r
 }
 
+// renderFS builds the kustomization in dir of fs.
 func renderFS(t *testing.T, fs filesys.FileSystem, dir string) *rendered {
 	t.Helper()
 	overlay := dir
