@@ -125,9 +125,12 @@ func (s *Server) Add(items ...Item) []Item {
 			s.seq++
 			it.Identifier = fmt.Sprintf("user-%06d", s.seq)
 		}
-		it.RequestID = cmp.Or(it.RequestID, fakekit.NewUUID())
-		// Transcend's nonces are JWTs: three base64url parts.
-		it.Nonce = cmp.Or(it.Nonce, "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."+rand.Text()+"."+rand.Text())
+		if it.RequestID == "" {
+			it.RequestID = fakekit.NewUUID()
+		}
+		if it.Nonce == "" { // Transcend's nonces are JWTs: three base64url parts
+			it.Nonce = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + rand.Text() + "." + rand.Text()
+		}
 		it.Type = cmp.Or(it.Type, "userId")
 		if s.byNonce[it.Nonce] != nil {
 			panic("transcendfake: Add: nonce already held by another item")
