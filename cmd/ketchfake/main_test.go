@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -131,22 +132,14 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 	fwd.mu.Lock()
 	r := fwd.reqs[0]
 	fwd.mu.Unlock()
-	hung := make(chan connector.Delivery, 1)
-	go func() {
+	b.TerminateWhileHung(t, "hang", func() string {
 		// No timeout: only the server can end it.
-		hung <- ketch.Notify(context.Background(), nil, r.Callbacks[0], r.Metadata, ketch.Event{Status: ketch.StatusCompleted, Reason: ketch.ReasonExecuted})
-	}()
-	b.AwaitFault(t, "hang")
-
-	b.Terminate(t)
-	select {
-	case d := <-hung:
+		d := ketch.Notify(context.Background(), nil, r.Callbacks[0], r.Metadata, ketch.Event{Status: ketch.StatusCompleted, Reason: ketch.ReasonExecuted})
 		if d.Result.Done() {
-			t.Errorf("a hung callback was delivered: %+v", d)
+			return fmt.Sprintf("a hung callback was delivered: %+v", d)
 		}
-	case <-time.After(5 * time.Second):
-		t.Error("hung callback still open after shutdown")
-	}
+		return ""
+	})
 }
 
 func TestFlags(t *testing.T) {

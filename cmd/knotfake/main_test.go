@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/erasure-worker/erasure-worker/internal/fakekit/fakekittest"
 )
@@ -87,26 +86,15 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 		return run([]string{"-addr", "127.0.0.1:0", "-hang-rate", "1"},
 			fakekittest.Env(map[string]string{"KNOT_CLIENT_ID": testClientID, "KNOT_SECRET": testSecret}), stdout, stderr)
 	})
-	hung := make(chan error, 1)
-	go func() {
+	b.TerminateWhileHung(t, "hang", func() string {
 		req, _ := http.NewRequest("POST", b.Base+"/user/delete", strings.NewReader(`{"external_user_id":"u"}`))
 		req.Header.Set("Content-Type", "application/json")
 		req.SetBasicAuth(testClientID, testSecret)
-		resp, err := http.DefaultClient.Do(req) // no timeout: only the server can end it
-		if err == nil {
+		if resp, err := http.DefaultClient.Do(req); err == nil { // no timeout: only the server can end it
 			resp.Body.Close()
 		}
-		hung <- err
-	}()
-	// Let the call reach the handler before signalling.
-	b.AwaitFault(t, "hang")
-
-	b.Terminate(t)
-	select {
-	case <-hung:
-	case <-time.After(5 * time.Second):
-		t.Error("hung call still open after shutdown")
-	}
+		return ""
+	})
 }
 
 func TestFlagErrors(t *testing.T) {

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/erasure-worker/erasure-worker/internal/fakekit/fakekittest"
 )
@@ -109,25 +108,15 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 	if json.Unmarshal([]byte(body), &items) != nil || len(items) != 1 {
 		t.Fatalf("items: %s", body)
 	}
-	hung := make(chan error, 1)
-	go func() {
+	b.TerminateWhileHung(t, "report_hang", func() string {
 		req, _ := http.NewRequest("PUT", b.Base+"/v1/data-silo", strings.NewReader(`{}`))
 		req.Header.Set("Authorization", "Bearer "+testKey)
 		req.Header.Set("X-Transcend-Nonce", items[0].Nonce)
-		resp, err := http.DefaultClient.Do(req) // no timeout: only the server can end it
-		if err == nil {
+		if resp, err := http.DefaultClient.Do(req); err == nil { // no timeout: only the server can end it
 			resp.Body.Close()
 		}
-		hung <- err
-	}()
-	b.AwaitFault(t, "report_hang")
-
-	b.Terminate(t)
-	select {
-	case <-hung:
-	case <-time.After(5 * time.Second):
-		t.Error("hung report still open after shutdown")
-	}
+		return ""
+	})
 }
 
 func TestFlagErrors(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -90,22 +91,13 @@ func TestRunStopsOnSIGTERM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hung := make(chan connector.Delivery, 1)
-	go func() {
-		hung <- sender.Send(context.Background(), "msg_1", webhook.Outcome{RequestRef: "r", Outcome: "exhausted", CompletedAt: time.Now()}, time.Now())
-	}()
-	// Let the message reach the handler before signalling.
-	b.AwaitFault(t, "hang")
-
-	b.Terminate(t)
-	select {
-	case d := <-hung:
+	b.TerminateWhileHung(t, "hang", func() string {
+		d := sender.Send(context.Background(), "msg_1", webhook.Outcome{RequestRef: "r", Outcome: "exhausted", CompletedAt: time.Now()}, time.Now())
 		if d.Result != connector.Retry {
-			t.Errorf("the hung message ended as %+v, want retry", d)
+			return fmt.Sprintf("the hung message ended as %+v, want retry", d)
 		}
-	case <-time.After(5 * time.Second):
-		t.Error("hung message still open after shutdown")
-	}
+		return ""
+	})
 }
 
 func TestFlagErrors(t *testing.T) {

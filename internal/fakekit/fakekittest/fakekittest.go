@@ -76,6 +76,25 @@ func (b *Binary) Terminate(t *testing.T) {
 	}
 }
 
+// TerminateWhileHung makes call in the background, waits until the binary counts it as a fault
+// of kind (a hang), then stops the binary by SIGTERM: the call must end within 5 s, released by
+// the shutdown rather than waited for. call returns what is wrong with how it ended, or "".
+func (b *Binary) TerminateWhileHung(t *testing.T, kind string, call func() string) {
+	t.Helper()
+	ended := make(chan string, 1)
+	go func() { ended <- call() }()
+	b.AwaitFault(t, kind) // the call has reached the handler
+	b.Terminate(t)
+	select {
+	case problem := <-ended:
+		if problem != "" {
+			t.Error(problem)
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("the hung call is still open 5s after shutdown")
+	}
+}
+
 // AwaitFault waits, up to 5 s, until the binary's /_fake/stats counts a fault of kind.
 func (b *Binary) AwaitFault(t *testing.T, kind string) {
 	t.Helper()
