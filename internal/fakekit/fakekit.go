@@ -223,9 +223,12 @@ func decodeStrict(b []byte, v any) error {
 	if err == nil && dec.More() {
 		return errors.New("body: trailing data after the JSON object")
 	}
+	if err == nil {
+		return nil
+	}
+	// A value's own decoder (a Duration's) cannot say which field it was: try them one by one.
 	var fields map[string]json.RawMessage
-	if err != nil && json.Unmarshal(b, &fields) == nil {
-		// A value's own decoder (a Duration's) cannot say which field it was: try them one by one.
+	if json.Unmarshal(b, &fields) == nil {
 		for _, k := range slices.Sorted(maps.Keys(fields)) {
 			one, _ := json.Marshal(map[string]json.RawMessage{k: fields[k]})
 			d := json.NewDecoder(bytes.NewReader(one))
@@ -235,10 +238,7 @@ func decodeStrict(b []byte, v any) error {
 			}
 		}
 	}
-	if err != nil {
-		return fmt.Errorf("body: %v", err)
-	}
-	return nil
+	return fmt.Errorf("body: %v", err)
 }
 
 // DecodeFaults reads a PUT /_fake/faults body strictly into f. Wherever the faults have an

@@ -382,9 +382,10 @@ func parseReport(contentType string, body []byte) (rep Report, profileIDs []stri
 // credentials and the credential check. It returns the door's faults, or false when it
 // answered.
 func (s *Server) enter(w http.ResponseWriter, r *http.Request, door, method string) (FaultSet, bool) {
-	f := s.Faults().Pull
+	all := s.Faults()
+	f := all.Pull
 	if door == "report" {
-		f = s.Faults().Report
+		f = all.Report
 	}
 	// Both keys are always compared, in constant time.
 	authorized := bearer(r.Header.Get("Authorization"), s.opts.APIKey)
